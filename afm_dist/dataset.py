@@ -1,0 +1,138 @@
+"""The on-disk contract of a preprocessed data set, shared by preprocessing, training and scoring.
+
+A data set directory written by ``jobs/preprocess.py`` looks like::
+
+    DIR/
+      train/ validation/ test/   Parquet, one row per instance (columns below)
+      vocabulary/                Parquet: field, value, id, count (raw value -> global feature id)
+      rejected/                  Parquet: source, line, raw, reason (every malformed input row)
+      metadata.json              schema, schema hash, feature layout, counts, seed, inputs
+      _AFM_COMPLETE              written last: training and scoring refuse a directory without it
+
+Split columns (fixed width, so a Petastorm batch is a set of dense arrays):
+
+    row_id  int64            stable id of the instance (hash of its source and position)
+    ids     list<int32>[M]   global feature ids, one slot per feature position
+    vals    list<float32>[M] feature values x_i (1.0 for one-hot, the real value for numerics,
+                             0.0 in padded slots)
+    mask    list<int8>[M]    1 for a real slot, 0 for padding (multi-valued fields are padded)
+    label   float32          target: a rating, or +1 / -1 for implicit feedback
+
+M (``num_slots``) is the sum of the fields' widths: 1 for a categorical or numeric field,
+``max_values`` for a multi-valued field.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+COMPLETE_MARKER = "_AFM_COMPLETE"
+METADATA_FILE = "metadata.json"
+SPLITS = ("train", "validation", "test")
+FORMAT_VERSION = 1
+
+# Column names of a split: the single place they are spelled.
+ROW_ID, IDS, VALS, MASK, LABEL = "row_id", "ids", "vals", "mask", "label"
+
+
+class DatasetError(Exception):
+    """A data set directory that cannot be used, with what to do about it in the message."""
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """Where one schema field lives in the global feature-id space and in the slot vector."""
+
+    name: str
+    kind: str  # categorical | multi_categorical | numeric
+    offset: int  # first global feature id of this field
+    size: int  # number of feature ids (vocabulary incl. out-of-vocabulary id, or buckets)
+    slot: int  # first slot (column of ids/vals/mask) of this field
+    width: int  # number of slots: 1, or max_values for a multi-valued field
+
+
+@dataclass
+class DatasetMetadata:
+    """Everything training and scoring need to know about a preprocessed data set."""
+
+    schema: dict[str, Any]
+    schema_hash: str
+    fields: list[FieldLayout]
+    num_features: int
+    num_slots: int
+    target: dict[str, Any]  # {"kind": "explicit"|"implicit", "min": float, "max": float}
+    counts: dict[str, Any]  # input, rejected, and per split: rows, positive, negative
+    seed: int
+    inputs: list[str]
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DatasetMetadata":
+        d = dict(d)
+        d["fields"] = [FieldLayout(**f) for f in d["fields"]]
+        return cls(**d)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that readers see either the old content or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def mark_complete(directory: str | os.PathLike) -> None:
+    """Write the completion marker: the last step of a job that produced ``directory``."""
+    write_text_atomic(Path(directory) / COMPLETE_MARKER, "complete\n")
+
+
+def require_complete(directory: str | os.PathLike) -> Path:
+    """Return ``directory`` as a Path if a job finished writing it, else raise DatasetError."""
+    d = Path(strip_file_scheme(str(directory)))
+    if not d.is_dir():
+        raise DatasetError(f"{d}: no such data set directory. Run jobs/preprocess.py to create it.")
+    if not (d / COMPLETE_MARKER).exists():
+        raise DatasetError(
+            f"{d}: no {COMPLETE_MARKER} marker, so the job that wrote it did not finish "
+            "(killed or failed). Re-run jobs/preprocess.py with --overwrite."
+        )
+    return d
+
+
+def load_metadata(directory: str | os.PathLike) -> DatasetMetadata:
+    """Load the metadata of a complete data set directory."""
+    d = require_complete(directory)
+    path = d / METADATA_FILE
+    try:
+        meta = DatasetMetadata.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DatasetError(f"{path}: unreadable metadata ({e}). Re-run jobs/preprocess.py.") from e
+    if meta.format_version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {meta.format_version}, this afm-dist reads {FORMAT_VERSION}. "
+            "Re-run jobs/preprocess.py with this version."
+        )
+    return meta
+
+
+def split_path(directory: str | os.PathLike, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return Path(directory) / split
+
+
+def strip_file_scheme(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path

@@ -1,0 +1,1 @@
+"""Spark layer: session construction and pure DataFrame -> DataFrame transforms."""

@@ -1,0 +1,37 @@
+"""Build Spark sessions for afm-dist jobs with safe defaults."""
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+
+def build_session(app_name: str, *, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+    """Create (or reuse) a SparkSession.
+
+    The master comes from ``master``, else from what ``spark-submit`` set, else
+    ``AFM_SPARK_MASTER``, else ``local[*]``. The Spark UI stays off unless
+    ``AFM_SPARK_UI=1``; when on it binds to the loopback address only.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    chosen = master or os.environ.get("AFM_SPARK_MASTER")
+    if chosen:
+        builder = builder.master(chosen)
+    elif not _launched_by_spark_submit():
+        builder = builder.master("local[*]")
+    ui_on = os.environ.get("AFM_SPARK_UI", "0") == "1"
+    builder = builder.config("spark.ui.enabled", "true" if ui_on else "false")
+    if ui_on:
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
+    defaults = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    for key, value in {**defaults, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _launched_by_spark_submit() -> bool:
+    """spark-submit's PythonRunner starts the driver with a gateway port; its --master then rules."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

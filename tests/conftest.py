@@ -1,0 +1,54 @@
+"""Shared fixtures: a real local[2] Spark session, the shared data directory, horovodrun."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real logs (never copied into the repo): AFM_DATA_DIR, default ../shared/data."""
+    d = Path(os.environ.get("AFM_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not d.is_dir():
+        pytest.fail(f"data directory {d} not found; set AFM_DATA_DIR to the shared data sets")
+    return d
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real Spark session on local[2], UI off, few shuffle partitions for small test data."""
+    from afm_dist.spark.session import build_session
+
+    session = build_session(
+        "afm-dist-tests",
+        master="local[2]",
+        conf={
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "4",
+            "spark.driver.memory": "2g",
+        },
+    )
+    yield session
+    session.stop()
+
+
+def run_horovod(args: list[str], *, np: int = 2, timeout: float = 300, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Launch ``horovodrun -np N -H localhost:N --gloo python ARGS`` for real and wait for it."""
+    cmd = [str(VENV_BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+           "--network-interface", "lo", sys.executable, *args]
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
