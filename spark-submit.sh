@@ -51,6 +51,10 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+master="${AFM_SPARK_MASTER:-local[*]}"
+# A local run binds to loopback instead of whatever address the hostname resolves to.
+case "$master" in local*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;; esac
+
 ui=(--conf spark.ui.enabled=false)
 if [ "${AFM_SPARK_UI:-0}" = "1" ]; then
   ui=(--conf spark.ui.enabled=true --conf spark.driver.bindAddress=127.0.0.1 --conf spark.driver.host=127.0.0.1)
@@ -59,9 +63,10 @@ fi
 extra=(${AFM_SPARK_SUBMIT_ARGS:-})
 
 exec "$VENV/bin/spark-submit" \
-  --master "${AFM_SPARK_MASTER:-local[*]}" \
+  --master "$master" \
   "${ui[@]}" \
   --conf spark.sql.session.timeZone=UTC \
+  --driver-java-options "-Dlog4j2.configurationFile=file://$ROOT/conf/log4j2.properties" \
   --conf "spark.executorEnv.PYTHONHASHSEED=0" \
   --py-files "$pyfiles" \
   "${extra[@]}" \

@@ -31,6 +31,8 @@ def spark():
     """A real Spark session on local[2], UI off, few shuffle partitions for small test data."""
     from afm_dist.spark.session import build_session
 
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
     session = build_session(
         "afm-dist-tests",
         master="local[2]",
