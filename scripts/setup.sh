@@ -50,8 +50,8 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 # ---------------------------------------------------------------- fast path
 key="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/cxx17-wrapper.sh" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -x "$VENV/bin/horovodrun" ]; then
-  if "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -qE '\[X\] PyTorch' ; then
-    log "already set up (stamp $key); horovodrun --check-build OK"
+  if "$VENV/bin/python" -c 'import horovod.torch as h, petastorm, pyspark; assert h.gloo_built()' 2>/dev/null; then
+    log "already set up (stamp $key); horovod.torch with Gloo imports"
     exit 0
   fi
 fi
@@ -62,14 +62,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=77,<81" wheel
+PIP_LOG="$VENV/.setup-pip.log"
+pip_install() {  # quiet unless it fails; then the end of pip's output
+  if ! "${PIP[@]}" install "$@" >"$PIP_LOG" 2>&1; then
+    tail -n 30 "$PIP_LOG" >&2
+    die "pip install $* failed (full output: $PIP_LOG)"
+  fi
+}
+log "installing Python packages into $VENV"
+pip_install --upgrade "pip>=23" "setuptools>=77,<81" wheel
 # torch first and on its own: an already installed CUDA build of the same version satisfies it.
-"${PIP[@]}" install -q "torch==$TORCH_VERSION"
-log "installing afm-dist (editable) and its dependencies"
-"${PIP[@]}" install -q -e "$ROOT[test]"
+pip_install "torch==$TORCH_VERSION"
+pip_install -e "$ROOT[test]"
 # petastorm declares setuptools<70, which conflicts with torch's setuptools>=77; its real needs
 # are listed in pyproject.toml, so it is installed without its declared dependencies.
-"${PIP[@]}" install -q --no-deps "petastorm==$PETASTORM_VERSION"
+pip_install --no-deps "petastorm==$PETASTORM_VERSION"
 
 # ---------------------------------------------------------------- horovod
 torch_ver="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
@@ -105,7 +112,7 @@ if [ -z "$wheel" ]; then
   wheel="$(ls "$HVD_DIR"/horovod-"$HOROVOD_VERSION"-*.whl | head -n1)"
 fi
 log "installing $wheel"
-"${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
+pip_install --no-deps --force-reinstall "$wheel"
 
 check="$("$VENV/bin/horovodrun" --check-build 2>&1)" || { echo "$check" >&2; die "horovodrun --check-build failed"; }
 echo "$check" >&2

@@ -1,0 +1,165 @@
+"""Petastorm readers over a preprocessed split, turned into fixed-size torch batches.
+
+Training reads its shard of the train split forever (``num_epochs=None``) and the trainer takes
+exactly ``steps_per_epoch`` batches from it, so every rank runs the same number of steps however
+uneven the shards are and no collective waits for a rank that ran out of data. Evaluation reads
+its shard once, every row exactly once across ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from petastorm import make_batch_reader
+
+from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
+
+COLUMNS = (IDS, VALS, MASK, LABEL)
+
+
+@dataclass
+class Batch:
+    """One batch as dense tensors. B: batch size, M: number of slots."""
+
+    ids: torch.Tensor  # (B, M) int64
+    vals: torch.Tensor  # (B, M) float32
+    mask: torch.Tensor  # (B, M) bool
+    label: torch.Tensor  # (B,) float32
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cpu":
+            return self
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.ids, self.vals, self.mask, self.label)))
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+
+def _parquet_files(split_dir: Path) -> list[Path]:
+    files = sorted(p for p in split_dir.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise DatasetError(f"{split_dir}: no Parquet files. Re-run jobs/preprocess.py.")
+    return files
+
+
+def row_group_sizes(split_dir: str | Path) -> list[int]:
+    """Rows in each Parquet row group of a split, read from the file footers only."""
+    sizes = []
+    for f in _parquet_files(Path(split_dir)):
+        meta = pq.ParquetFile(f).metadata
+        sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return sizes
+
+
+def _to_numpy(chunk, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {}
+    for c in columns:
+        a = getattr(chunk, c)
+        if a.dtype == object:  # list column that Petastorm left as an array of arrays
+            a = np.stack(a)
+        out[c] = a
+    return out
+
+
+def _to_batch(arrays: dict[str, np.ndarray]) -> Batch:
+    return Batch(
+        ids=torch.from_numpy(np.ascontiguousarray(arrays[IDS], dtype=np.int64)),
+        vals=torch.from_numpy(np.ascontiguousarray(arrays[VALS], dtype=np.float32)),
+        mask=torch.from_numpy(np.ascontiguousarray(arrays[MASK]).astype(bool, copy=False)),
+        label=torch.from_numpy(np.ascontiguousarray(arrays[LABEL], dtype=np.float32)),
+    )
+
+
+def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None, shuffle: bool, seed: int,
+            columns: tuple[str, ...], workers: int):
+    # Horovod: each rank reads only its own row groups (cur_shard / shard_count).
+    return make_batch_reader(
+        f"file://{split_dir.resolve()}",
+        schema_fields=list(columns),
+        cur_shard=shard,
+        shard_count=shards,
+        num_epochs=num_epochs,
+        shuffle_row_groups=shuffle,
+        seed=seed,
+        workers_count=workers,
+        reader_pool_type="thread",
+    )
+
+
+def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
+                  shuffle_buffer: int = 100_000, workers: int = 2) -> Iterator[Batch]:
+    """Yield exactly ``steps`` shuffled batches of ``batch_size`` rows from this rank's shard.
+
+    Rows are shuffled twice: Petastorm shuffles the order of row groups (seeded), and a buffer
+    of ``shuffle_buffer`` rows is permuted before batches are cut from it. The seed should
+    change every epoch (the trainer passes ``seed + epoch``), which is also what makes an
+    epoch replayable on ``--resume``.
+    """
+    split_dir = Path(split_dir)
+    sizes = row_group_sizes(split_dir)
+    groups = len(sizes)
+    if groups < size:
+        raise DatasetError(
+            f"{split_dir}: {groups} Parquet row groups for {size} workers; every worker needs at least one. "
+            "Re-run jobs/preprocess.py with smaller row groups (more files), or use fewer workers."
+        )
+    rng = np.random.default_rng(seed * 1_000_003 + rank)
+    # The shard is read in a loop: a buffer larger than the shard would only hold repeats.
+    capacity = max(2 * batch_size, min(shuffle_buffer, sum(sizes) // size))
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    produced = 0
+    with _reader(split_dir, shard=rank, shards=size, num_epochs=None, shuffle=True, seed=seed,
+                 columns=COLUMNS, workers=workers) as reader:
+        for chunk in reader:
+            arrays = _to_numpy(chunk, COLUMNS)
+            pending.append(arrays)
+            pending_rows += len(arrays[LABEL])
+            if pending_rows < capacity:
+                continue
+            buf = {c: np.concatenate([p[c] for p in pending]) for c in COLUMNS}
+            order = rng.permutation(pending_rows)
+            n_out = pending_rows // batch_size - (capacity // batch_size) // 2  # keep half to mix with the next chunks
+            n_out = max(1, n_out)
+            for b in range(n_out):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                yield _to_batch({c: buf[c][idx] for c in COLUMNS})
+                produced += 1
+                if produced == steps:
+                    return
+            rest = order[n_out * batch_size:]
+            pending = [{c: buf[c][rest] for c in COLUMNS}]
+            pending_rows = len(rest)
+
+
+def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int = 8192,
+                 workers: int = 2, with_row_id: bool = False) -> Iterator[Batch | tuple[Batch, np.ndarray]]:
+    """Yield this rank's share of a split once, unshuffled; across ranks every row exactly once.
+
+    With fewer row groups than ranks, the ranks beyond the number of row groups read nothing.
+    """
+    split_dir = Path(split_dir)
+    groups = len(row_group_sizes(split_dir))
+    shards = min(size, groups)
+    if rank >= shards:
+        return
+    columns = COLUMNS + ((ROW_ID,) if with_row_id else ())
+    with _reader(split_dir, shard=rank, shards=shards, num_epochs=1, shuffle=False, seed=0,
+                 columns=columns, workers=workers) as reader:
+        for chunk in reader:
+            arrays = _to_numpy(chunk, columns)
+            n = len(arrays[LABEL])
+            for start in range(0, n, batch_size):
+                part = {c: arrays[c][start:start + batch_size] for c in columns}
+                batch = _to_batch(part)
+                yield (batch, part[ROW_ID]) if with_row_id else batch
+
+
+def steps_per_epoch(train_rows: int, global_batch: int) -> int:
+    """One epoch = the whole train split once, in global batches (the last one completed by wrapping)."""
+    return max(1, math.ceil(train_rows / global_batch))

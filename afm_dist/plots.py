@@ -1,0 +1,58 @@
+"""PNG figures people look at: training curves and attention heatmaps (matplotlib, no display)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *, title: str) -> None:
+    """Train and validation RMSE per epoch (the paper's Figure 5)."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(epochs, [h["train_rmse"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_rmse"] for h in history], marker="s", label="validation")
+    best = min(history, key=lambda h: h["val_rmse"])
+    ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("RMSE")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str | os.PathLike, *,
+                           title: str) -> None:
+    """Symmetric field × field matrix of mean attention weights, annotated."""
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(fields), 0.6 + 0.6 * len(fields)), dpi=120)
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(fields)), labels=fields, rotation=45, ha="right")
+    ax.set_yticks(range(len(fields)), labels=fields)
+    finite = m[np.isfinite(m)]
+    threshold = finite.max() / 2 if finite.size else 0.0
+    for i in range(len(fields)):
+        for j in range(len(fields)):
+            if np.isfinite(m[i, j]) and i != j:
+                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                        color="black" if m[i, j] > threshold else "white")
+    fig.colorbar(im, ax=ax, label="mean attention")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
