@@ -1,0 +1,301 @@
+"""Reusable blocks of the factorization-machine family; the models in this package combine them.
+
+Notation used in every docstring and shape comment:
+
+    B: batch size
+    M: number of slots (columns of ``ids`` / ``vals`` / ``mask``, see afm_dist/dataset.py)
+    P: number of slot pairs, M (M - 1) / 2, in ``torch.triu_indices(M, M, 1)`` order
+    C: number of slot pairs in one chunk of the memory-efficient attention
+    N: number of features (rows of the embedding tables)
+    k: embedding size
+    t: attention factor (hidden size of the attention network)
+
+A slot with ``mask`` False is padding: every block multiplies its value x_i by the mask, so a
+padded slot contributes nothing, and the attention gives it no weight.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_values(vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x_i with padded slots set to 0: (B, M) float, (B, M) bool -> (B, M)."""
+    return vals * mask.to(vals.dtype)
+
+
+def pair_index(num_slots: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots (i, j), i < j, of every pair in ``torch.triu_indices(M, M, 1)`` order: two (P,) int64."""
+    rows, cols = torch.triu_indices(num_slots, num_slots, offset=1, device=device)
+    return rows, cols
+
+
+class FeaturesLinear(nn.Module):
+    """The linear part of every model: w0 + sum_i w_i x_i.
+
+    Args:
+        num_features: N, rows of the weight table (global feature ids are 0..N-1).
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Embedding(num_features, 1)  # w_i, (N, 1)
+        self.bias = nn.Parameter(torch.zeros(1))  # w0
+        # Zeros, as the reference implementation: the linear part starts as the constant 0.
+        nn.init.zeros_(self.weight.weight)
+
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """ids (B, M) int64, xs (B, M) masked values -> (B,)."""
+        w = self.weight(ids).squeeze(-1)  # (B, M)
+        return self.bias + (w * xs).sum(dim=1)  # (B,)
+
+
+class FeaturesEmbedding(nn.Module):
+    """Embeddings scaled by their feature values: e_i = v_i x_i.
+
+    Args:
+        num_features: N, rows of the table.
+        embedding_dim: k.
+        init_std: standard deviation of the normal initialisation.
+        sparse: sparse gradients for the table (only optimizers that accept them: SGD, Adagrad).
+    """
+
+    def __init__(self, num_features: int, embedding_dim: int, init_std: float = 0.01, sparse: bool = False) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_features, embedding_dim, sparse=sparse)  # v_i, (N, k)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=init_std)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embedding.weight
+
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """ids (B, M) int64, xs (B, M) masked values -> e (B, M, k)."""
+        return self.embedding(ids) * xs.unsqueeze(-1)  # (B, M, k)
+
+
+class BiInteraction(nn.Module):
+    """FM's pair term before summing over k: sum_{i<j} e_i * e_j, in O(M k) (Rendle 2010, lemma 3.1).
+
+    sum_{i<j} e_i * e_j = 1/2 [(sum_i e_i)^2 - sum_i e_i^2], elementwise in k. Padded slots have
+    e_i = 0 and so drop out of both sums.
+    """
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """e (B, M, k) -> (B, k)."""
+        square_of_sum = e.sum(dim=1).square()  # (B, k)
+        sum_of_squares = e.square().sum(dim=1)  # (B, k)
+        return 0.5 * (square_of_sum - sum_of_squares)  # (B, k)
+
+
+class PairwiseInteraction(nn.Module):
+    """Every pair product e_i * e_j, i < j, materialised: (B, M, k) -> (B, P, k).
+
+    Args:
+        num_slots: M.
+    """
+
+    def __init__(self, num_slots: int) -> None:
+        super().__init__()
+        rows, cols = pair_index(num_slots)
+        self.register_buffer("rows", rows, persistent=False)  # (P,)
+        self.register_buffer("cols", cols, persistent=False)  # (P,)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """e (B, M, k) -> (B, P, k)."""
+        return e.index_select(1, self.rows) * e.index_select(1, self.cols)  # (B, P, k)
+
+    def pair_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Slot mask (B, M) bool -> pair mask (B, P) bool: both slots of the pair are real."""
+        return mask.index_select(1, self.rows) & mask.index_select(1, self.cols)  # (B, P)
+
+
+def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1 of the entries where ``valid`` is True; exactly 0 elsewhere.
+
+    Invalid logits are set to -inf, so they take no part in the normaliser. A row without any valid
+    entry (a row with fewer than two real slots has no pair) would be 0/0: its logits are set to 0
+    instead, so that softmax stays finite (and so do the gradients), and its weights are all 0.
+
+    logits (B, P), valid (B, P) bool -> (B, P)
+    """
+    has_valid = valid.any(dim=1, keepdim=True)  # (B, 1)
+    logits = logits.masked_fill(~valid, float("-inf")).masked_fill(~has_valid, 0.0)  # (B, P)
+    return F.softmax(logits, dim=1).masked_fill(~valid, 0.0)  # (B, P)
+
+
+class _PairAttentionLogits(torch.autograd.Function):
+    """s_ij = h^T ReLU(W (e_i * e_j) + b) for every pair, without keeping (B, P, k) for backward.
+
+    Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and (B, C, t) tensors
+    exist at a time. When everything fits in a single chunk, the ReLU output (B, P, t) is kept, so
+    that backward needs no second matmul; otherwise backward recomputes each chunk's pair products
+    and ReLU output from e (B, M, k), which is all that is saved. Gradients are written out by hand
+    (see backward) so that each chunk costs two matmuls and a few elementwise passes.
+    """
+
+    @staticmethod
+    def forward(ctx, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor,
+                rows: torch.Tensor, cols: torch.Tensor, chunk: int) -> torch.Tensor:
+        B, M, k = e.shape
+        P = rows.numel()
+        logits = e.new_empty(B, P)  # (B, P)
+        relu_out = None
+        for start in range(0, P, chunk):
+            r, c = rows[start:start + chunk], cols[start:start + chunk]
+            pairs = e.index_select(1, r) * e.index_select(1, c)  # (B, C, k)
+            hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
+            logits[:, start:start + chunk] = torch.mv(hidden, h).view(B, -1)  # (B, C)
+            if chunk >= P:
+                relu_out = hidden
+        ctx.chunk = chunk
+        ctx.keep_relu = relu_out is not None
+        if ctx.keep_relu:
+            ctx.save_for_backward(e, weight, bias, h, rows, cols, relu_out)
+        else:
+            ctx.save_for_backward(e, weight, bias, h, rows, cols)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        # Per pair n: q = e_i * e_j, z = W q + b, r = ReLU(z), s = h^T r. Given ds = dL/ds:
+        #   dh += r ds        dz = ds (h * [z > 0])      db += dz      dW += dz q^T
+        #   dq = W^T dz       de_i += dq * e_j           de_j += dq * e_i
+        if ctx.keep_relu:
+            e, weight, bias, h, rows, cols, relu_out = ctx.saved_tensors
+        else:
+            e, weight, bias, h, rows, cols = ctx.saved_tensors
+            relu_out = None
+        chunk = ctx.chunk
+        B, M, k = e.shape
+        P = rows.numel()
+        need_e = ctx.needs_input_grad[0]
+        grad_e = torch.zeros_like(e)  # (B, M, k)
+        grad_w = torch.zeros_like(weight)  # (t, k)
+        grad_b = torch.zeros_like(bias)  # (t,)
+        grad_h = torch.zeros_like(h)  # (t,)
+        for start in range(0, P, chunk):
+            r, c = rows[start:start + chunk], cols[start:start + chunk]
+            e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
+            pairs = (e_i * e_j).view(-1, k)  # (B C, k)
+            hidden = relu_out if relu_out is not None else torch.addmm(bias, pairs, weight.t()).relu_()  # (B C, t)
+            ds = grad_logits[:, start:start + chunk].reshape(-1)  # (B C,)
+            grad_h.addmv_(hidden.t(), ds)
+            grad_z = torch.outer(ds, h).masked_fill_(hidden <= 0, 0.0)  # (B C, t)
+            grad_b.add_(grad_z.sum(dim=0))
+            grad_w.addmm_(grad_z.t(), pairs)
+            if need_e:
+                grad_pairs = torch.mm(grad_z, weight).view(B, -1, k)  # (B, C, k)
+                grad_e.index_add_(1, r, grad_pairs * e_j)
+                grad_e.index_add_(1, c, grad_pairs * e_i)
+        return (grad_e if need_e else None), grad_w, grad_b, grad_h, None, None, None
+
+
+class AttentionPooling(nn.Module):
+    """AFM's attention-based pooling (Xiao et al. 2017, eq. 3-5) over all pairs of real slots.
+
+        a'_ij = h^T ReLU(W (e_i * e_j) + b),   a_ij = softmax over the row's real pairs of a'_ij
+        out   = sum_{i<j} a_ij (e_i * e_j)
+
+    with W (t, k), b (t,), h (t,). Pairs with a padded slot get a_ij = 0 exactly.
+
+    Two paths with the same numbers (up to floating-point rounding):
+
+    - naive: materialise the (B, P, k) pair products and let autograd keep every activation
+      (pair products, both gathered operands, the (B, P, t) hidden layer) for backward;
+    - memory-efficient (default): the logits come from ``_PairAttentionLogits``, which keeps at
+      most one chunk of C pairs alive and recomputes in backward; the weighted sum is computed as
+      sum_i e_i * (A e)_i with A the (B, M, M) upper-triangular matrix of a_ij, one batched matmul
+      that never forms pair products. Peak memory is O(B M k + B P + B C max(k, t)).
+
+    Args:
+        num_slots: M.
+        embedding_dim: k.
+        attention_factor: t.
+        attention_dropout: dropout on the attention weights a_ij (the reference code's keep[0]).
+        naive: use the naive path.
+        chunk_elements: memory budget of the efficient path, in elements of one (B C, max(k, t))
+            tensor: C = max(1, chunk_elements // (B max(k, t))).
+    """
+
+    def __init__(self, num_slots: int, embedding_dim: int, attention_factor: int, attention_dropout: float = 0.0,
+                 naive: bool = False, chunk_elements: int = 1 << 22) -> None:
+        super().__init__()
+        self.num_slots = num_slots
+        self.naive = naive
+        self.chunk_elements = chunk_elements
+        self.pairs = PairwiseInteraction(num_slots)
+        self.weight = nn.Parameter(torch.empty(attention_factor, embedding_dim))  # W, (t, k)
+        self.bias = nn.Parameter(torch.empty(attention_factor))  # b, (t,)
+        self.h = nn.Parameter(torch.empty(attention_factor))  # h, (t,)
+        self.attention_dropout = nn.Dropout(attention_dropout)
+        # The reference implementation's initialisation: Glorot normal for W and b, standard normal h.
+        glorot = (2.0 / (attention_factor + embedding_dim)) ** 0.5
+        nn.init.normal_(self.weight, std=glorot)
+        nn.init.normal_(self.bias, std=glorot)
+        nn.init.normal_(self.h, std=1.0)
+        flat = self.pairs.rows * num_slots + self.pairs.cols  # (P,) position of (i, j) in an M x M matrix
+        self.register_buffer("flat_index", flat, persistent=False)
+
+    def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e (B, M, k), mask (B, M) bool -> pooled (B, k), attention a_ij (B, P)."""
+        if e.shape[1] != self.num_slots:
+            raise ValueError(f"AttentionPooling was built for {self.num_slots} slots, got e of shape {tuple(e.shape)}")
+        valid = self.pairs.pair_mask(mask)  # (B, P)
+        if self.naive:
+            pairs = self.pairs(e)  # (B, P, k)
+            logits = F.relu(F.linear(pairs, self.weight, self.bias)) @ self.h  # (B, P)
+            attention = self.attention_dropout(masked_softmax(logits, valid))  # (B, P)
+            pooled = (attention.unsqueeze(-1) * pairs).sum(dim=1)  # (B, k)
+            return pooled, attention
+        B, M, k = e.shape
+        chunk = max(1, self.chunk_elements // (B * max(k, self.weight.shape[0])))
+        logits = _PairAttentionLogits.apply(e, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols,
+                                            chunk)  # (B, P)
+        attention = self.attention_dropout(masked_softmax(logits, valid))  # (B, P)
+        weights = attention.new_zeros(B, M * M).index_copy(1, self.flat_index, attention).view(B, M, M)  # A, (B, M, M)
+        pooled = (e * torch.bmm(weights, e)).sum(dim=1)  # (B, k)
+        return pooled, attention
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> Dropout for each hidden size, then a linear layer to one output.
+
+    Args:
+        in_features: input width.
+        hidden_sizes: width of each hidden layer.
+        dropout: dropout after each hidden layer.
+    """
+
+    def __init__(self, in_features: int, hidden_sizes: tuple[int, ...], dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_features) -> (B,)."""
+        return self.net(x).squeeze(-1)  # (B,)
+
+
+class ResidualUnit(nn.Module):
+    """Deep Crossing's residual unit: x + W2 ReLU(W1 x + b1) + b2 (Shan et al. 2016).
+
+    Args:
+        width: input and output width d.
+        hidden_size: width of the inner layer.
+    """
+
+    def __init__(self, width: int, hidden_size: int) -> None:
+        super().__init__()
+        self.inner = nn.Linear(width, hidden_size)  # W1, b1
+        self.outer = nn.Linear(hidden_size, width)  # W2, b2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, d) -> (B, d)."""
+        return x + self.outer(F.relu(self.inner(x)))  # (B, d)
