@@ -1,0 +1,201 @@
+"""AFM: eq. 2-6 against a brute-force reference, its masking, the memory-efficient path, a fit."""
+from __future__ import annotations
+
+from itertools import combinations
+
+import pytest
+import torch
+
+from afm_dist.models import AFM, FM, init_from_fm
+from afm_dist.models.layers import AttentionPooling, _PairAttentionLogits
+
+N, M, K, T = 20, 6, 5, 3
+
+
+def _afm(naive: bool = False, chunk_elements: int = 1 << 22, seed: int = 0, **kw) -> AFM:
+    torch.manual_seed(seed)
+    model = AFM(N, M, K, T, init_std=0.5, naive=naive, chunk_elements=chunk_elements, **kw).double().eval()
+    torch.nn.init.normal_(model.linear.weight.weight)
+    torch.nn.init.normal_(model.p)
+    return model
+
+
+def _reference(model: AFM, ids, vals, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2-6 one row and one pair at a time, the softmax over the row's real pairs only."""
+    v, w = model.embedding.weight, model.linear.weight.weight[:, 0]
+    att = model.attention
+    rows, cols = model.pair_index()
+    scores, attention = [], torch.zeros(ids.shape[0], rows.numel(), dtype=torch.float64)
+    for b in range(ids.shape[0]):
+        real = [i for i in range(M) if mask[b, i]]
+        y = model.linear.bias[0] + sum(w[ids[b, i]] * vals[b, i] for i in real)
+        pairs = list(combinations(real, 2))
+        if pairs:
+            q = torch.stack([v[ids[b, i]] * v[ids[b, j]] * vals[b, i] * vals[b, j] for i, j in pairs])  # (R, k)
+            logits = torch.relu(q @ att.weight.t() + att.bias) @ att.h  # (R,)
+            a = torch.exp(logits) / torch.exp(logits).sum()
+            y = y + model.p @ (a[:, None] * q).sum(0)
+            for (i, j), a_ij in zip(pairs, a):
+                attention[b, ((rows == i) & (cols == j)).nonzero().item()] = a_ij
+        scores.append(y)
+    return torch.stack(scores), attention
+
+
+@pytest.mark.parametrize("naive", [True, False])
+def test_afm_equals_equations_2_to_6(make_batch, naive):
+    ids, vals, mask = make_batch(10, M, N, seed=1)
+    model = _afm(naive)
+    expected_scores, expected_attention = _reference(model, ids, vals, mask)
+    scores, attention = model(ids, vals, mask, return_attention=True)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_index_is_triu_order():
+    rows, cols = _afm().pair_index()
+    expected = torch.triu_indices(M, M, 1)
+    assert torch.equal(rows, expected[0]) and torch.equal(cols, expected[1])
+    assert rows.numel() == M * (M - 1) // 2
+
+
+def test_uniform_attention_and_unit_p_is_fm_over_number_of_pairs(make_batch):
+    ids, vals, mask = make_batch(12, M, N, seed=2)
+    fm = FM(N, K, init_std=0.5).double().eval()
+    torch.nn.init.normal_(fm.linear.weight.weight)
+    afm = init_from_fm(_afm(), fm)
+    with torch.no_grad():
+        afm.attention.h.zero_()  # every logit 0: the softmax is uniform over the row's real pairs
+        afm.p.fill_(1.0)
+    linear = fm.linear(ids, vals)
+    real = mask.sum(1)
+    num_pairs = (real * (real - 1) // 2).to(torch.float64)
+    fm_pair_term = fm(ids, vals, mask) - linear
+    expected = torch.where(num_pairs > 0, fm_pair_term / num_pairs.clamp_min(1), 0.0)
+    torch.testing.assert_close(afm(ids, vals, mask) - linear, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("naive", [True, False])
+def test_attention_masking_and_rows_without_pairs(make_batch, naive):
+    ids, vals, mask = make_batch(16, M, N, seed=3)  # rows 0, 1, 2 have 0, 1, 2 real slots
+    model = _afm(naive)
+    scores, attention = model(ids, vals, mask, return_attention=True)
+    rows, cols = model.pair_index()
+    real_pair = mask[:, rows] & mask[:, cols]  # (B, P)
+    has_pair = real_pair.any(1)
+    assert has_pair.tolist()[:3] == [False, False, True]
+    torch.testing.assert_close(attention.sum(1)[has_pair], torch.ones(int(has_pair.sum()), dtype=torch.float64))
+    assert torch.all(attention[~real_pair] == 0.0)
+    assert torch.all(attention[0] == 0.0) and torch.all(attention[1] == 0.0)
+    assert torch.isfinite(scores).all()
+    # The pair term of a row without pairs is exactly 0: the score is the linear part.
+    torch.testing.assert_close(scores[:2], model.linear(ids, vals * mask)[:2], rtol=0, atol=0)
+    scores.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _grads(model: AFM, ids, vals, mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    scores, attention = model(ids, vals, mask, return_attention=True)
+    # Weight the rows, and use the attention too, so that every gradient path is exercised.
+    (scores * torch.linspace(-1, 2, len(scores), dtype=scores.dtype)).sum().backward(retain_graph=True)
+    return torch.cat([scores, attention.flatten()]), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 5 * 16, 1])  # one chunk, several chunks, one pair each
+def test_memory_efficient_path_equals_naive(make_batch, chunk_elements):
+    ids, vals, mask = make_batch(16, M, N, seed=4)
+    naive_out, naive_grads = _grads(_afm(naive=True), ids, vals, mask)
+    fast_out, fast_grads = _grads(_afm(naive=False, chunk_elements=chunk_elements), ids, vals, mask)
+    torch.testing.assert_close(fast_out, naive_out, rtol=1e-12, atol=1e-14)
+    assert naive_grads.keys() == fast_grads.keys()
+    for name in naive_grads:
+        torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-10, atol=1e-13, msg=name)
+
+
+def test_memory_efficient_path_equals_naive_in_float32(make_batch):
+    ids, vals, mask = make_batch(64, M, N, seed=5, dtype=torch.float32)
+    naive, fast = _afm(naive=True).float(), _afm(naive=False, chunk_elements=64 * 5 * 7).float()
+    naive_out, naive_grads = _grads(naive, ids, vals, mask)
+    fast_out, fast_grads = _grads(fast, ids, vals, mask)
+    torch.testing.assert_close(fast_out, naive_out, rtol=1e-5, atol=1e-6)
+    for name in naive_grads:
+        torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("chunk", [100, 4, 1])
+def test_gradcheck_pair_attention_logits(chunk):
+    torch.manual_seed(0)
+    e = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    rows, cols = torch.triu_indices(5, 5, 1)
+    assert torch.autograd.gradcheck(lambda *x: _PairAttentionLogits.apply(*x, rows, cols, chunk),
+                                    (e, weight, bias, h))
+
+
+@pytest.mark.parametrize("naive", [True, False])
+def test_gradcheck_afm(make_batch, naive):
+    ids, vals, mask = make_batch(6, 4, 10, seed=6)
+    torch.manual_seed(0)
+    model = AFM(10, 4, 3, 2, init_std=0.5, naive=naive, chunk_elements=6 * 3 * 2).double().eval()
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+
+    def scores(*values):
+        return torch.func.functional_call(model, dict(zip(names, values)), (ids, vals, mask))
+
+    assert torch.autograd.gradcheck(scores, params)
+
+
+def test_l2_penalty_is_squared_norm_of_w():
+    model = _afm()
+    torch.testing.assert_close(model.l2_penalty(), (model.attention.weight ** 2).sum())
+    model.l2_penalty().backward()
+    torch.testing.assert_close(model.attention.weight.grad, 2 * model.attention.weight)
+
+
+def test_dropout_on_the_pooled_vector_only(make_batch):
+    ids, vals, mask = make_batch(8, M, N, seed=7)
+    model = _afm(dropout=1.0).train()
+    torch.testing.assert_close(model(ids, vals, mask), model.linear(ids, vals * mask), rtol=0, atol=0)
+
+
+def test_parameter_count_by_hand():
+    n, k, t = 30, 8, 4
+    model = AFM(n, 7, k, t)
+    assert model.num_parameters() == n * k + n + 1 + t * k + t + t + k  # v, w, w0, W, b, h, p
+
+
+def test_attention_pooling_rejects_wrong_number_of_slots():
+    with pytest.raises(ValueError, match="built for 4 slots"):
+        AttentionPooling(4, 3, 2)(torch.zeros(2, 5, 3), torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_fits_a_planted_field_interaction():
+    """Target = T[field 0, field 1] only (zero-mean rows and columns, so no linear part can help):
+    a small AFM reaches near-zero training MSE and puts its largest mean attention on that pair."""
+    g = torch.Generator().manual_seed(0)
+    fields, vocab = 4, 5
+    table = torch.randn(vocab, vocab, generator=g)
+    table = table - table.mean(0, keepdim=True) - table.mean(1, keepdim=True) + table.mean()
+    values = torch.randint(0, vocab, (256, fields), generator=g)
+    ids = values + torch.arange(fields) * vocab  # field f's values are features f*vocab .. f*vocab+4
+    vals, mask = torch.ones(256, fields), torch.ones(256, fields, dtype=torch.bool)
+    target = table[values[:, 0], values[:, 1]]
+    torch.manual_seed(0)
+    model = AFM(fields * vocab, fields, 8, 8, init_std=0.3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(150):  # seeds 0-5 all pass by step 100
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(ids, vals, mask), target)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        scores, attention = model(ids, vals, mask, return_attention=True)
+    mse = torch.nn.functional.mse_loss(scores, target).item()
+    assert mse < 0.01 * target.var().item(), mse
+    rows, cols = model.pair_index()
+    planted = ((rows == 0) & (cols == 1)).nonzero().item()
+    assert attention.mean(0).argmax().item() == planted, attention.mean(0)
