@@ -8,6 +8,8 @@ its shard once, every row exactly once across ranks.
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -71,14 +73,17 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> Batch:
         ids=torch.from_numpy(np.ascontiguousarray(arrays[IDS], dtype=np.int64)),
         vals=torch.from_numpy(np.ascontiguousarray(arrays[VALS], dtype=np.float32)),
         mask=torch.from_numpy(np.ascontiguousarray(arrays[MASK]).astype(bool, copy=False)),
-        label=torch.from_numpy(np.ascontiguousarray(arrays[LABEL], dtype=np.float32)),
+        label=torch.from_numpy(np.array(arrays[LABEL], dtype=np.float32)),  # a writable copy
     )
 
 
+@contextmanager
 def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None, shuffle: bool, seed: int,
             columns: tuple[str, ...], workers: int):
+    # Petastorm 0.13 uses pyarrow's legacy dataset API, which pyarrow 14 (pinned) still has.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     # Horovod: each rank reads only its own row groups (cur_shard / shard_count).
-    return make_batch_reader(
+    reader = make_batch_reader(
         f"file://{split_dir.resolve()}",
         schema_fields=list(columns),
         cur_shard=shard,
@@ -89,6 +94,11 @@ def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None,
         workers_count=workers,
         reader_pool_type="thread",
     )
+    try:
+        yield reader
+    finally:  # not the reader's own __exit__, which prints "Cache cleanup complete." every time
+        reader.stop()
+        reader.join()
 
 
 def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
