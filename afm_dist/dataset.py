@@ -32,6 +32,8 @@ from typing import Any
 COMPLETE_MARKER = "_AFM_COMPLETE"
 METADATA_FILE = "metadata.json"
 SPLITS = ("train", "validation", "test")
+VOCABULARY = "vocabulary"
+REJECTED = "rejected"
 FORMAT_VERSION = 1
 
 # Column names of a split: the single place they are spelled.

@@ -33,7 +33,7 @@ def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str 
                            title: str) -> None:
     """Symmetric field × field matrix of mean attention weights, annotated."""
     m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(fields), 0.6 + 0.6 * len(fields)), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.5 + 0.7 * len(fields)), max(4.0, 1.0 + 0.6 * len(fields))), dpi=120)
     im = ax.imshow(m, cmap="viridis")
     ax.set_xticks(range(len(fields)), labels=fields, rotation=45, ha="right")
     ax.set_yticks(range(len(fields)), labels=fields)
@@ -45,7 +45,7 @@ def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str 
                 ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=7,
                         color="black" if m[i, j] > threshold else "white")
     fig.colorbar(im, ax=ax, label="mean attention")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

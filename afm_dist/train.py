@@ -38,7 +38,7 @@ import torch
 from afm_dist import metrics as M
 from afm_dist.checkpoint import (CHECKPOINT, CURVES, METRICS, MODEL_INFO, MODEL_WEIGHTS, load_checkpoint,
                                  read_model_dir, save_checkpoint, save_info, save_weights)
-from afm_dist.dataset import COMPLETE_MARKER, DatasetError, DatasetMetadata, load_metadata, mark_complete, split_path
+from afm_dist.dataset import VOCABULARY, DatasetError, DatasetMetadata, load_metadata, mark_complete, split_path
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
 from afm_dist.models import MODEL_NAMES, ModelConfig, build_model, init_from_fm
 from afm_dist.paths import OutputPathError, validate_output_path
@@ -323,10 +323,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             break
     if rank == 0:
         save_info(_model_info(cfg, meta, model, best, global_batch, finished=True), out / MODEL_INFO)
+        _copy_vocabulary(Path(cfg.data), out)
         mark_complete(out)
         log(f"done: best epoch {best['epoch']}, validation RMSE {best['val_rmse']:.4f} -> {out}")
     hvd.barrier()
     return best
+
+
+def _copy_vocabulary(data_dir: Path, out: Path) -> None:
+    """Scoring raw logs needs the training vocabulary: the model directory carries its own copy."""
+    src, dst = data_dir / VOCABULARY, out / VOCABULARY
+    if src.is_dir():
+        tmp = out / f".{VOCABULARY}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
 
 
 def _loss(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""Score a test split or raw logs with a trained model, on Spark executors.
+
+    ./spark-submit.sh jobs/score.py --model out/models/afm --input out/frappe/test --output out/scores
+
+``--input`` is either a split written by jobs/preprocess.py (a directory of Parquet with ids,
+vals, mask) or raw logs in the model's dataset-schema format, encoded on the fly with the model's
+own vocabulary (values never seen in training take the field's out-of-vocabulary id).
+
+Output DIR: ``predictions/`` (Parquet: key columns, label where present, prediction),
+``metrics.json`` (rows, RMSE, MAE; log loss and AUC for binary targets) when the input has targets,
+``rejected/`` for malformed raw rows; moved into place with a completion marker only when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from afm_dist.checkpoint import read_model_dir
+from afm_dist.dataset import LABEL, DatasetError, mark_complete
+from afm_dist.paths import OutputPathError, publish_directory, validate_output_path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory written by afm_dist.train")
+    p.add_argument("--input", required=True, nargs="+", help="a preprocessed split directory, or raw log files")
+    p.add_argument("--output", required=True)
+    p.add_argument("--no-clip", dest="clip", action="store_false",
+                   help="do not bound predictions to the training target's range")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per torch inference batch")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
+    p.add_argument("--max-rejected-fraction", type=float, default=0.01)
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        info, _ = read_model_dir(args.model)
+        out = validate_output_path(args.output, overwrite=args.overwrite)
+    except (DatasetError, OutputPathError) as e:
+        print(f"score: error: {e}", file=sys.stderr)
+        return 2
+
+    from afm_dist.spark.inputs import load_encoded
+    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score
+    from afm_dist.spark.session import build_session
+
+    spark = build_session("afm-dist-score")
+    start = time.time()
+    target = info["dataset"]["target"]
+    clip = (float(target["min"]), float(target["max"])) if args.clip and "min" in target else None
+    with publish_directory(out, overwrite=args.overwrite) as staging:
+        encoded, keys, rejected = load_encoded(spark, args.input, info, staging,
+                                               max_rejected_fraction=args.max_rejected_fraction)
+        scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
+                       threads=args.threads)
+        scored.write.parquet(str(staging / "predictions"))
+        predictions = spark.read.parquet(str(staging / "predictions"))
+        summary = {"model": str(Path(args.model).resolve()), "inputs": args.input, "clipped_to": clip,
+                   "rejected_rows": rejected}
+        if LABEL in predictions.columns:
+            summary.update(regression_metrics(predictions))
+            if target.get("kind") == "implicit":
+                summary.update(binary_metrics(predictions))
+        else:
+            summary["rows"] = predictions.count()
+        summary["seconds"] = round(time.time() - start, 2)
+        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        mark_complete(staging)
+    _print_table(summary, out)
+    return 0
+
+
+def _print_table(summary: dict, out: Path) -> None:
+    rows = [(k, summary[k]) for k in ("rows", "rmse", "mae", "logloss", "auc", "rejected_rows", "seconds") if k in summary]
+    width = max(len(k) for k, _ in rows)
+    print(f"scores written to {out}")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v:.6f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
