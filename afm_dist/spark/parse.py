@@ -1,0 +1,225 @@
+"""Raw rows -> typed field values, and the reason of every malformed row.
+
+All functions are pure ``DataFrame -> DataFrame`` transforms of the lines DataFrame of
+``afm_dist.spark.readers``. After ``parse_fields`` a row has one column per schema field, named
+after it:
+
+    categorical        string           the trimmed value (null when missing)
+    multi_categorical  array<string>    distinct non-empty values, in input order, at most
+                                        max_values (null when there is none)
+    numeric            double           the value after the field's transform (log, log1p)
+
+plus ``_label`` (double, explicit targets) and ``_reason`` (string; null for a good row).
+A row is malformed when its column count is wrong, a quote is unbalanced, a JSON line is not
+an object, a numeric field or the label is not a (finite) number, a required value is empty,
+or a required side-table field finds no row for its key. The reason names the field and shows
+the offending value.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from afm_dist.schema import Field, InputFormat, Schema, SideTable
+from afm_dist.spark.readers import TEXT
+
+HEADER, COLS, REASON, LABEL, PROBLEM = "_header", "_cols", "_reason", "_label", "_problem"
+LIBFM_IDS, LIBFM_VALS = "_fids", "_fvals"
+
+# A decimal number as text: what a numeric field or a label may hold (no NaN, no Infinity).
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_SHOWN = 60  # characters of an offending value quoted in a reason
+
+
+def _regex_char(c: str) -> str:
+    """``c`` as a Java regex matching that one character literally."""
+    return c if c.isalnum() else "\\" + c
+
+
+def _shown(value: Column) -> Column:
+    return F.substring(value, 1, _SHOWN)
+
+
+def _table_column(name: str) -> str:
+    return f"_t_{name}"
+
+
+def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | None,
+                  needed: Sequence[str], header_lines: Sequence[str] = ()) -> DataFrame:
+    """Add ``_header`` (the line is a header), ``_problem`` (a structural problem, or null) and
+    ``_cols``, a struct with the ``needed`` columns as strings.
+
+    ``columns`` are the delimited file's columns in order; ``header_lines`` the exact text of
+    the files' header: a line equal to it is a header, wherever it is (files concatenated with
+    their headers are common), and is not an input row. Parquet rows already have ``_cols``.
+    """
+    text = F.col(TEXT)
+    header = text.isin(list(header_lines)) if header_lines else F.lit(False)
+    if fmt.type == "parquet":
+        return lines.withColumn(HEADER, F.lit(False)).withColumn(PROBLEM, F.lit(None).cast("string"))
+    if fmt.type == "json":
+        ddl = T.StructType([T.StructField(c, T.StringType()) for c in needed]
+                           + [T.StructField("_corrupt", T.StringType())])
+        parsed = F.from_json(text, ddl, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+        problem = (F.when(F.trim(text) == "", F.lit("empty line"))
+                   .when(parsed.getField("_corrupt").isNotNull(), F.lit("not a JSON object")))
+        cols = F.struct(*[parsed.getField(c).alias(c) for c in needed])
+    elif fmt.delimited:
+        assert columns is not None
+        index = {c: i for i, c in enumerate(columns)}
+        delim = _regex_char(fmt.delimiter)
+        if fmt.quote is None:
+            parts = F.split(text, delim, -1)
+            count = F.size(parts)
+            cols = F.struct(*[parts.getItem(index[c]).alias(c) for c in needed])
+            unbalanced = F.lit(False)
+        else:
+            q = _regex_char(fmt.quote)
+            # Quoted values (a doubled quote inside one is a quote) hide their delimiters.
+            unquoted = F.regexp_replace(text, f"{q}([^{q}]|{q}{q})*{q}", "")
+            count = F.size(F.split(unquoted, delim, -1))
+            unbalanced = F.instr(unquoted, fmt.quote) > 0
+            ddl = ", ".join(f"`_c{i}` STRING" for i in range(len(columns)))
+            parsed = F.from_csv(text, ddl, {"sep": fmt.delimiter, "quote": fmt.quote, "escape": fmt.quote,
+                                            "mode": "PERMISSIVE"})
+            cols = F.struct(*[parsed.getField(f"_c{index[c]}").alias(c) for c in needed])
+        problem = (F.when(unbalanced, F.lit("unbalanced quote"))
+                   .when(count != len(columns),
+                         F.concat(F.lit("found "), count.cast("string"),
+                                  F.lit(f" columns, expected {len(columns)}"))))
+    else:
+        raise ValueError(f"split_columns does not read {fmt.type} input")
+    return lines.select("*", header.alias(HEADER), problem.alias(PROBLEM), cols.alias(COLS))
+
+
+def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) -> DataFrame:
+    """Side-table rows (after ``split_columns``) -> one row per key: ``_k_NAME`` (the trimmed
+    key) and ``_t_NAME`` (a struct of ``value_columns``). Headers and malformed rows are left
+    out; a key listed twice keeps its smallest row, so the choice does not depend on order."""
+    key = F.trim(F.col(COLS).getField(table.key))
+    good = rows.filter(~F.col(HEADER) & F.col(PROBLEM).isNull() & key.isNotNull() & (key != ""))
+    values = F.struct(*[F.col(COLS).getField(c).alias(c) for c in value_columns])
+    return (good.select(key.alias(f"_k_{table.name}"), values.alias("_row"))
+            .groupBy(f"_k_{table.name}").agg(F.min("_row").alias(_table_column(table.name))))
+
+
+def join_tables(records: DataFrame, tables: Sequence[tuple[SideTable, DataFrame]]) -> DataFrame:
+    """Left-join each side table (from ``side_table``) on its ``log_key`` column: ``_t_NAME`` is null
+    where the key has no row."""
+    for table, rows in tables:
+        key = f"_k_{table.name}"
+        records = records.join(rows, F.trim(records[COLS].getField(table.log_key)) == rows[key], "left").drop(key)
+    return records
+
+
+def _empty(field: Field) -> str:
+    return f"field '{field.name}': empty value"
+
+
+def _to_double(text: Column) -> Column:
+    """``text`` as a double, null unless it is a number (so no cast ever fails, ANSI mode or not)."""
+    return F.when(text.rlike(_NUMBER), text.cast("double"))
+
+
+def _number_problem(value: Column, what: str) -> Column:
+    """Why ``value`` (trimmed text, non-null) is not a finite number, or null."""
+    number = _to_double(value)
+    return (F.when(~value.rlike(_NUMBER), F.concat(F.lit(f"{what}: '"), _shown(value), F.lit("' is not a number")))
+            .when(F.abs(number) == float("inf"),
+                  F.concat(F.lit(f"{what}: '"), _shown(value), F.lit("' is out of range"))))
+
+
+def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
+    """Add a typed column per field, ``_label`` for an explicit target, and ``_reason``."""
+    problems: list[Column] = [F.col(PROBLEM)]
+    values: list[Column] = []
+    for f in schema.fields:
+        src = F.col(COLS) if f.table is None else F.col(_table_column(f.table))
+        trimmed = F.trim(src.getField(f.column))
+        text = F.when(trimmed != "", trimmed)  # null when missing or empty
+        if f.required and f.table is not None:
+            t = schema.table(f.table)
+            key = F.trim(F.col(COLS).getField(t.log_key))
+            problems.append(
+                F.when(key.isNull() | (key == ""), F.lit(f"field '{f.name}': join column '{t.log_key}' is empty"))
+                .when(F.col(_table_column(t.name)).isNull(),
+                      F.concat(F.lit(f"field '{f.name}': {t.log_key} '"), _shown(key),
+                               F.lit(f"' not found in table '{t.name}'"))))
+        if f.required:
+            problems.append(F.when(text.isNull(), F.lit(_empty(f))))
+        if f.kind == "categorical":
+            values.append(text.alias(f.name))
+        elif f.kind == "multi_categorical":
+            fmt = schema.format if f.table is None else schema.table(f.table).format
+            if fmt.type == "json":  # a JSON array, or a delimited string
+                items = F.when(text.startswith("["), F.from_json(text, T.ArrayType(T.StringType()))).otherwise(
+                    F.split(text, _regex_char(f.delimiter), -1))
+            else:
+                items = F.split(text, _regex_char(f.delimiter), -1)
+            items = F.slice(F.array_distinct(F.filter(F.transform(items, F.trim), lambda v: v.isNotNull() & (v != ""))),
+                            1, f.max_values)
+            values.append(F.when(F.size(items) > 0, items).alias(f.name))
+            if f.required:
+                problems.append(F.when(text.isNotNull() & ~(F.size(items) > 0), F.lit(_empty(f))))
+        else:
+            what = f"field '{f.name}'"
+            problems.append(F.when(text.isNotNull(), _number_problem(text, what)))
+            x = _to_double(text)
+            if f.transform == "log":
+                problems.append(F.when(x <= 0, F.concat(F.lit(f"{what}: log needs a positive value, got '"),
+                                                        _shown(text), F.lit("'"))))
+                x = F.when(x > 0, F.log(x))
+            elif f.transform == "log1p":
+                problems.append(F.when(x <= -1, F.concat(F.lit(f"{what}: log1p needs a value above -1, got '"),
+                                                         _shown(text), F.lit("'"))))
+                x = F.when(x > -1, F.log1p(x))
+            values.append(x.alias(f.name))
+    if schema.target.kind == "explicit":
+        trimmed = F.trim(F.col(COLS).getField(schema.target.column))
+        what = f"label '{schema.target.column}'"
+        problems.append(F.when(trimmed.isNull() | (trimmed == ""), F.lit(f"{what}: empty value"))
+                        .otherwise(_number_problem(trimmed, what)))
+        values.append(_to_double(trimmed).alias(LABEL))
+    return records.select("*", *values, F.coalesce(*problems).alias(REASON))
+
+
+_LIBFM_TOKEN = r"^[0-9]{1,9}:[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
+    """libFM lines ``label id:value ...`` -> ``_label``, ``_fids`` (array<int>, kept as they
+    are), ``_fvals`` (array<double>) and ``_reason``; ``_header`` is always false."""
+    text = F.regexp_replace(F.col(TEXT), r"^\s+|\s+$", "")
+    tokens = F.split(text, r"\s+", -1)
+    label = tokens.getItem(0)
+    feats = F.slice(tokens, 2, F.greatest(F.size(tokens) - 1, F.lit(1)))
+    feats = F.when(F.size(tokens) > 1, feats).otherwise(F.array().cast("array<string>"))
+    bad = F.filter(feats, lambda t: ~t.rlike(_LIBFM_TOKEN))
+    ids = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", 1).cast("int")))
+    vals = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", -1).cast("double")))
+    problem = (F.when(text == "", F.lit("empty line"))
+               .when(F.size(bad) > 0, F.concat(F.lit("libfm: token '"), _shown(bad.getItem(0)),
+                                               F.lit("' is not id:value")))
+               .when(F.size(feats) == 0, F.lit("libfm: no features"))
+               .otherwise(_number_problem(label, "label")))
+    if fmt.max_features is not None:
+        problem = F.coalesce(problem, F.when(
+            F.size(feats) > fmt.max_features,
+            F.concat(F.size(feats).cast("string"), F.lit(f" features, more than max_features {fmt.max_features}"))))
+    parsed_ok = F.size(bad) == 0
+    if fmt.num_features is not None:
+        problem = F.coalesce(problem, F.when(
+            parsed_ok & (F.array_max(ids) >= fmt.num_features),
+            F.concat(F.lit("libfm: feature id "), F.array_max(ids).cast("string"),
+                     F.lit(f" is not below num_features {fmt.num_features}"))))
+    return lines.select(
+        "*",
+        F.lit(False).alias(HEADER),
+        _to_double(label).alias(LABEL),
+        ids.alias(LIBFM_IDS),
+        vals.alias(LIBFM_VALS),
+        problem.alias(REASON),
+    )

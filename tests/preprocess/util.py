@@ -1,0 +1,64 @@
+"""Helpers of the preprocessing tests: run the job in-process, read what it wrote."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow.parquet as pq
+
+from afm_dist.dataset import SPLITS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job_module():
+    """jobs/preprocess.py as a module (jobs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("afm_jobs_preprocess", REPO / "jobs" / "preprocess.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_job(spark, *args: str) -> int:
+    return job_module().main([str(a) for a in args], spark=spark)
+
+
+def read_split(out: Path, split: str) -> list[dict]:
+    """Rows of a split as dicts (ids, vals, mask as lists), sorted by row_id."""
+    rows = pq.read_table(out / split).to_pylist()
+    return sorted(rows, key=lambda r: r["row_id"])
+
+
+def read_all(out: Path) -> dict[str, list[dict]]:
+    return {s: read_split(out, s) for s in SPLITS}
+
+
+def vocabulary(out: Path) -> dict[tuple[str, str | None], int]:
+    """(field, raw value) -> global id; value None is the field's out-of-vocabulary id."""
+    return {(r["field"], r["value"]): r["id"] for r in pq.read_table(out / "vocabulary").to_pylist()}
+
+
+def row_groups(split_dir: Path) -> list[int]:
+    """Rows of every Parquet row group of a split directory."""
+    sizes = []
+    for f in sorted(split_dir.glob("*.parquet")):
+        meta = pq.ParquetFile(f).metadata
+        sizes += [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return sizes
+
+
+def read_delimited(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def multiset(rows) -> Counter:
+    return Counter(rows)
