@@ -31,6 +31,15 @@ def pair_index(num_slots: int, device: torch.device | str | None = None) -> tupl
     return rows, cols
 
 
+def pair_one_hot(num_slots: int) -> torch.Tensor:
+    """(2, M, P) float: [0, i, n] = 1 where pair n's first slot is i, [1, j, n] = 1 where its second is j."""
+    rows, cols = pair_index(num_slots)
+    select = torch.zeros(2, num_slots, rows.numel())
+    select[0, rows, torch.arange(rows.numel())] = 1.0
+    select[1, cols, torch.arange(rows.numel())] = 1.0
+    return select
+
+
 class FeaturesLinear(nn.Module):
     """The linear part of every model: w0 + sum_i w_i x_i.
 
@@ -129,67 +138,76 @@ class _PairAttentionLogits(torch.autograd.Function):
     """s_ij = h^T ReLU(W (e_i * e_j) + b) for every pair, without keeping (B, P, k) for backward.
 
     Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and (B, C, t) tensors
-    exist at a time. When everything fits in a single chunk, the ReLU output (B, P, t) is kept, so
-    that backward needs no second matmul; otherwise backward recomputes each chunk's pair products
-    and ReLU output from e (B, M, k), which is all that is saved. Gradients are written out by hand
-    (see backward) so that each chunk costs two matmuls and a few elementwise passes.
+    exist at a time. When all pairs fit in one chunk, the gathered embeddings, the pair products
+    and the ReLU output are kept for backward (they are then within the memory budget); otherwise
+    backward recomputes each chunk from e (B, M, k), which is all that is saved. With ds = dL/ds
+    and m_n = [z_n > 0] for pair n = (i, j), backward computes
+
+        dh = sum_n ds_n r_n                 g_n = ds_n m_n  (B C, t)
+        db = h * sum_n g_n                  dW  = h[:, None] * sum_n g_n q_n^T
+        dq = g (h[:, None] * W)             de_i += dq_n * e_j,   de_j += dq_n * e_i
+
+    two matmuls per chunk, h folded into W once rather than into every g_n. The scatter of dq
+    back to slots is a batched matmul with the (M, C) one-hot matrices of the chunk's first and
+    second slots when given (``select``; a few large kernels, cheap when M is small next to t),
+    else ``index_add_`` (one small kernel per pair, no extra flops).
     """
 
     @staticmethod
     def forward(ctx, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor,
-                rows: torch.Tensor, cols: torch.Tensor, chunk: int) -> torch.Tensor:
+                rows: torch.Tensor, cols: torch.Tensor, select: torch.Tensor | None, chunk: int) -> torch.Tensor:
         B, M, k = e.shape
         P = rows.numel()
         logits = e.new_empty(B, P)  # (B, P)
-        relu_out = None
+        kept: tuple[torch.Tensor, ...] = ()
         for start in range(0, P, chunk):
             r, c = rows[start:start + chunk], cols[start:start + chunk]
-            pairs = e.index_select(1, r) * e.index_select(1, c)  # (B, C, k)
+            e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
+            pairs = e_i * e_j  # (B, C, k)
             hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
             logits[:, start:start + chunk] = torch.mv(hidden, h).view(B, -1)  # (B, C)
             if chunk >= P:
-                relu_out = hidden
+                kept = (e_i, e_j, pairs, hidden)
         ctx.chunk = chunk
-        ctx.keep_relu = relu_out is not None
-        if ctx.keep_relu:
-            ctx.save_for_backward(e, weight, bias, h, rows, cols, relu_out)
-        else:
-            ctx.save_for_backward(e, weight, bias, h, rows, cols)
+        ctx.save_for_backward(e, weight, bias, h, rows, cols, select, *kept)
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
-        # Per pair n: q = e_i * e_j, z = W q + b, r = ReLU(z), s = h^T r. Given ds = dL/ds:
-        #   dh += r ds        dz = ds (h * [z > 0])      db += dz      dW += dz q^T
-        #   dq = W^T dz       de_i += dq * e_j           de_j += dq * e_i
-        if ctx.keep_relu:
-            e, weight, bias, h, rows, cols, relu_out = ctx.saved_tensors
-        else:
-            e, weight, bias, h, rows, cols = ctx.saved_tensors
-            relu_out = None
-        chunk = ctx.chunk
+        e, weight, bias, h, rows, cols, select, *kept = ctx.saved_tensors
         B, M, k = e.shape
         P = rows.numel()
         need_e = ctx.needs_input_grad[0]
         grad_e = torch.zeros_like(e)  # (B, M, k)
-        grad_w = torch.zeros_like(weight)  # (t, k)
-        grad_b = torch.zeros_like(bias)  # (t,)
+        grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
+        grad_b = torch.zeros_like(bias)  # (t,), sum_n g_n until scaled by h
         grad_h = torch.zeros_like(h)  # (t,)
-        for start in range(0, P, chunk):
-            r, c = rows[start:start + chunk], cols[start:start + chunk]
-            e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
-            pairs = (e_i * e_j).view(-1, k)  # (B C, k)
-            hidden = relu_out if relu_out is not None else torch.addmm(bias, pairs, weight.t()).relu_()  # (B C, t)
-            ds = grad_logits[:, start:start + chunk].reshape(-1)  # (B C,)
-            grad_h.addmv_(hidden.t(), ds)
-            grad_z = torch.outer(ds, h).masked_fill_(hidden <= 0, 0.0)  # (B C, t)
-            grad_b.add_(grad_z.sum(dim=0))
-            grad_w.addmm_(grad_z.t(), pairs)
+        h_weight = h.unsqueeze(1) * weight  # (t, k)
+        for start in range(0, P, ctx.chunk):
+            r, c = rows[start:start + ctx.chunk], cols[start:start + ctx.chunk]
+            if kept:
+                e_i, e_j, pairs, hidden = kept
+            else:
+                e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
+                pairs = e_i * e_j  # (B, C, k)
+                hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
+            ds = grad_logits[:, start:start + ctx.chunk].reshape(-1, 1)  # (B C, 1)
+            grad_h.addmv_(hidden.t(), ds.squeeze(1))
+            g = torch.ops.aten.threshold_backward(ds.expand_as(hidden), hidden, 0)  # (B C, t)
+            grad_b.add_(g.sum(dim=0))
+            grad_w.addmm_(g.t(), pairs.view(-1, k))
             if need_e:
-                grad_pairs = torch.mm(grad_z, weight).view(B, -1, k)  # (B, C, k)
-                grad_e.index_add_(1, r, grad_pairs * e_j)
-                grad_e.index_add_(1, c, grad_pairs * e_i)
-        return (grad_e if need_e else None), grad_w, grad_b, grad_h, None, None, None
+                grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # (B, C, k)
+                if select is not None:
+                    C = r.numel()
+                    grad_e.baddbmm_(select[0, :, start:start + C].expand(B, M, C), grad_pairs * e_j)
+                    grad_e.baddbmm_(select[1, :, start:start + C].expand(B, M, C), grad_pairs * e_i)
+                else:
+                    grad_e.index_add_(1, r, grad_pairs * e_j)
+                    grad_e.index_add_(1, c, grad_pairs * e_i)
+        grad_w.mul_(h.unsqueeze(1))
+        grad_b.mul_(h)
+        return (grad_e if need_e else None), grad_w, grad_b, grad_h, None, None, None, None
 
 
 class AttentionPooling(nn.Module):
@@ -237,6 +255,11 @@ class AttentionPooling(nn.Module):
         nn.init.normal_(self.h, std=1.0)
         flat = self.pairs.rows * num_slots + self.pairs.cols  # (P,) position of (i, j) in an M x M matrix
         self.register_buffer("flat_index", flat, persistent=False)
+        # One-hot (2, M, P) of each pair's first and second slot, for the backward scatter. As a
+        # matmul it costs 2 M / t of the attention's matmul over the same pairs, so it is used
+        # only while that is at most half; beyond, index_add_ (no extra flops) takes over.
+        use_select = 4 * num_slots <= attention_factor
+        self.register_buffer("select", pair_one_hot(num_slots) if use_select else None, persistent=False)
 
     def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """e (B, M, k), mask (B, M) bool -> pooled (B, k), attention a_ij (B, P)."""
@@ -251,8 +274,9 @@ class AttentionPooling(nn.Module):
             return pooled, attention
         B, M, k = e.shape
         chunk = max(1, self.chunk_elements // (B * max(k, self.weight.shape[0])))
+        select = None if self.select is None else self.select.to(e.dtype)
         logits = _PairAttentionLogits.apply(e, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols,
-                                            chunk)  # (B, P)
+                                            select, chunk)  # (B, P)
         attention = self.attention_dropout(masked_softmax(logits, valid))  # (B, P)
         weights = attention.new_zeros(B, M * M).index_copy(1, self.flat_index, attention).view(B, M, M)  # A, (B, M, M)
         pooled = (e * torch.bmm(weights, e)).sum(dim=1)  # (B, k)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afm_dist.models import AFM, FM, init_from_fm
-from afm_dist.models.layers import AttentionPooling, _PairAttentionLogits
+from afm_dist.models.layers import AttentionPooling, _PairAttentionLogits, pair_one_hot
 
 N, M, K, T = 20, 6, 5, 3
 
@@ -101,11 +101,14 @@ def _grads(model: AFM, ids, vals, mask) -> tuple[torch.Tensor, dict[str, torch.T
     return torch.cat([scores, attention.flatten()]), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("use_select", [True, False])  # backward scatter: one-hot matmul, index_add_
 @pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 5 * 16, 1])  # one chunk, several chunks, one pair each
-def test_memory_efficient_path_equals_naive(make_batch, chunk_elements):
+def test_memory_efficient_path_equals_naive(make_batch, chunk_elements, use_select):
     ids, vals, mask = make_batch(16, M, N, seed=4)
     naive_out, naive_grads = _grads(_afm(naive=True), ids, vals, mask)
-    fast_out, fast_grads = _grads(_afm(naive=False, chunk_elements=chunk_elements), ids, vals, mask)
+    fast = _afm(naive=False, chunk_elements=chunk_elements)
+    fast.attention.select = pair_one_hot(M) if use_select else None
+    fast_out, fast_grads = _grads(fast, ids, vals, mask)
     torch.testing.assert_close(fast_out, naive_out, rtol=1e-12, atol=1e-14)
     assert naive_grads.keys() == fast_grads.keys()
     for name in naive_grads:
@@ -122,15 +125,17 @@ def test_memory_efficient_path_equals_naive_in_float32(make_batch):
         torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("use_select", [True, False])
 @pytest.mark.parametrize("chunk", [100, 4, 1])
-def test_gradcheck_pair_attention_logits(chunk):
+def test_gradcheck_pair_attention_logits(chunk, use_select):
     torch.manual_seed(0)
     e = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    select = pair_one_hot(5).double() if use_select else None
     rows, cols = torch.triu_indices(5, 5, 1)
-    assert torch.autograd.gradcheck(lambda *x: _PairAttentionLogits.apply(*x, rows, cols, chunk),
+    assert torch.autograd.gradcheck(lambda *x: _PairAttentionLogits.apply(*x, rows, cols, select, chunk),
                                     (e, weight, bias, h))
 
 
