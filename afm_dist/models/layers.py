@@ -129,6 +129,8 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
     logits (B, P), valid (B, P) bool -> (B, P)
     """
+    if bool(valid.all()):  # no padding in the batch: nothing to mask
+        return F.softmax(logits, dim=1)
     has_valid = valid.any(dim=1, keepdim=True)  # (B, 1)
     logits = logits.masked_fill(~valid, float("-inf")).masked_fill(~has_valid, 0.0)  # (B, P)
     return F.softmax(logits, dim=1).masked_fill(~valid, 0.0)  # (B, P)
@@ -256,9 +258,10 @@ class AttentionPooling(nn.Module):
         flat = self.pairs.rows * num_slots + self.pairs.cols  # (P,) position of (i, j) in an M x M matrix
         self.register_buffer("flat_index", flat, persistent=False)
         # One-hot (2, M, P) of each pair's first and second slot, for the backward scatter. As a
-        # matmul it costs 2 M / t of the attention's matmul over the same pairs, so it is used
-        # only while that is at most half; beyond, index_add_ (no extra flops) takes over.
-        use_select = 4 * num_slots <= attention_factor
+        # matmul it costs 2 M / t of the attention's matmul over the same pairs, yet it beat
+        # index_add_ (one small kernel per pair) at M = 10 and M = 40 with t = 64 on 2 cores; past
+        # M = t its flops dominate and index_add_ takes over.
+        use_select = num_slots <= attention_factor
         self.register_buffer("select", pair_one_hot(num_slots) if use_select else None, persistent=False)
 
     def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

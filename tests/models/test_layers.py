@@ -1,0 +1,54 @@
+"""The blocks: pair bookkeeping, masked softmax, FM's bi-interaction, the efficient attention."""
+from __future__ import annotations
+
+import torch
+
+from afm_dist.models.layers import (AttentionPooling, BiInteraction, PairwiseInteraction, masked_softmax,
+                                    pair_index, pair_one_hot)
+
+
+def test_pair_index_and_one_hot_agree_with_triu_indices():
+    rows, cols = pair_index(5)
+    expected = torch.triu_indices(5, 5, 1)
+    assert torch.equal(rows, expected[0]) and torch.equal(cols, expected[1])
+    select = pair_one_hot(5)  # (2, M, P)
+    assert torch.equal(select[0].argmax(0), rows) and torch.equal(select[1].argmax(0), cols)
+    assert torch.all(select.sum(1) == 1.0)
+
+
+def test_masked_softmax():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 9.0], [4.0, 5.0, 6.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    valid = torch.tensor([[True, True, True], [True, False, True], [False, False, False], [False, True, False]])
+    out = masked_softmax(logits, valid)
+    torch.testing.assert_close(out[0], torch.softmax(logits[0], 0))
+    torch.testing.assert_close(out[1, [0, 2]], torch.softmax(logits[1, [0, 2]], 0))
+    assert out[1, 1] == 0.0 and torch.all(out[2] == 0.0)  # masked entries and empty rows: exactly 0
+    torch.testing.assert_close(out[3], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    logits.requires_grad_(True)
+    masked_softmax(logits, valid).pow(2).sum().backward()
+    assert torch.isfinite(logits.grad).all() and torch.all(logits.grad[2] == 0.0)
+
+
+def test_bi_interaction_is_sum_of_pair_products():
+    e = torch.randn(3, 6, 4, dtype=torch.float64)
+    torch.testing.assert_close(BiInteraction()(e), PairwiseInteraction(6)(e).sum(1))
+
+
+def test_efficient_attention_keeps_only_chunk_sized_tensors_for_backward():
+    """With several chunks, what backward keeps is e, the (B, P) and (B, M, M) tensors and the
+    (2, M, P) one-hot pair matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
+    B, M, k, t = 8, 12, 16, 16
+    P = M * (M - 1) // 2
+    e = torch.randn(B, M, k, requires_grad=True)
+    mask = torch.ones(B, M, dtype=torch.bool)
+
+    def largest_saved(module: AttentionPooling) -> int:
+        sizes: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: sizes.append(x.numel()) or x, lambda x: x):
+            module(e, mask)
+        return max(sizes)
+
+    naive = AttentionPooling(M, k, t, naive=True)
+    efficient = AttentionPooling(M, k, t, chunk_elements=B * 16 * 10)  # 10 pairs per chunk
+    assert largest_saved(naive) >= B * P * k
+    assert largest_saved(efficient) <= max(B * M * M, B * P, B * M * k, 2 * M * P)
