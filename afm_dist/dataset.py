@@ -81,6 +81,10 @@ class DatasetMetadata:
         d["fields"] = [FieldLayout(**f) for f in d["fields"]]
         return cls(**d)
 
+    def split_rows(self, split: str) -> int:
+        """Rows (instances) written to ``split``."""
+        return int(self.counts[split]["rows"])
+
     def save(self, directory: str | os.PathLike) -> None:
         write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
 

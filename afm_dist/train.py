@@ -38,7 +38,8 @@ import torch
 from afm_dist import metrics as M
 from afm_dist.checkpoint import (CHECKPOINT, CURVES, METRICS, MODEL_INFO, MODEL_WEIGHTS, load_checkpoint,
                                  read_model_dir, save_checkpoint, save_info, save_weights)
-from afm_dist.dataset import VOCABULARY, DatasetError, DatasetMetadata, load_metadata, mark_complete, split_path
+from afm_dist.dataset import (VOCABULARY, DatasetError, DatasetMetadata, load_metadata, mark_complete, split_path,
+                              write_text_atomic)
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
 from afm_dist.models import MODEL_NAMES, ModelConfig, build_model, init_from_fm
 from afm_dist.paths import OutputPathError, validate_output_path
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if global_batch % size:
         raise ValueError(f"--batch-size {global_batch} is not divisible by the {size} workers")
     local_batch = global_batch // size
-    train_rows = int(meta.counts["splits"]["train"]["rows"])
+    train_rows = meta.split_rows("train")
     steps = steps_per_epoch(train_rows, global_batch)
 
     # Rank 0 checks and prepares the output; the others learn its verdict, so all fail together.
@@ -305,8 +306,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             log(f"epoch {epoch}: train RMSE {record['train_rmse']:.4f}, validation RMSE {record['val_rmse']:.4f}"
                 + ("  (best)" if improved else f"  (no improvement for {bad_epochs})")
                 + f", {record['seconds']:.1f}s")
-            with open(out / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            # Rewritten whole from the history, so a resumed run never repeats or loses a line.
+            write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
             if improved:
                 save_weights(model, out / MODEL_WEIGHTS)
                 save_info(_model_info(cfg, meta, model, best, global_batch), out / MODEL_INFO)

@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, spark=None) -> int:
+    """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
     try:
         info, _ = read_model_dir(args.model)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from afm_dist.spark.scoring import attention_sums, explain_rows
     from afm_dist.spark.session import build_session
 
-    spark = build_session("afm-dist-explain")
+    spark = spark or build_session("afm-dist-explain")
     fields = info["dataset"]["fields"]
     names = [f["name"] for f in fields]
     slot_fields = [i for i, f in enumerate(fields) for _ in range(f["width"])]

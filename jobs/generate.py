@@ -28,12 +28,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, spark=None) -> int:
+    """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
     out = validate_output_path(args.output, overwrite=args.overwrite)
     from afm_dist.spark.session import build_session
 
-    spark = build_session("afm-dist-generate")
+    spark = spark or build_session("afm-dist-generate")
     start = time.time()
     with publish_directory(out, overwrite=args.overwrite) as staging:
         logs = generate_logs(spark, args.rows, seed=args.seed, partitions=args.partitions,

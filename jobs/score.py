@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, spark=None) -> int:
+    """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
     try:
         info, _ = read_model_dir(args.model)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from afm_dist.spark.scoring import binary_metrics, regression_metrics, score
     from afm_dist.spark.session import build_session
 
-    spark = build_session("afm-dist-score")
+    spark = spark or build_session("afm-dist-score")
     start = time.time()
     target = info["dataset"]["target"]
     clip = (float(target["min"]), float(target["max"])) if args.clip and "min" in target else None

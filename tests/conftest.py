@@ -46,11 +46,27 @@ def spark():
     session.stop()
 
 
-def run_horovod(args: list[str], *, np: int = 2, timeout: float = 300, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Launch ``horovodrun -np N -H localhost:N --gloo python ARGS`` for real and wait for it."""
+def horovod_command(args: list[str], *, np: int = 2, env: dict[str, str] | None = None) -> tuple[list[str], dict]:
+    """``horovodrun -np N -H localhost:N --gloo python ARGS`` and the environment to run it in."""
     cmd = [str(VENV_BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
            "--network-interface", "lo", sys.executable, *args]
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return cmd, full_env
+
+
+def run_horovod(args: list[str], *, np: int = 2, timeout: float = 300, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Launch horovodrun for real (see horovod_command) and wait for it."""
+    cmd, full_env = horovod_command(args, np=np, env=env)
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_job(name: str, argv: list[str], spark) -> int:
+    """Run ``jobs/NAME.py``'s main(argv) in this process, on the tests' Spark session."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"afm_jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv, spark=spark)

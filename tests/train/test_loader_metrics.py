@@ -1,0 +1,62 @@
+"""Petastorm loading of preprocessed splits, and metrics that are summed across ranks."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from afm_dist import metrics as M
+from afm_dist.loader import eval_batches, row_group_sizes, steps_per_epoch, train_batches
+
+
+def test_eval_batches_cover_split_exactly_once_across_ranks(planted_data):
+    split = planted_data / "validation"
+    expected = np.sort(pq.read_table(split, columns=["row_id"])["row_id"].to_numpy())
+    seen = []
+    for rank in range(2):
+        for batch, row_ids in eval_batches(split, rank=rank, size=2, batch_size=500, with_row_id=True):
+            assert batch.ids.dtype == torch.int64 and batch.ids.shape == (len(row_ids), 6)
+            assert batch.mask.dtype == torch.bool
+            seen.append(row_ids)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), expected)
+
+
+def test_train_batches_same_step_count_on_every_rank(planted_data):
+    split = planted_data / "train"
+    rows = sum(row_group_sizes(split))
+    steps = steps_per_epoch(rows, 2 * 100)
+    counts = []
+    for rank in range(2):
+        batches = list(train_batches(split, rank=rank, size=2, batch_size=100, steps=steps, seed=3, shuffle_buffer=2000))
+        assert all(len(b) == 100 for b in batches)
+        counts.append(len(batches))
+    assert counts == [steps, steps]
+
+
+def test_train_batches_are_shuffled_and_seeded(planted_data):
+    split = planted_data / "train"
+    first = [next(train_batches(split, rank=0, size=1, batch_size=64, steps=1, seed=s)).label for s in (1, 1, 2)]
+    assert torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], first[2])
+
+
+def test_histogram_auc_matches_exact_auc():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.where(torch.rand(4000, generator=g) < 0.3, 1.0, -1.0)
+    scores = labels * 0.8 + torch.randn(4000, generator=g)
+    sums = M.new_sums()
+    M.accumulate(sums, scores[:1000], labels[:1000], clip=None, binary=True)
+    M.accumulate(sums, scores[1000:], labels[1000:], clip=None, binary=True)  # two "ranks", added
+    got = M.finish(sums, binary=True)
+    pos, neg = scores[labels > 0].numpy(), scores[labels < 0].numpy()
+    exact = (pos[:, None] > neg[None, :]).mean()
+    assert abs(got["auc"] - exact) < 1e-3
+    assert abs(got["rmse"] - float(torch.sqrt(((scores.double() - labels.double()) ** 2).mean()))) < 1e-9
+    ll = torch.nn.functional.binary_cross_entropy_with_logits(scores, (labels > 0).float()).item()
+    assert abs(got["logloss"] - ll) < 1e-6
+
+
+def test_clipping_bounds_predictions_before_the_error():
+    sums = M.new_sums()
+    M.accumulate(sums, torch.tensor([10.0, -10.0]), torch.tensor([5.0, 1.0]), clip=(1.0, 5.0), binary=False)
+    assert M.finish(sums, binary=False)["rmse"] == 0.0
