@@ -136,28 +136,36 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=1).masked_fill(~valid, 0.0)  # (B, P)
 
 
-class _PairAttentionLogits(torch.autograd.Function):
-    """s_ij = h^T ReLU(W (e_i * e_j) + b) for every pair, without keeping (B, P, k) for backward.
+class _EfficientAttentionPooling(torch.autograd.Function):
+    """AFM's attention pooling with a hand-written backward that keeps no (B, P, k) tensor.
+
+    Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
+    None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the one-hot pair matrix
+    ``select`` (2, M, P) or None, and the chunk size C. Outputs: pooled (B, k), attention (B, P).
 
     Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and (B, C, t) tensors
     exist at a time. When all pairs fit in one chunk, the gathered embeddings, the pair products
-    and the ReLU output are kept for backward (they are then within the memory budget); otherwise
-    backward recomputes each chunk from e (B, M, k), which is all that is saved. With ds = dL/ds
-    and m_n = [z_n > 0] for pair n = (i, j), backward computes
+    and the ReLU output are kept for backward (they are then within the memory budget) and the
+    pooling is one batched matmul a^T q. Otherwise pooled = sum_i e_i * (A e)_i with A the
+    (B, M, M) upper-triangular matrix of a_ij, which never forms pair products, and backward
+    recomputes each chunk from e, which is all that is saved besides the (B, P) attention.
 
-        dh = sum_n ds_n r_n                 g_n = ds_n m_n  (B C, t)
-        db = h * sum_n g_n                  dW  = h[:, None] * sum_n g_n q_n^T
-        dq = g (h[:, None] * W)             de_i += dq_n * e_j,   de_j += dq_n * e_i
+    Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
-    two matmuls per chunk, h folded into W once rather than into every g_n. The scatter of dq
-    back to slots is a batched matmul with the (M, C) one-hot matrices of the chunk's first and
-    second slots when given (``select``; a few large kernels, cheap when M is small next to t),
-    else ``index_add_`` (one small kernel per pair, no extra flops).
+        da_n = keep_n (gp . q_n) (+ dL/da_n)       ds = a * (da - sum_n a_n da_n)   (softmax)
+        g_n  = ds_n [z_n > 0]  (B C, t)            dh = sum_n ds_n r_n
+        db   = h * sum_n g_n                       dW = h[:, None] * sum_n g_n q_n^T
+        dq_n = g_n (h[:, None] * W) + a~_n gp      de_i += dq_n * e_j,   de_j += dq_n * e_i
+
+    two matmuls per chunk, h folded into W once. The scatter of dq back to slots is a batched
+    matmul with the chunk's columns of ``select`` when given (a few large kernels, cheap while M
+    is small next to t), else ``index_add_`` (one small kernel per pair, no extra flops).
     """
 
     @staticmethod
-    def forward(ctx, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor,
-                rows: torch.Tensor, cols: torch.Tensor, select: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
+                bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                select: torch.Tensor | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, k = e.shape
         P = rows.numel()
         logits = e.new_empty(B, P)  # (B, P)
@@ -170,15 +178,38 @@ class _PairAttentionLogits(torch.autograd.Function):
             logits[:, start:start + chunk] = torch.mv(hidden, h).view(B, -1)  # (B, C)
             if chunk >= P:
                 kept = (e_i, e_j, pairs, hidden)
+        attention = masked_softmax(logits, valid)  # (B, P)
+        weights = attention if keep is None else attention * keep  # a~, (B, P)
+        if kept:
+            pooled = torch.bmm(weights.unsqueeze(1), kept[2]).squeeze(1)  # (B, k)
+        else:
+            flat = rows * M + cols  # (P,) position of pair (i, j) in an M x M matrix
+            upper = weights.new_zeros(B, M * M).index_copy_(1, flat, weights).view(B, M, M)  # A, (B, M, M)
+            pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
         ctx.chunk = chunk
-        ctx.save_for_backward(e, weight, bias, h, rows, cols, select, *kept)
-        return logits
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, select, attention, *kept)
+        return pooled, attention
 
     @staticmethod
-    def backward(ctx, grad_logits: torch.Tensor):
-        e, weight, bias, h, rows, cols, select, *kept = ctx.saved_tensors
+    def backward(ctx, grad_pooled: torch.Tensor | None, grad_attention: torch.Tensor | None):
+        e, keep, weight, bias, h, rows, cols, select, attention, *kept = ctx.saved_tensors
         B, M, k = e.shape
         P = rows.numel()
+        if grad_pooled is None:
+            grad_pooled = e.new_zeros(B, k)
+        # Through the pooling and the softmax to the logits.
+        if kept:
+            grad_weights = torch.bmm(kept[2], grad_pooled.unsqueeze(2)).squeeze(2)  # gp . q_n, (B, P)
+        else:
+            gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # gp . (e_i * e_j), (B, M, M)
+            grad_weights = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
+        grad_a = grad_weights if keep is None else grad_weights * keep  # (B, P)
+        if grad_attention is not None:
+            grad_a = grad_a + grad_attention
+        grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
+        weights = attention if keep is None else attention * keep  # a~, (B, P)
+
         need_e = ctx.needs_input_grad[0]
         grad_e = torch.zeros_like(e)  # (B, M, k)
         grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
@@ -200,6 +231,7 @@ class _PairAttentionLogits(torch.autograd.Function):
             grad_w.addmm_(g.t(), pairs.view(-1, k))
             if need_e:
                 grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # (B, C, k)
+                grad_pairs.baddbmm_(weights[:, start:start + ctx.chunk].unsqueeze(2), grad_pooled.unsqueeze(1))  # + a~_n gp
                 if select is not None:
                     C = r.numel()
                     grad_e.baddbmm_(select[0, :, start:start + C].expand(B, M, C), grad_pairs * e_j)
@@ -209,7 +241,7 @@ class _PairAttentionLogits(torch.autograd.Function):
                     grad_e.index_add_(1, c, grad_pairs * e_i)
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
-        return (grad_e if need_e else None), grad_w, grad_b, grad_h, None, None, None, None
+        return (grad_e if need_e else None), None, None, grad_w, grad_b, grad_h, None, None, None, None
 
 
 class AttentionPooling(nn.Module):
@@ -218,16 +250,16 @@ class AttentionPooling(nn.Module):
         a'_ij = h^T ReLU(W (e_i * e_j) + b),   a_ij = softmax over the row's real pairs of a'_ij
         out   = sum_{i<j} a_ij (e_i * e_j)
 
-    with W (t, k), b (t,), h (t,). Pairs with a padded slot get a_ij = 0 exactly.
+    with W (t, k), b (t,), h (t,). Pairs with a padded slot get a_ij = 0 exactly. Dropout on the
+    attention, when on, multiplies a_ij inside the sum; the attention returned is a_ij itself.
 
     Two paths with the same numbers (up to floating-point rounding):
 
     - naive: materialise the (B, P, k) pair products and let autograd keep every activation
       (pair products, both gathered operands, the (B, P, t) hidden layer) for backward;
-    - memory-efficient (default): the logits come from ``_PairAttentionLogits``, which keeps at
-      most one chunk of C pairs alive and recomputes in backward; the weighted sum is computed as
-      sum_i e_i * (A e)_i with A the (B, M, M) upper-triangular matrix of a_ij, one batched matmul
-      that never forms pair products. Peak memory is O(B M k + B P + B C max(k, t)).
+    - memory-efficient (default): ``_EfficientAttentionPooling``, which keeps at most one chunk of
+      C pairs alive, recomputes in backward and writes the gradients out by hand. Peak memory is
+      O(B M k + B M^2 + B C max(k, t)) instead of O(B P (k + t)).
 
     Args:
         num_slots: M.
@@ -255,8 +287,6 @@ class AttentionPooling(nn.Module):
         nn.init.normal_(self.weight, std=glorot)
         nn.init.normal_(self.bias, std=glorot)
         nn.init.normal_(self.h, std=1.0)
-        flat = self.pairs.rows * num_slots + self.pairs.cols  # (P,) position of (i, j) in an M x M matrix
-        self.register_buffer("flat_index", flat, persistent=False)
         # One-hot (2, M, P) of each pair's first and second slot, for the backward scatter. As a
         # matmul it costs 2 M / t of the attention's matmul over the same pairs, yet it beat
         # index_add_ (one small kernel per pair) at M = 10 and M = 40 with t = 64 on 2 cores; past
@@ -272,18 +302,17 @@ class AttentionPooling(nn.Module):
         if self.naive:
             pairs = self.pairs(e)  # (B, P, k)
             logits = F.relu(F.linear(pairs, self.weight, self.bias)) @ self.h  # (B, P)
-            attention = self.attention_dropout(masked_softmax(logits, valid))  # (B, P)
-            pooled = (attention.unsqueeze(-1) * pairs).sum(dim=1)  # (B, k)
+            attention = masked_softmax(logits, valid)  # (B, P)
+            pooled = (self.attention_dropout(attention).unsqueeze(-1) * pairs).sum(dim=1)  # (B, k)
             return pooled, attention
         B, M, k = e.shape
         chunk = max(1, self.chunk_elements // (B * max(k, self.weight.shape[0])))
+        keep = None
+        if self.training and self.attention_dropout.p > 0:
+            keep = self.attention_dropout(e.new_ones(B, self.pairs.rows.numel()))  # (B, P) 0 or 1 / (1 - p)
         select = None if self.select is None else self.select.to(e.dtype)
-        logits = _PairAttentionLogits.apply(e, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols,
-                                            select, chunk)  # (B, P)
-        attention = self.attention_dropout(masked_softmax(logits, valid))  # (B, P)
-        weights = attention.new_zeros(B, M * M).index_copy(1, self.flat_index, attention).view(B, M, M)  # A, (B, M, M)
-        pooled = (e * torch.bmm(weights, e)).sum(dim=1)  # (B, k)
-        return pooled, attention
+        return _EfficientAttentionPooling.apply(e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows,
+                                                self.pairs.cols, select, chunk)
 
 
 class MLP(nn.Module):
