@@ -32,6 +32,7 @@ def spark():
     from afm_dist.spark.session import build_session
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors use this venv, as spark-submit.sh does
 
     session = build_session(
         "afm-dist-tests",
@@ -70,3 +71,37 @@ def run_job(name: str, argv: list[str], spark) -> int:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv, spark=spark)
+
+
+PLANTED_ROWS = 20_000
+SMALL_MODEL = ["--embedding-dim", "16", "--attention-factor", "16", "--log-every", "1000"]
+
+
+@pytest.fixture(scope="session")
+def planted_data(spark, tmp_path_factory) -> Path:
+    """Preprocessed synthetic ratings (user x item and item x daytime planted), 70/20/10 splits,
+    made by the real jobs: generated logs, then jobs/preprocess.py."""
+    from afm_dist.synthetic import generate_logs
+
+    root = tmp_path_factory.mktemp("planted")
+    logs = root / "logs"
+    (generate_logs(spark, PLANTED_ROWS, seed=11, partitions=2)
+     .write.option("header", True).option("sep", "\t").csv(str(logs)))
+    out = root / "data"
+    rc = run_job("preprocess", ["--schema", str(REPO / "schemas/synthetic.yaml"), "--input", str(logs),
+                                "--output", str(out), "--rows-per-group", "1000"], spark)
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def planted_models(planted_data, tmp_path_factory) -> dict[str, Path]:
+    """FM, then AFM initialised from it, trained with horovodrun -np 2 on planted_data."""
+    root = tmp_path_factory.mktemp("models")
+    dirs = {"fm": root / "fm", "afm": root / "afm"}
+    for name, extra in (("fm", []), ("afm", ["--init-from", str(dirs["fm"])])):
+        proc = run_horovod(["-m", "afm_dist.train", "--data", str(planted_data), "--model", name,
+                            "--output", str(dirs[name]), "--epochs", "8", "--batch-size", "128",
+                            *SMALL_MODEL, *extra], np=2)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return dirs

@@ -16,9 +16,8 @@ import pytest
 
 from afm_dist.checkpoint import CHECKPOINT, load_checkpoint
 from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE
-from tests.conftest import REPO, horovod_command, run_horovod
+from tests.conftest import REPO, SMALL_MODEL as SMALL, horovod_command, run_horovod
 
-SMALL = ["--embedding-dim", "16", "--attention-factor", "16", "--log-every", "1000"]
 
 
 def train_args(data: Path, model: str, out: Path, *extra: str) -> list[str]:
@@ -33,11 +32,8 @@ def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
-def test_fm_then_afm_from_fm_on_two_workers(planted_data, tmp_path):
-    fm_dir, afm_dir = tmp_path / "fm", tmp_path / "afm"
-    check(run_horovod(train_args(planted_data, "fm", fm_dir, "--epochs", "8", "--batch-size", "128")))
-    check(run_horovod(train_args(planted_data, "afm", afm_dir, "--epochs", "8", "--batch-size", "128",
-                                 "--init-from", str(fm_dir))))
+def test_fm_then_afm_from_fm_on_two_workers(planted_models):
+    fm_dir, afm_dir = planted_models["fm"], planted_models["afm"]  # trained by the fixture, 2 workers
     for d in (fm_dir, afm_dir):
         assert (d / COMPLETE_MARKER).exists()
         assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
