@@ -32,11 +32,11 @@ def pair_index(num_slots: int, device: torch.device | str | None = None) -> tupl
 
 
 def pair_one_hot(num_slots: int) -> torch.Tensor:
-    """(2, M, P) float: [0, i, n] = 1 where pair n's first slot is i, [1, j, n] = 1 where its second is j."""
+    """(M, 2P) float: column 2n is the one-hot of pair n's first slot i, column 2n + 1 of its second j."""
     rows, cols = pair_index(num_slots)
-    select = torch.zeros(2, num_slots, rows.numel())
-    select[0, rows, torch.arange(rows.numel())] = 1.0
-    select[1, cols, torch.arange(rows.numel())] = 1.0
+    select = torch.zeros(num_slots, 2 * rows.numel())
+    select[rows, 2 * torch.arange(rows.numel())] = 1.0
+    select[cols, 2 * torch.arange(rows.numel()) + 1] = 1.0
     return select
 
 
@@ -141,14 +141,16 @@ class _EfficientAttentionPooling(torch.autograd.Function):
 
     Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
     None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the one-hot pair matrix
-    ``select`` (2, M, P) or None, and the chunk size C. Outputs: pooled (B, k), attention (B, P).
+    ``select`` (M, 2P) of ``pair_one_hot`` or None, and the chunk size C. Outputs: pooled (B, k),
+    attention (B, P).
 
     Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and (B, C, t) tensors
-    exist at a time. When all pairs fit in one chunk, the gathered embeddings, the pair products
-    and the ReLU output are kept for backward (they are then within the memory budget) and the
-    pooling is one batched matmul a^T q. Otherwise pooled = sum_i e_i * (A e)_i with A the
-    (B, M, M) upper-triangular matrix of a_ij, which never forms pair products, and backward
-    recomputes each chunk from e, which is all that is saved besides the (B, P) attention.
+    exist at a time. Each chunk gathers its operands in one (B, C, 2, k) tensor holding (e_j, e_i)
+    per pair. When all pairs fit in one chunk, the gathered operands, the pair products and the
+    ReLU output are kept for backward (they are then within the memory budget) and the pooling is
+    one batched matmul a^T q. Otherwise pooled = sum_i e_i * (A e)_i with A the (B, M, M)
+    upper-triangular matrix of a_ij, which never forms pair products, and backward recomputes
+    each chunk from e, which is all that is saved besides the (B, P) attention.
 
     Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
@@ -157,9 +159,9 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         db   = h * sum_n g_n                       dW = h[:, None] * sum_n g_n q_n^T
         dq_n = g_n (h[:, None] * W) + a~_n gp      de_i += dq_n * e_j,   de_j += dq_n * e_i
 
-    two matmuls per chunk, h folded into W once. The scatter of dq back to slots is a batched
-    matmul with the chunk's columns of ``select`` when given (a few large kernels, cheap while M
-    is small next to t), else ``index_add_`` (one small kernel per pair, no extra flops).
+    two matmuls per chunk, h folded into W once. The scatter of (dq_n * e_j, dq_n * e_i) back to
+    slots is one batched matmul with the chunk's columns of ``select`` when given (cheap while M
+    is small next to t), else one ``index_add_`` (a small kernel per pair, no extra flops).
     """
 
     @staticmethod
@@ -168,20 +170,20 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 select: torch.Tensor | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, k = e.shape
         P = rows.numel()
+        gather = torch.stack([cols, rows], dim=1).flatten()  # (2P,) slots j, i of each pair
         logits = e.new_empty(B, P)  # (B, P)
         kept: tuple[torch.Tensor, ...] = ()
         for start in range(0, P, chunk):
-            r, c = rows[start:start + chunk], cols[start:start + chunk]
-            e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
-            pairs = e_i * e_j  # (B, C, k)
+            operands = e.index_select(1, gather[2 * start:2 * (start + chunk)]).view(B, -1, 2, k)  # (B, C, 2, k)
+            pairs = operands[:, :, 0] * operands[:, :, 1]  # (B, C, k)
             hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
             logits[:, start:start + chunk] = torch.mv(hidden, h).view(B, -1)  # (B, C)
             if chunk >= P:
-                kept = (e_i, e_j, pairs, hidden)
+                kept = (operands, pairs, hidden)
         attention = masked_softmax(logits, valid)  # (B, P)
         weights = attention if keep is None else attention * keep  # a~, (B, P)
         if kept:
-            pooled = torch.bmm(weights.unsqueeze(1), kept[2]).squeeze(1)  # (B, k)
+            pooled = torch.bmm(weights.unsqueeze(1), kept[1]).squeeze(1)  # (B, k)
         else:
             flat = rows * M + cols  # (P,) position of pair (i, j) in an M x M matrix
             upper = weights.new_zeros(B, M * M).index_copy_(1, flat, weights).view(B, M, M)  # A, (B, M, M)
@@ -200,7 +202,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
             grad_pooled = e.new_zeros(B, k)
         # Through the pooling and the softmax to the logits.
         if kept:
-            grad_weights = torch.bmm(kept[2], grad_pooled.unsqueeze(2)).squeeze(2)  # gp . q_n, (B, P)
+            grad_weights = torch.bmm(kept[1], grad_pooled.unsqueeze(2)).squeeze(2)  # gp . q_n, (B, P)
         else:
             gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # gp . (e_i * e_j), (B, M, M)
             grad_weights = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
@@ -211,37 +213,42 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         weights = attention if keep is None else attention * keep  # a~, (B, P)
 
         need_e = ctx.needs_input_grad[0]
-        grad_e = torch.zeros_like(e)  # (B, M, k)
+        gather = torch.stack([cols, rows], dim=1).flatten()  # (2P,) slots j, i of each pair
+        scatter = torch.stack([rows, cols], dim=1).flatten()  # (2P,) slots i, j that dq * e_j, dq * e_i go to
+        grad_e = None  # (B, M, k)
         grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
         grad_b = torch.zeros_like(bias)  # (t,), sum_n g_n until scaled by h
         grad_h = torch.zeros_like(h)  # (t,)
         h_weight = h.unsqueeze(1) * weight  # (t, k)
         for start in range(0, P, ctx.chunk):
-            r, c = rows[start:start + ctx.chunk], cols[start:start + ctx.chunk]
+            stop = min(P, start + ctx.chunk)
             if kept:
-                e_i, e_j, pairs, hidden = kept
+                operands, pairs, hidden = kept
             else:
-                e_i, e_j = e.index_select(1, r), e.index_select(1, c)  # (B, C, k)
-                pairs = e_i * e_j  # (B, C, k)
+                operands = e.index_select(1, gather[2 * start:2 * stop]).view(B, -1, 2, k)  # (B, C, 2, k)
+                pairs = operands[:, :, 0] * operands[:, :, 1]  # (B, C, k)
                 hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
-            ds = grad_logits[:, start:start + ctx.chunk].reshape(-1, 1)  # (B C, 1)
+            ds = grad_logits[:, start:stop].reshape(-1, 1)  # (B C, 1)
             grad_h.addmv_(hidden.t(), ds.squeeze(1))
             g = torch.ops.aten.threshold_backward(ds.expand_as(hidden), hidden, 0)  # (B C, t)
             grad_b.add_(g.sum(dim=0))
             grad_w.addmm_(g.t(), pairs.view(-1, k))
-            if need_e:
-                grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # (B, C, k)
-                grad_pairs.baddbmm_(weights[:, start:start + ctx.chunk].unsqueeze(2), grad_pooled.unsqueeze(1))  # + a~_n gp
-                if select is not None:
-                    C = r.numel()
-                    grad_e.baddbmm_(select[0, :, start:start + C].expand(B, M, C), grad_pairs * e_j)
-                    grad_e.baddbmm_(select[1, :, start:start + C].expand(B, M, C), grad_pairs * e_i)
-                else:
-                    grad_e.index_add_(1, r, grad_pairs * e_j)
-                    grad_e.index_add_(1, c, grad_pairs * e_i)
+            if not need_e:
+                continue
+            grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # (B, C, k)
+            grad_pairs.addcmul_(weights[:, start:stop].unsqueeze(2), grad_pooled.unsqueeze(1))  # + a~_n gp
+            to_slots = (grad_pairs.unsqueeze(2) * operands).view(B, -1, k)  # (dq * e_j, dq * e_i), (B, 2C, k)
+            if select is not None:
+                one_hot = select[:, 2 * start:2 * stop].expand(B, M, -1)  # (B, M, 2C)
+                grad_e = torch.bmm(one_hot, to_slots) if grad_e is None else grad_e.baddbmm_(one_hot, to_slots)
+            else:
+                grad_e = torch.zeros_like(e) if grad_e is None else grad_e
+                grad_e.index_add_(1, scatter[2 * start:2 * stop], to_slots)
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
-        return (grad_e if need_e else None), None, None, grad_w, grad_b, grad_h, None, None, None, None
+        if need_e and grad_e is None:  # no pairs (M < 2)
+            grad_e = torch.zeros_like(e)
+        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None, None
 
 
 class AttentionPooling(nn.Module):
@@ -287,7 +294,7 @@ class AttentionPooling(nn.Module):
         nn.init.normal_(self.weight, std=glorot)
         nn.init.normal_(self.bias, std=glorot)
         nn.init.normal_(self.h, std=1.0)
-        # One-hot (2, M, P) of each pair's first and second slot, for the backward scatter. As a
+        # One-hot (M, 2P) of each pair's first and second slot, for the backward scatter. As a
         # matmul it costs 2 M / t of the attention's matmul over the same pairs, yet it beat
         # index_add_ (one small kernel per pair) at M = 10 and M = 40 with t = 64 on 2 cores; past
         # M = t its flops dominate and index_add_ takes over.

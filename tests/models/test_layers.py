@@ -11,9 +11,9 @@ def test_pair_index_and_one_hot_agree_with_triu_indices():
     rows, cols = pair_index(5)
     expected = torch.triu_indices(5, 5, 1)
     assert torch.equal(rows, expected[0]) and torch.equal(cols, expected[1])
-    select = pair_one_hot(5)  # (2, M, P)
-    assert torch.equal(select[0].argmax(0), rows) and torch.equal(select[1].argmax(0), cols)
-    assert torch.all(select.sum(1) == 1.0)
+    select = pair_one_hot(5)  # (M, 2P)
+    assert torch.equal(select[:, 0::2].argmax(0), rows) and torch.equal(select[:, 1::2].argmax(0), cols)
+    assert torch.all(select.sum(0) == 1.0)
 
 
 def test_masked_softmax():
@@ -36,7 +36,7 @@ def test_bi_interaction_is_sum_of_pair_products():
 
 def test_efficient_attention_keeps_only_chunk_sized_tensors_for_backward():
     """With several chunks, what backward keeps is e, the (B, P) and (B, M, M) tensors and the
-    (2, M, P) one-hot pair matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
+    (M, 2P) one-hot pair matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
     B, M, k, t = 8, 12, 16, 16
     P = M * (M - 1) // 2
     e = torch.randn(B, M, k, requires_grad=True)
