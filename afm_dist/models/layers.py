@@ -31,13 +31,20 @@ def pair_index(num_slots: int, device: torch.device | str | None = None) -> tupl
     return rows, cols
 
 
-def pair_one_hot(num_slots: int) -> torch.Tensor:
-    """(M, 2P) float: column 2n is the one-hot of pair n's first slot i, column 2n + 1 of its second j."""
-    rows, cols = pair_index(num_slots)
-    select = torch.zeros(num_slots, 2 * rows.numel())
-    select[rows, 2 * torch.arange(rows.numel())] = 1.0
-    select[cols, 2 * torch.arange(rows.numel()) + 1] = 1.0
-    return select
+def pair_runs(num_slots: int, start: int, stop: int) -> list[tuple[int, int, int, int]]:
+    """Pairs start .. stop - 1 (``triu_indices`` order) as runs that share their first slot.
+
+    Returns (i, j0, j1, offset) per run: pairs (i, j0), ..., (i, j1 - 1) are the pairs offset ..
+    offset + j1 - j0 - 1 counted from ``start``. Row i of the triangle starts at pair
+    i M - i (i + 1) / 2 and holds M - 1 - i pairs, so a run's partners are a slice of slots.
+    """
+    runs = []
+    for i in range(num_slots - 1):
+        row_start = i * num_slots - i * (i + 1) // 2
+        lo, hi = max(start, row_start), min(stop, row_start + num_slots - 1 - i)
+        if lo < hi:
+            runs.append((i, i + 1 + lo - row_start, i + 1 + hi - row_start, lo - start))
+    return runs
 
 
 class FeaturesLinear(nn.Module):
@@ -136,119 +143,116 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=1).masked_fill(~valid, 0.0)  # (B, P)
 
 
+def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], count: int) -> torch.Tensor:
+    """[e_i * e_j, 1] for ``count`` consecutive pairs given as runs: e (B, M, k) -> (B, C, k + 1).
+
+    Written run by run from slices of e (which stays in cache), so the (B, C, k) products are the
+    only large tensor written. The trailing column of ones carries the attention bias b through
+    the matmuls: [q, 1] [W, b]^T = W q + b, and g^T [q, 1] = [dW, db] in one go.
+    """
+    B, _, k = e.shape
+    out = e.new_empty(B, count, k + 1)  # (B, C, k + 1)
+    out[:, :, k] = 1.0
+    for i, j0, j1, off in runs:
+        torch.mul(e[:, i:i + 1], e[:, j0:j1], out=out[:, off:off + j1 - j0, :k])
+    return out
+
+
 class _EfficientAttentionPooling(torch.autograd.Function):
     """AFM's attention pooling with a hand-written backward that keeps no (B, P, k) tensor.
 
     Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
-    None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the one-hot pair matrix
-    ``select`` (M, 2P) of ``pair_one_hot`` or None, and the chunk size C. Outputs: pooled (B, k),
-    attention (B, P).
+    None, W (t, k), b (t,), h (t,), the pair index (rows, cols) and the chunk size C. Outputs:
+    pooled (B, k), attention (B, P).
 
-    Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and (B, C, t) tensors
-    exist at a time. Each chunk gathers its operands in one (B, C, 2, k) tensor holding (e_j, e_i)
-    per pair. When all pairs fit in one chunk, the gathered operands, the pair products and the
-    ReLU output are kept for backward (they are then within the memory budget) and the pooling is
-    one batched matmul a^T q. Otherwise pooled = sum_i e_i * (A e)_i with A the (B, M, M)
-    upper-triangular matrix of a_ij, which never forms pair products, and backward recomputes
-    each chunk from e, which is all that is saved besides the (B, P) attention.
+    On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
+    them as it can. Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and
+    (B, C, t) tensors exist at a time: it writes the pair products q (``_pair_products``, with a
+    column of ones for b), the hidden layer r = ReLU([q, 1] [W, b]^T) and reads r once for the
+    logits. The pooling sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular
+    matrix of a_ij, touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When
+    all pairs fit in one chunk, q and r are kept for backward (they are then within the memory
+    budget); otherwise backward recomputes each chunk from e, all that is saved besides (B, P).
 
     Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
-        da_n = keep_n (gp . q_n) (+ dL/da_n)       ds = a * (da - sum_n a_n da_n)   (softmax)
-        g_n  = ds_n [z_n > 0]  (B C, t)            dh = sum_n ds_n r_n
-        db   = h * sum_n g_n                       dW = h[:, None] * sum_n g_n q_n^T
-        dq_n = g_n (h[:, None] * W) + a~_n gp      de_i += dq_n * e_j,   de_j += dq_n * e_i
+        da_n = keep_n gp . (e_i * e_j) (+ dL/da_n)  ds = a * (da - sum_n a_n da_n)   (softmax)
+        g_n  = ds_n [r_n > 0]  (B C, t)             dh = sum_n ds_n r_n
+        [dW, db] = h[:, None] * sum_n g_n [q_n, 1]^T
+        dq_n = g_n (h[:, None] * W)                 de_i += dq_n * e_j,  de_j += dq_n * e_i
+        de  += gp * ((A + A^T) e)                   (the pooling's own term)
 
-    two matmuls per chunk, h folded into W once. The scatter of (dq_n * e_j, dq_n * e_i) back to
-    slots is one batched matmul with the chunk's columns of ``select`` when given (cheap while M
-    is small next to t), else one ``index_add_`` (a small kernel per pair, no extra flops).
+    two matmuls per chunk, h folded into W once, the scatter to slots run by run (slices again).
     """
 
     @staticmethod
     def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                select: torch.Tensor | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, k = e.shape
         P = rows.numel()
-        gather = torch.stack([cols, rows], dim=1).flatten()  # (2P,) slots j, i of each pair
+        weight_bias = torch.cat([weight, bias.unsqueeze(1)], dim=1)  # [W, b], (t, k + 1)
         logits = e.new_empty(B, P)  # (B, P)
         kept: tuple[torch.Tensor, ...] = ()
         for start in range(0, P, chunk):
-            operands = e.index_select(1, gather[2 * start:2 * (start + chunk)]).view(B, -1, 2, k)  # (B, C, 2, k)
-            pairs = operands[:, :, 0] * operands[:, :, 1]  # (B, C, k)
-            hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
-            logits[:, start:start + chunk] = torch.mv(hidden, h).view(B, -1)  # (B, C)
-            if chunk >= P:
-                kept = (operands, pairs, hidden)
+            stop = min(P, start + chunk)
+            pairs = _pair_products(e, pair_runs(M, start, stop), stop - start)  # [q, 1], (B, C, k + 1)
+            hidden = torch.mm(pairs.view(-1, k + 1), weight_bias.t()).relu_()  # r, (B C, t)
+            logits[:, start:stop] = torch.mv(hidden, h).view(B, -1)  # (B, C)
+            if stop - start == P:
+                kept = (pairs, hidden)
         attention = masked_softmax(logits, valid)  # (B, P)
-        weights = attention if keep is None else attention * keep  # a~, (B, P)
-        if kept:
-            pooled = torch.bmm(weights.unsqueeze(1), kept[1]).squeeze(1)  # (B, k)
-        else:
-            flat = rows * M + cols  # (P,) position of pair (i, j) in an M x M matrix
-            upper = weights.new_zeros(B, M * M).index_copy_(1, flat, weights).view(B, M, M)  # A, (B, M, M)
-            pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
+        upper = _upper_triangular(attention if keep is None else attention * keep, rows, cols, M)  # A, (B, M, M)
+        pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
         ctx.chunk = chunk
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, select, attention, *kept)
+        ctx.save_for_backward(e, keep, weight_bias, h, rows, cols, attention, upper, *kept)
         return pooled, attention
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor | None, grad_attention: torch.Tensor | None):
-        e, keep, weight, bias, h, rows, cols, select, attention, *kept = ctx.saved_tensors
+        e, keep, weight_bias, h, rows, cols, attention, upper, *kept = ctx.saved_tensors
         B, M, k = e.shape
         P = rows.numel()
-        if grad_pooled is None:
-            grad_pooled = e.new_zeros(B, k)
+        grad_e = torch.zeros_like(e)  # (B, M, k)
         # Through the pooling and the softmax to the logits.
-        if kept:
-            grad_weights = torch.bmm(kept[1], grad_pooled.unsqueeze(2)).squeeze(2)  # gp . q_n, (B, P)
-        else:
+        grad_a = e.new_zeros(B, P) if grad_attention is None else grad_attention  # (B, P)
+        if grad_pooled is not None:
             gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # gp . (e_i * e_j), (B, M, M)
             grad_weights = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
-        grad_a = grad_weights if keep is None else grad_weights * keep  # (B, P)
-        if grad_attention is not None:
-            grad_a = grad_a + grad_attention
+            grad_a = grad_a + (grad_weights if keep is None else grad_weights * keep)
+            grad_e += grad_pooled.unsqueeze(1) * torch.bmm(upper + upper.transpose(1, 2), e)
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
-        weights = attention if keep is None else attention * keep  # a~, (B, P)
 
-        need_e = ctx.needs_input_grad[0]
-        gather = torch.stack([cols, rows], dim=1).flatten()  # (2P,) slots j, i of each pair
-        scatter = torch.stack([rows, cols], dim=1).flatten()  # (2P,) slots i, j that dq * e_j, dq * e_i go to
-        grad_e = None  # (B, M, k)
-        grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
-        grad_b = torch.zeros_like(bias)  # (t,), sum_n g_n until scaled by h
+        grad_wb = torch.zeros_like(weight_bias)  # sum_n g_n [q_n, 1]^T until scaled by h, (t, k + 1)
         grad_h = torch.zeros_like(h)  # (t,)
-        h_weight = h.unsqueeze(1) * weight  # (t, k)
+        h_weight = h.unsqueeze(1) * weight_bias[:, :k]  # (t, k)
         for start in range(0, P, ctx.chunk):
             stop = min(P, start + ctx.chunk)
+            runs = pair_runs(M, start, stop)
             if kept:
-                operands, pairs, hidden = kept
+                pairs, hidden = kept
             else:
-                operands = e.index_select(1, gather[2 * start:2 * stop]).view(B, -1, 2, k)  # (B, C, 2, k)
-                pairs = operands[:, :, 0] * operands[:, :, 1]  # (B, C, k)
-                hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
+                pairs = _pair_products(e, runs, stop - start)  # (B, C, k + 1)
+                hidden = torch.mm(pairs.view(-1, k + 1), weight_bias.t()).relu_()  # (B C, t)
             ds = grad_logits[:, start:stop].reshape(-1, 1)  # (B C, 1)
             grad_h.addmv_(hidden.t(), ds.squeeze(1))
             g = torch.ops.aten.threshold_backward(ds.expand_as(hidden), hidden, 0)  # (B C, t)
-            grad_b.add_(g.sum(dim=0))
-            grad_w.addmm_(g.t(), pairs.view(-1, k))
-            if not need_e:
-                continue
-            grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # (B, C, k)
-            grad_pairs.addcmul_(weights[:, start:stop].unsqueeze(2), grad_pooled.unsqueeze(1))  # + a~_n gp
-            to_slots = (grad_pairs.unsqueeze(2) * operands).view(B, -1, k)  # (dq * e_j, dq * e_i), (B, 2C, k)
-            if select is not None:
-                one_hot = select[:, 2 * start:2 * stop].expand(B, M, -1)  # (B, M, 2C)
-                grad_e = torch.bmm(one_hot, to_slots) if grad_e is None else grad_e.baddbmm_(one_hot, to_slots)
-            else:
-                grad_e = torch.zeros_like(e) if grad_e is None else grad_e
-                grad_e.index_add_(1, scatter[2 * start:2 * stop], to_slots)
-        grad_w.mul_(h.unsqueeze(1))
-        grad_b.mul_(h)
-        if need_e and grad_e is None:  # no pairs (M < 2)
-            grad_e = torch.zeros_like(e)
-        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None, None
+            grad_wb.addmm_(g.t(), pairs.view(-1, k + 1))
+            grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # dq, (B, C, k)
+            for i, j0, j1, off in runs:
+                block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
+                grad_e[:, i] += torch.linalg.vecdot(block, e[:, j0:j1], dim=1)
+                grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])
+        grad_wb.mul_(h.unsqueeze(1))
+        return grad_e, None, None, grad_wb[:, :k], grad_wb[:, k], grad_h, None, None, None
+
+
+def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Pair weights (B, P) as the (B, M, M) matrix with a_ij at (i, j), i < j, zeros elsewhere."""
+    B = weights.shape[0]
+    flat = rows * num_slots + cols  # (P,)
+    return weights.new_zeros(B, num_slots * num_slots).index_copy_(1, flat, weights).view(B, num_slots, num_slots)
 
 
 class AttentionPooling(nn.Module):
@@ -294,12 +298,6 @@ class AttentionPooling(nn.Module):
         nn.init.normal_(self.weight, std=glorot)
         nn.init.normal_(self.bias, std=glorot)
         nn.init.normal_(self.h, std=1.0)
-        # One-hot (M, 2P) of each pair's first and second slot, for the backward scatter. As a
-        # matmul it costs 2 M / t of the attention's matmul over the same pairs, yet it beat
-        # index_add_ (one small kernel per pair) at M = 10 and M = 40 with t = 64 on 2 cores; past
-        # M = t its flops dominate and index_add_ takes over.
-        use_select = num_slots <= attention_factor
-        self.register_buffer("select", pair_one_hot(num_slots) if use_select else None, persistent=False)
 
     def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """e (B, M, k), mask (B, M) bool -> pooled (B, k), attention a_ij (B, P)."""
@@ -317,9 +315,8 @@ class AttentionPooling(nn.Module):
         keep = None
         if self.training and self.attention_dropout.p > 0:
             keep = self.attention_dropout(e.new_ones(B, self.pairs.rows.numel()))  # (B, P) 0 or 1 / (1 - p)
-        select = None if self.select is None else self.select.to(e.dtype)
         return _EfficientAttentionPooling.apply(e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows,
-                                                self.pairs.cols, select, chunk)
+                                                self.pairs.cols, chunk)
 
 
 class MLP(nn.Module):

@@ -4,16 +4,23 @@ from __future__ import annotations
 import torch
 
 from afm_dist.models.layers import (AttentionPooling, BiInteraction, PairwiseInteraction, masked_softmax,
-                                    pair_index, pair_one_hot)
+                                    pair_index, pair_runs)
 
 
-def test_pair_index_and_one_hot_agree_with_triu_indices():
+def test_pair_index_is_triu_indices():
     rows, cols = pair_index(5)
     expected = torch.triu_indices(5, 5, 1)
     assert torch.equal(rows, expected[0]) and torch.equal(cols, expected[1])
-    select = pair_one_hot(5)  # (M, 2P)
-    assert torch.equal(select[:, 0::2].argmax(0), rows) and torch.equal(select[:, 1::2].argmax(0), cols)
-    assert torch.all(select.sum(0) == 1.0)
+
+
+def test_pair_runs_cover_any_range_of_pairs_in_triu_order():
+    M = 6
+    rows, cols = pair_index(M)
+    P = rows.numel()
+    for start in range(P):
+        for stop in range(start + 1, P + 1):
+            got = [(i, j, start + off + j - j0) for i, j0, j1, off in pair_runs(M, start, stop) for j in range(j0, j1)]
+            assert got == [(rows[n].item(), cols[n].item(), n) for n in range(start, stop)]
 
 
 def test_masked_softmax():
@@ -36,7 +43,7 @@ def test_bi_interaction_is_sum_of_pair_products():
 
 def test_efficient_attention_keeps_only_chunk_sized_tensors_for_backward():
     """With several chunks, what backward keeps is e, the (B, P) and (B, M, M) tensors and the
-    (M, 2P) one-hot pair matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
+    the [W, b] matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
     B, M, k, t = 8, 12, 16, 16
     P = M * (M - 1) // 2
     e = torch.randn(B, M, k, requires_grad=True)
@@ -51,4 +58,4 @@ def test_efficient_attention_keeps_only_chunk_sized_tensors_for_backward():
     naive = AttentionPooling(M, k, t, naive=True)
     efficient = AttentionPooling(M, k, t, chunk_elements=B * 16 * 10)  # 10 pairs per chunk
     assert largest_saved(naive) >= B * P * k
-    assert largest_saved(efficient) <= max(B * M * M, B * P, B * M * k, 2 * M * P)
+    assert largest_saved(efficient) <= max(B * M * M, B * P, B * M * k)
