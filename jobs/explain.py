@@ -23,6 +23,9 @@ from afm_dist.dataset import ROW_ID, VOCABULARY, DatasetError, mark_complete
 from afm_dist.paths import OutputPathError, publish_directory, validate_output_path
 
 
+JOB = "explain"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="an AFM model directory written by afm_dist.train")
@@ -31,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=20, help="rows explained pair by pair (a deterministic sample)")
     p.add_argument("--seed", type=int, default=2017, help="seed of the row sample")
     p.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
+    p.add_argument("--table", action="append", default=[], metavar="NAME=PATH",
+                   help="raw input only: file(s) of a side table the model's schema joins (repeat per table)")
     p.add_argument("--max-rejected-fraction", type=float, default=0.01)
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -45,22 +50,37 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
             raise DatasetError(f"{args.model}: explanations need an AFM (attention weights); this is {info['model']!r}")
         out = validate_output_path(args.output, overwrite=args.overwrite)
     except (DatasetError, OutputPathError) as e:
-        print(f"explain: error: {e}", file=sys.stderr)
+        print(f"{JOB}: error: {e}", file=sys.stderr)
         return 2
 
-    from pyspark.sql import functions as F
-
-    from afm_dist.plots import plot_attention_heatmap
-    from afm_dist.spark.inputs import load_encoded
-    from afm_dist.spark.scoring import attention_sums, explain_rows
     from afm_dist.spark.session import build_session
 
     spark = spark or build_session("afm-dist-explain")
+    try:
+        table = run(spark, args, info, out)
+    except DatasetError as e:  # bad input found once Spark read it: nothing was published
+        print(f"{JOB}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"explanations written to {out}")
+    print(f"  {'field pair':<30} {'mean attention':>14}")
+    for a, b, mean, _ in table[:10]:
+        print(f"  {a + ' x ' + b:<30} {mean:>14.4f}")
+    return 0
+
+
+def run(spark, args: argparse.Namespace, info: dict, out: Path) -> list[tuple]:
+    """Explain into a staging directory, publish it complete, return the field-pair table."""
+    from pyspark.sql import functions as F
+
+    from afm_dist.plots import plot_attention_heatmap
+    from afm_dist.spark.inputs import load_encoded, parse_tables
+    from afm_dist.spark.scoring import attention_sums, explain_rows
+
     fields = info["dataset"]["fields"]
     names = [f["name"] for f in fields]
     slot_fields = [i for i, f in enumerate(fields) for _ in range(f["width"])]
     with publish_directory(out, overwrite=args.overwrite) as staging:
-        encoded, _, _ = load_encoded(spark, args.input, info, staging, max_rejected_fraction=args.max_rejected_fraction)
+        encoded, _, _ = load_encoded(spark, args.input, info, staging, model_dir=args.model, tables=parse_tables(args.table), max_rejected_fraction=args.max_rejected_fraction)
 
         # Whole input: mean attention per field pair (over the rows where the pair occurs).
         sums = attention_sums(spark, encoded, args.model, slot_fields=slot_fields, threads=args.threads).collect()
@@ -87,12 +107,7 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
         pairs.write.parquet(str(staging / "rows"))
         pairs.toPandas().to_csv(staging / "rows.csv", index=False)  # a sample: small by construction
         mark_complete(staging)
-
-    print(f"explanations written to {out}")
-    print(f"  {'field pair':<30} {'mean attention':>14}")
-    for a, b, mean, _ in table[:10]:
-        print(f"  {a + ' x ' + b:<30} {mean:>14.4f}")
-    return 0
+    return table
 
 
 def _with_raw_values(spark, pairs, model_dir: str, names: list[str], slot_fields: list[int]):

@@ -23,6 +23,9 @@ from afm_dist.dataset import LABEL, DatasetError, mark_complete
 from afm_dist.paths import OutputPathError, publish_directory, validate_output_path
 
 
+JOB = "score"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory written by afm_dist.train")
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="do not bound predictions to the training target's range")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per torch inference batch")
     p.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
+    p.add_argument("--table", action="append", default=[], metavar="NAME=PATH",
+                   help="raw input only: file(s) of a side table the model's schema joins (repeat per table)")
     p.add_argument("--max-rejected-fraction", type=float, default=0.01)
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -44,19 +49,31 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
         info, _ = read_model_dir(args.model)
         out = validate_output_path(args.output, overwrite=args.overwrite)
     except (DatasetError, OutputPathError) as e:
-        print(f"score: error: {e}", file=sys.stderr)
+        print(f"{JOB}: error: {e}", file=sys.stderr)
         return 2
-
-    from afm_dist.spark.inputs import load_encoded
-    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score
     from afm_dist.spark.session import build_session
 
     spark = spark or build_session("afm-dist-score")
+    try:
+        summary = run(spark, args, info, out)
+    except DatasetError as e:  # bad input found once Spark read it: nothing was published
+        print(f"{JOB}: error: {e}", file=sys.stderr)
+        return 2
+    _print_table(summary, out)
+    return 0
+
+
+def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
+    """Score into a staging directory, publish it complete, return the metrics summary."""
+    from afm_dist.spark.inputs import load_encoded, parse_tables
+    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score
+
     start = time.time()
     target = info["dataset"]["target"]
     clip = (float(target["min"]), float(target["max"])) if args.clip and "min" in target else None
     with publish_directory(out, overwrite=args.overwrite) as staging:
-        encoded, keys, rejected = load_encoded(spark, args.input, info, staging,
+        encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,
+                                               tables=parse_tables(args.table),
                                                max_rejected_fraction=args.max_rejected_fraction)
         scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
                        threads=args.threads)
@@ -73,8 +90,7 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
         summary["seconds"] = round(time.time() - start, 2)
         (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         mark_complete(staging)
-    _print_table(summary, out)
-    return 0
+    return summary
 
 
 def _print_table(summary: dict, out: Path) -> None:

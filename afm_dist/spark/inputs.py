@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError, strip_file_scheme
+from afm_dist.dataset import IDS, MASK, ROW_ID, VALS, DatasetError, strip_file_scheme
 
 
 def is_encoded_split(paths: Sequence[str]) -> bool:
@@ -18,7 +18,8 @@ def is_encoded_split(paths: Sequence[str]) -> bool:
 
 
 def load_encoded(spark: SparkSession, paths: Sequence[str], info: dict[str, Any], staging: Path, *,
-                 max_rejected_fraction: float) -> tuple[DataFrame, list[str], int]:
+                 model_dir: str | Path, max_rejected_fraction: float,
+                 tables: dict[str, list[str]] | None = None) -> tuple[DataFrame, list[str], int]:
     """Return (encoded rows, key columns to keep, number of rejected raw rows).
 
     A preprocessed split is read as it is (keys: row_id). Raw logs are parsed with the model's
@@ -35,7 +36,19 @@ def load_encoded(spark: SparkSession, paths: Sequence[str], info: dict[str, Any]
         return df, [ROW_ID], 0
     from afm_dist.spark.encode_raw import encode_raw_logs
 
-    return encode_raw_logs(spark, paths, info, staging, max_rejected_fraction=max_rejected_fraction)
+    return encode_raw_logs(spark, paths, info, staging, max_rejected_fraction=max_rejected_fraction,
+                           model_dir=model_dir, tables=tables)
+
+
+def parse_tables(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``--table NAME=PATH`` arguments (side tables of the schema) -> {name: [paths]}."""
+    tables: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise DatasetError(f"--table {spec!r}: expected NAME=PATH, e.g. movies=movies.csv")
+        tables.setdefault(name, []).append(path)
+    return tables
 
 
 def _check_same_layout(split_dir: Path, info: dict[str, Any]) -> None:
@@ -53,4 +66,3 @@ def _check_same_layout(split_dir: Path, info: dict[str, Any]) -> None:
         )
 
 
-__all__ = ["is_encoded_split", "load_encoded", "LABEL"]

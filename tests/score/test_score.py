@@ -88,3 +88,49 @@ def test_explain_heatmap_peaks_on_a_planted_pair(spark, planted_data, planted_mo
         # Raw values from the vocabulary, with the generator's field prefixes.
         users = {p["value_a"] for p in pairs if p["field_a"] == "user"}
         assert users and all(u.startswith("u") for u in users)
+
+
+def test_score_raw_logs_with_unseen_values_and_malformed_lines(spark, planted_models, tmp_path):
+    model_dir = planted_models["afm"]
+    info = json.loads((model_dir / "model.json").read_text())
+    fields = {f["name"]: f for f in info["dataset"]["fields"]}
+    header = "user\titem\tdaytime\tweekday\tcity\tdevice\trating"
+    lines = [
+        header,
+        "u1\ti0\td2\tw3\tc5\tv1\t3.5",         # 1: known values
+        "u2\ti1\td0\tw0\tc0\tv0\t2.0",         # 2: known values
+        "u_never_seen\ti0\td2\tw3\tc5\tv1\t4.0",  # 3: unseen user -> the field's out-of-vocabulary id
+        "u1\ti0\td2\tw3\tc5",                  # 4: wrong column count
+        "u1\ti0\td2\tw3\tc5\tv1\tfive",        # 5: rating not a number
+    ]
+    raw = tmp_path / "raw.tsv"
+    raw.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored"
+    assert run_job("score", ["--model", str(model_dir), "--input", str(raw), "--output", str(out),
+                             "--max-rejected-fraction", "0.5"], spark) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["rows"] == 3 and summary["rejected_rows"] == 2
+    rejected = {r["line"]: r["reason"] for r in spark.read.parquet(str(out / "rejected")).collect()}
+    assert set(rejected) == {5, 6}  # file line numbers, header = line 1
+    assert "rating" in rejected[6]
+
+    preds = {r["raw_user"]: r["prediction"] for r in spark.read.parquet(str(out / "predictions")).collect()}
+    assert set(preds) == {"u1", "u2", "u_never_seen"}
+    # The unseen user is scored as the user field's out-of-vocabulary id (local id 0).
+    model, _ = load_trained_model(model_dir)
+    vocab = {(r["field"], r["value"]): r["id"] for r in spark.read.parquet(str(model_dir / "vocabulary")).collect()}
+    ids = [fields["user"]["offset"]] + [vocab[(f, v)] for f, v in
+                                        zip(["item", "daytime", "weekday", "city", "device"], ["i0", "d2", "w3", "c5", "v1"])]
+    with torch.inference_mode():
+        expected = model(torch.tensor([ids]), torch.ones(1, 6), torch.ones(1, 6, dtype=torch.bool)).item()
+    lo, hi = info["dataset"]["target"]["min"], info["dataset"]["target"]["max"]
+    assert preds["u_never_seen"] == pytest.approx(min(max(expected, lo), hi), abs=1e-5)
+
+
+def test_score_refuses_too_many_malformed_raw_rows(spark, planted_models, tmp_path):
+    raw = tmp_path / "bad.tsv"
+    raw.write_text("user\titem\tdaytime\tweekday\tcity\tdevice\trating\n" + "u1\ti0\n" * 5 + "u1\ti0\td2\tw3\tc5\tv1\t3\n")
+    out = tmp_path / "o"
+    assert run_job("score", ["--model", str(planted_models["afm"]), "--input", str(raw), "--output", str(out)],
+                   spark) == 2
+    assert not out.exists()

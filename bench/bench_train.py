@@ -1,0 +1,65 @@
+"""End-to-end training throughput (Petastorm loader included) with 1 and 2 Horovod workers, and
+the loader alone; goal: the loader delivers at least 3x what training consumes.
+
+    .venv/bin/python bench/bench_train.py [--rows 200000] [--epochs 2]
+
+AFM with k = t = 64 (and FM) on the synthetic data set (M = 6 slots), global batch 512. Training
+figures are the last epoch's examples/s (the first one warms caches); the loader figure is one
+reader (one rank's share of the machine) producing shuffled batches of 256 rows, the per-rank batch
+of 2 workers, as fast as it can.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from common import VENV_BIN, WORK, run, save, synthetic_dataset  # noqa: E402
+
+
+def train_rate(data, model: str, np_: int, epochs: int) -> float:
+    out = WORK / f"train-{model}-np{np_}"
+    run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
+         VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
+         "--overwrite", "--epochs", epochs, "--batch-size", "512", "--embedding-dim", "64",
+         "--attention-factor", "64", "--log-every", "30"])
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return history[-1]["examples_per_s"]
+
+
+def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
+    from afm_dist.loader import train_batches
+
+    rows, start = 0, time.time()
+    for b in train_batches(data / "train", rank=0, size=1, batch_size=batch, steps=10**9, seed=1):
+        rows += len(b)
+        if time.time() - start > seconds:
+            break
+    return rows / (time.time() - start)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args()
+    data = synthetic_dataset(args.rows)
+    result = {"command": f".venv/bin/python bench/bench_train.py --rows {args.rows} --epochs {args.epochs}",
+              "data_rows": args.rows, "loader_examples_per_s": loader_rate(data, 256)}
+    for model in ("fm", "afm"):
+        for np_ in (1, 2):
+            result[f"{model}_np{np_}_examples_per_s"] = train_rate(data, model, np_, args.epochs)
+    # With 2 workers each rank's loader feeds half of the consumption.
+    consumed_per_rank = max(result["afm_np2_examples_per_s"], result["fm_np2_examples_per_s"]) / 2
+    consumed_single = max(result["afm_np1_examples_per_s"], result["fm_np1_examples_per_s"])
+    result["loader_over_training_np2_per_rank"] = result["loader_examples_per_s"] / consumed_per_rank
+    result["loader_over_training_np1"] = result["loader_examples_per_s"] / consumed_single
+    result["goal"] = "loader >= 3x what training consumes"
+    save("train", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
