@@ -232,6 +232,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         extras += [F.min(F.when(accepted_flag, F.col(parse.LABEL))).alias("label_min"),
                    F.max(F.when(accepted_flag, F.col(parse.LABEL))).alias("label_max")]
     blocks = readers.line_blocks(records, *extras).cache()
+    cached = [blocks]
     totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
                         *[(F.min if c.endswith("min") else F.max)(c).alias(c)
                           for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
@@ -259,23 +260,25 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     accepted = records.filter(accepted_flag)
     extra: dict = {"vocabulary_basis": "all accepted logs (categorical); training split (numeric statistics)",
                    "padding": {"id": 0, "val": 0.0, "mask": 0}}
+    per_positive = schema.target.negatives.per_positive if schema.target.negatives else 0
+    n_expected = n_accepted * (1 + per_positive)
+    tasks = max(options.min_row_groups, math.ceil(n_expected * schema.split.train / options.rows_per_group))
     if is_libfm:
         width = schema.format.max_features or int(totals["width"])
         num_features = schema.format.num_features or int(totals["max_id"]) + 1
         layouts = [FieldLayout(name=LIBFM_FIELD, kind="multi_categorical", offset=0, size=num_features,
                                slot=0, width=width)]
-        keyed = encode.with_row_ids(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS])
+        keyed = encode.explicit_instances(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS], tasks)
         table = encode.assemble_libfm(encode.assign_splits(keyed, schema.split, schema.seed), width)
         _write_empty_vocabulary(spark, out_dir)
         extra["source_format"] = "libfm"
     else:
-        table, layouts, more = _encode(spark, schema, accepted, out_dir, options)
+        table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks, cached)
         extra.update(more)
 
-    n_expected = n_accepted * (1 + (schema.target.negatives.per_positive if schema.target.negatives else 0))
-    tasks = max(options.min_row_groups, math.ceil(n_expected * schema.split.train / options.rows_per_group))
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
-    write_splits(table, out_dir, tasks)
+    # Explicit targets come partitioned by text already (one partition per output file).
+    write_splits(table, out_dir, tasks, repartition=schema.target.kind == "implicit" and per_positive > 0)
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted}
     counts.update(split_counts(spark, out_dir))
     for s in SPLITS:
@@ -287,7 +290,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         target = {"kind": "implicit", "min": encode.NEGATIVE, "max": encode.POSITIVE}
     else:
         target = {"kind": "explicit", "min": float(totals["label_min"]), "max": float(totals["label_max"])}
-    blocks.unpersist()
+    for df in cached:
+        df.unpersist()
     extra["rows_per_group"] = options.rows_per_group
     extra["elapsed_s"] = round(time.monotonic() - started, 1)
     return DatasetMetadata(
@@ -297,45 +301,47 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     )
 
 
-def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: Path,
-            options: Options) -> tuple[DataFrame, list[FieldLayout], dict]:
+def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: Path, options: Options,
+            tasks: int, cached: list[DataFrame]) -> tuple[DataFrame, list[FieldLayout], dict]:
+    """Vocabulary (written), then the instances table: row_id, ids, vals, mask, label, split.
+    Small cached tables (vocabulary, lists) are appended to ``cached`` for the caller to drop."""
     fields = list(schema.fields)
     more: dict = {}
     sizes: dict[str, int] = {}
-    vocabulary = None
+    vocabulary, lists = None, {}
     if any(f.indexed for f in fields):
         _stage("count values and build the vocabulary")
-        counts = encode.value_counts(accepted.select(*[f.name for f in fields if f.indexed]), fields)
-        counts = counts.cache()
+        counts = encode.value_counts(accepted.select(*[f.name for f in fields if f.indexed]), fields).cache()
         vocabulary = encode.index_vocabulary(counts, fields).cache()
         sizes = {r["field"]: int(r["count"]) for r in vocabulary.groupBy("field").count().collect()}
         layouts = encode.field_layouts(fields, sizes)
         (encode.vocabulary_table(vocabulary, encode.rare_counts(counts, fields), fields, layouts)
          .repartition(1).sortWithinPartitions("id").write.parquet(str(out_dir / VOCABULARY_DIR)))
-        counts.unpersist()
+        multi = [f for f in fields if f.indexed and f.kind == "multi_categorical"]
+        if multi:
+            names = [f.name + encode.LISTS for f in multi]
+            sizes.update({r["field"]: int(r["count"]) for r in
+                          counts.filter(F.col("field").isin(names)).groupBy("field").count().collect()})
+            lists = {f.name: encode.encoded_lists(counts, vocabulary, f).cache() for f in multi}
+        cached += [counts, vocabulary, *lists.values()]
     else:
         layouts = encode.field_layouts(fields, sizes)
         _write_empty_vocabulary(spark, out_dir)
     for lay in layouts:
         log.info("field %s: %s, %d ids from %d, %d slot(s)", lay.name, lay.kind, lay.size, lay.offset, lay.width)
 
-    value_columns = [f.name for f in fields] + ([parse.LABEL] if schema.target.kind == "explicit" else [])
-    keyed = encode.with_row_ids(accepted, value_columns)
-    encoded = encode.encode_fields(keyed, fields, vocabulary, sizes, broadcast_limit=options.broadcast_limit) \
-        if vocabulary is not None else encode.encode_fields(keyed, fields, None, sizes, broadcast_limit=0)
-    if schema.target.kind == "implicit":
-        positives = encode.with_label(encoded, encode.POSITIVE)
-        neg = schema.target.negatives
-        if neg and neg.per_positive > 0:
-            replaced = schema.field(neg.replace)
-            size = next(lay.size for lay in layouts if lay.name == replaced.name)
-            negatives = encode.sample_negatives(positives, fields, replaced, size, per_positive=neg.per_positive,
-                                                max_tries=neg.max_tries, seed=schema.seed)
-            instances = positives.unionByName(negatives)
-        else:
-            instances = positives
+    encoded = encode.encode_fields(accepted, fields, vocabulary, lists, sizes, broadcast_limit=options.broadcast_limit)
+    names = [f.name for f in fields]
+    neg = schema.target.negatives
+    if schema.target.kind == "implicit" and neg.per_positive > 0:
+        replaced = schema.field(neg.replace)
+        size = next(lay.size for lay in layouts if lay.name == replaced.name)
+        instances = encode.implicit_instances(encoded, fields, replaced, size, per_positive=neg.per_positive,
+                                              max_tries=neg.max_tries, seed=schema.seed)
+    elif schema.target.kind == "implicit":
+        instances = encode.with_label(encode.explicit_instances(encoded, names, tasks), encode.POSITIVE)
     else:
-        instances = encoded
+        instances = encode.explicit_instances(encoded, names + [parse.LABEL], tasks)
     instances = encode.assign_splits(instances, schema.split, schema.seed)
     if any(f.kind == "numeric" and f.standardize for f in fields):
         _stage("numeric statistics on the training split")
@@ -360,12 +366,15 @@ def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
     return f"\nExamples:\n{shown}"
 
 
-def write_splits(table: DataFrame, out_dir: Path, tasks: int) -> None:
+def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> None:
     """Write ``table`` (with a ``split`` column) as ``out_dir/{train,validation,test}`` in one
-    pass: ``tasks`` hash partitions of the row id, each writing one file (one row group) per
-    split, rows sorted by row id. A split with no row gets an empty file with the schema."""
+    pass: each of ``tasks`` partitions (hash partitions of the row id, unless ``repartition`` is
+    false because the table comes partitioned) writes one file, one row group, per split, rows
+    sorted by row id. A split with no row gets an empty file with the schema."""
     tmp = out_dir / "_splits"
-    (table.repartition(tasks, encode.ROW_ID).sortWithinPartitions(encode.SPLIT, encode.ROW_ID)
+    if repartition:
+        table = table.repartition(tasks, encode.ROW_ID)
+    (table.sortWithinPartitions(encode.SPLIT, encode.ROW_ID)
      .write.partitionBy(encode.SPLIT).parquet(str(tmp)))
     spark = table.sparkSession
     for s in SPLITS:
@@ -378,11 +387,16 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int) -> None:
 
 
 def split_counts(spark: SparkSession, out_dir: Path) -> dict[str, dict[str, int]]:
-    """Rows, positives (label > 0) and negatives of each written split, read back from Parquet."""
+    """Rows, positives (label > 0) and negatives of each written split, read back from Parquet
+    in one job."""
+    paths = [str(out_dir / s) for s in SPLITS]
+    rows = (spark.read.parquet(*paths).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
+            .groupBy(F.regexp_extract("path", r"/([^/]+)/[^/]+$", 1).alias("split"))
+            .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive"))
+            .collect())
+    found = {r["split"]: (int(r["rows"]), int(r["positive"] or 0)) for r in rows}
     out = {}
     for s in SPLITS:
-        row = spark.read.parquet(str(out_dir / s)).agg(
-            F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive")).first()
-        rows, pos = int(row["rows"]), int(row["positive"] or 0)
-        out[s] = {"rows": rows, "positive": pos, "negative": rows - pos}
+        n, pos = found.get(s, (0, 0))
+        out[s] = {"rows": n, "positive": pos, "negative": n - pos}
     return out

@@ -218,10 +218,11 @@ class Schema:
         return list(dict.fromkeys([t.key] + [f.column for f in self.fields if f.table == table]))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON data (lists, not tuples), as stored in a data set's metadata."""
+        return json.loads(self.canonical_json())
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the parsed schema (formatting and comments ignored)."""

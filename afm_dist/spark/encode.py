@@ -1,4 +1,4 @@
-"""Typed records -> instances: row ids, vocabulary, feature ids, negatives, splits, arrays.
+"""Typed records -> instances: vocabulary, feature ids, row ids, negatives, splits, arrays.
 
 Every choice is a function of the data, the schema and the seed, never of partitioning or
 order: row ids hash the row's text and its copy number among identical rows, vocabulary ids
@@ -8,6 +8,11 @@ with the seed. No ``rand()``: a recomputed partition gives the same rows.
 Vocabulary basis: categorical values are counted over all accepted logs (before the split and
 before negatives), as the paper's one-hot encoding of the whole data; numeric standardisation
 uses training-split statistics only (``train_statistics``).
+
+Shuffles: an explicit target needs one (rows are hash-partitioned by their text, which numbers
+identical rows and spreads them over the output files); implicit feedback needs two (a window
+over each context of the replaced field, then the output files by row id). Categorical values
+are encoded by broadcast joins, multi-valued lists by a broadcast table of the distinct lists.
 """
 from __future__ import annotations
 
@@ -24,25 +29,14 @@ from afm_dist.spark.readers import TEXT
 
 SPLIT = "split"  # split name column of the instances table (becomes the directory)
 POSITIVE, NEGATIVE = 1.0, -1.0  # implicit-feedback targets, as the paper
+LISTS = "\u0000lists"  # suffix of the pseudo-field counting a multi-valued field's distinct lists
 # Exact sums for mean and standard deviation, so that they do not depend on summation order.
 _EXACT = "decimal(38,12)"
 
 
-# ---------------------------------------------------------------------------------------------
-# Row ids
-
-
-def with_row_ids(records: DataFrame, value_columns: Sequence[str]) -> DataFrame:
-    """Accepted records -> ``row_id`` and ``value_columns``, one row per record.
-
-    ``row_id`` is xxhash64 of the row's text and its copy number among rows with the same text,
-    so it does not depend on file names, line positions or partitioning: the same logs split
-    into more files give the same ids. Identical rows are aggregated then expanded again.
-    """
-    copies = records.groupBy(TEXT, *value_columns).agg(F.count(F.lit(1)).alias("_copies"))
-    expanded = copies.select("*", F.explode(F.sequence(F.lit(1), F.col("_copies"))).alias("_copy"))
-    return expanded.select(F.xxhash64(F.lit("afm-row"), F.col(TEXT), F.col("_copy")).alias(ROW_ID),
-                           *value_columns)
+def _row_id(copy: Column) -> Column:
+    """The id of a log: its text and its copy number (1, 2, ...) among identical logs."""
+    return F.xxhash64(F.lit("afm-row"), F.col(TEXT), copy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +48,11 @@ def _tagged(name: str):
 
 
 def value_counts(records: DataFrame, fields: Sequence[Field]) -> DataFrame:
-    """``field``, ``value``, ``count``: occurrences of every value of the indexed fields."""
+    """``field``, ``value``, ``count``: occurrences of every value of the indexed fields.
+
+    A multi-valued field ``f`` also gets rows ``f + LISTS`` whose values are its distinct lists
+    (as JSON), from which ``encoded_lists`` builds its lookup table without another pass.
+    """
     entries: list[Column] = []
     for f in fields:
         if not f.indexed:
@@ -63,6 +61,7 @@ def value_counts(records: DataFrame, fields: Sequence[Field]) -> DataFrame:
             entries.append(F.array(_tagged(f.name)(F.col(f.name))))
         else:
             entries.append(F.transform(F.coalesce(F.col(f.name), F.array().cast("array<string>")), _tagged(f.name)))
+            entries.append(F.array(_tagged(f.name + LISTS)(F.to_json(F.col(f.name)))))
     if not entries:
         raise ValueError("no field has a vocabulary")
     exploded = records.select(F.explode(F.concat(*entries)).alias("_e")).select("_e.field", "_e.value")
@@ -82,7 +81,8 @@ def index_vocabulary(counts: DataFrame, fields: Sequence[Field]) -> DataFrame:
     ``min_count`` times. Ids within a field start after the out-of-vocabulary id 0 (when the
     field has one), most frequent value first, ties by value."""
     indexed = [f for f in fields if f.indexed]
-    kept = counts.filter(F.col("count") >= _per_field(indexed, lambda f: f.min_count))
+    kept = counts.filter(F.col("field").isin([f.name for f in indexed])
+                         & (F.col("count") >= _per_field(indexed, lambda f: f.min_count)))
     order = Window.partitionBy("field").orderBy(F.desc("count"), F.asc("value"))
     local_id = F.row_number().over(order) - 1 + _per_field(indexed, lambda f: f.first_id)
     return kept.select("field", "value", local_id.cast("int").alias("local_id"), "count")
@@ -91,7 +91,8 @@ def index_vocabulary(counts: DataFrame, fields: Sequence[Field]) -> DataFrame:
 def rare_counts(counts: DataFrame, fields: Sequence[Field]) -> DataFrame:
     """``field``, ``count``: occurrences of values below ``min_count`` (they map to id 0)."""
     indexed = [f for f in fields if f.indexed]
-    rare = counts.filter(F.col("count") < _per_field(indexed, lambda f: f.min_count))
+    rare = counts.filter(F.col("field").isin([f.name for f in indexed])
+                         & (F.col("count") < _per_field(indexed, lambda f: f.min_count)))
     return rare.groupBy("field").agg(F.sum("count").alias("count"))
 
 
@@ -134,6 +135,24 @@ def vocabulary_table(vocabulary: DataFrame, rare: DataFrame, fields: Sequence[Fi
     return known.unionByName(oov)
 
 
+def _lookup(vocabulary: DataFrame, field: Field) -> DataFrame:
+    return vocabulary.filter(F.col("field") == field.name).select(
+        F.col("value").alias("_v"), F.col("local_id").alias("_id"))
+
+
+def encoded_lists(counts: DataFrame, vocabulary: DataFrame, field: Field) -> DataFrame:
+    """The distinct lists of a multi-valued field (from ``value_counts``) -> ``_list``
+    (array<string>) and ``_ids`` (array<int>, same order; 0 for an out-of-vocabulary value)."""
+    lists = counts.filter(F.col("field") == field.name + LISTS).select(
+        F.from_json("value", "array<string>").alias("_list"))
+    unknown = F.lit(0) if field.oov else F.lit(None).cast("int")
+    entries = lists.select("_list", F.posexplode("_list").alias("_p", "_v")).join(
+        F.broadcast(_lookup(vocabulary, field)), "_v", "left").select(
+        "_list", F.struct("_p", F.coalesce(F.col("_id"), unknown).alias("_id")).alias("_e"))
+    return entries.groupBy("_list").agg(F.sort_array(F.collect_list("_e")).alias("_es")).select(
+        "_list", F.col("_es._id").alias("_ids"))
+
+
 def _bucket(buckets: int):
     return lambda v: F.pmod(F.xxhash64(v), F.lit(buckets)).cast("int")
 
@@ -142,13 +161,14 @@ def _shift(offset: int):
     return lambda v: v + offset
 
 
-def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataFrame,
-                  vocabulary_sizes: Mapping[str, int], *, broadcast_limit: int) -> DataFrame:
+def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataFrame | None,
+                  lists: Mapping[str, DataFrame], sizes: Mapping[str, int], *, broadcast_limit: int) -> DataFrame:
     """Replace each categorical value by its local id (int; 0 when out of vocabulary) and each
     multi-valued list by a list of ids; numeric fields are left as they are.
 
-    Vocabularies up to ``broadcast_limit`` values are broadcast to the executors (a map-side
-    join); larger ones are joined by shuffle. ``records`` needs a unique ``row_id``.
+    ``lists`` holds the ``encoded_lists`` of the multi-valued fields; ``sizes`` the number of
+    rows of each lookup (vocabulary entries of a field, or distinct lists), which are broadcast
+    to the executors up to ``broadcast_limit`` rows (a map-side join) and shuffled beyond.
     """
     for f in fields:
         if f.kind == "numeric":
@@ -161,48 +181,65 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
             else:
                 records = records.withColumn(f.name, F.transform(F.col(f.name), bucket))
             continue
-        lookup = vocabulary.filter(F.col("field") == f.name).select(
-            F.col("value").alias("_v"), F.col("local_id").alias("_id"))
-        if vocabulary_sizes.get(f.name, 0) <= broadcast_limit:
-            lookup = F.broadcast(lookup)
-        unknown = F.lit(0) if f.oov else F.lit(None).cast("int")
         if f.kind == "categorical":
+            lookup = _lookup(vocabulary, f)
+            if sizes.get(f.name, 0) <= broadcast_limit:
+                lookup = F.broadcast(lookup)
+            unknown = F.lit(0) if f.oov else F.lit(None).cast("int")
             records = (records.join(lookup, records[f.name] == lookup["_v"], "left")
                        .withColumn(f.name, F.coalesce(F.col("_id"), unknown)).drop("_v", "_id"))
         else:
-            exploded = records.select(ROW_ID, F.posexplode(f.name).alias("_p", "_v"))
-            ids = exploded.join(lookup, "_v", "left").select(
-                ROW_ID, F.struct("_p", F.coalesce(F.col("_id"), unknown).alias("_id")).alias("_e"))
-            lists = ids.groupBy(ROW_ID).agg(F.sort_array(F.collect_list("_e")).alias("_l")).select(
-                ROW_ID, F.col("_l._id").alias("_ids"))
-            records = records.join(lists, ROW_ID, "left").withColumn(f.name, F.col("_ids")).drop("_ids")
+            lookup = lists[f.name]
+            if sizes.get(f.name + LISTS, 0) <= broadcast_limit:
+                lookup = F.broadcast(lookup)
+            records = (records.join(lookup, records[f.name] == lookup["_list"], "left")
+                       .withColumn(f.name, F.col("_ids")).drop("_list", "_ids"))
     return records
 
 
 # ---------------------------------------------------------------------------------------------
-# Implicit feedback: negatives
+# Row ids and instances
 
 
-def with_label(records: DataFrame, value: float) -> DataFrame:
-    return records.withColumn(LABEL, F.lit(value))
+def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partitions: int) -> DataFrame:
+    """Encoded logs -> ``row_id`` and ``value_columns``, hash-partitioned by text into
+    ``partitions`` (the output files), one instance per log.
+
+    ``row_id`` hashes the log's text and its copy number among identical logs, so it does not
+    depend on file names, line positions or partitioning: the same logs split into more files
+    give the same ids. Identical logs meet in one partition, where they are numbered.
+    """
+    by_text = Window.partitionBy(TEXT).orderBy(TEXT)
+    return (encoded.repartition(partitions, TEXT)
+            .select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns))
 
 
-def sample_negatives(positives: DataFrame, fields: Sequence[Field], replaced: Field, replaced_size: int, *,
-                     per_positive: int, max_tries: int, seed: int) -> DataFrame:
-    """Encoded positives -> ``per_positive`` negatives per positive (label -1), each a copy of
-    its positive with ``replaced`` set to another id of that field.
+def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Field, replaced_size: int, *,
+                       per_positive: int, max_tries: int, seed: int) -> DataFrame:
+    """Encoded logs -> instances: each log as a positive (label +1) followed by
+    ``per_positive`` negatives (label -1), copies of it with ``replaced`` set to another id.
 
     The replacement is drawn uniformly over the field's vocabulary (ids, not occurrences, so
     popular values are not favoured) by hashing (row_id, seed, k, try). A draw that makes an
-    observed positive (the positive's other fields with that id occur as a log) is refused and
-    the next try hashed; after ``max_tries`` refusals the next free id after a last draw is
-    taken. A negative is dropped only if every id of the field is observed with that context.
+    observed positive (the log's other fields occur in a log with that id) is refused and the
+    next try hashed; after ``max_tries`` refusals the first free id after one more draw is taken.
+    A negative is dropped only if every id of the field is observed in that context.
+
+    One pass: a window over each context (the other fields) gives the ids observed with it and
+    numbers identical logs (same text) for their row ids; a log's positive and negatives are
+    exploded from one row.
     """
     context = [f.name for f in fields if f.name != replaced.name]
-    window = Window.partitionBy(*context) if context else Window.partitionBy(F.lit(0))
-    observed = positives.withColumn("_observed", F.collect_set(replaced.name).over(window))
+    keys = context or [F.lit(0)]
+    by_context = Window.partitionBy(*keys)
+    by_text = Window.partitionBy(*keys).orderBy(TEXT)
+    copy = F.row_number().over(by_text) - F.rank().over(by_text) + 1  # 1, 2, ... among identical logs
+    logs = encoded.select(_row_id(copy).alias(ROW_ID), *[f.name for f in fields],
+                          F.collect_set(replaced.name).over(by_context).alias("_observed"))
     first = replaced.first_id
     n = replaced_size - first
+    if per_positive < 1:
+        raise ValueError("implicit_instances makes at least one negative per positive")
     if n <= 0:
         raise ValueError(f"field '{replaced.name}': no value to sample negatives from")
 
@@ -216,15 +253,25 @@ def sample_negatives(positives: DataFrame, fields: Sequence[Field], replaced: Fi
         f"try_element_at(filter(transform(sequence(0, size(_observed)), "
         f"j -> CAST({first} + pmod({draw('k', str(max_tries))} - {first} + j, {n}) AS INT)), {free}), 1))"
     )
-    draws = F.expr(f"transform(sequence(0, {per_positive - 1}), k -> named_struct('k', k, 'id', {pick}))")
-    negatives = observed.select("*", F.explode(draws).alias("_n")).filter(F.col("_n.id").isNotNull())
+    # k = -1 is the log itself (the positive); k >= 0 are its negatives.
+    instances = F.expr(f"concat(array(named_struct('k', -1, 'id', `{replaced.name}`)), "
+                       f"transform(sequence(0, {per_positive - 1}), k -> named_struct('k', k, 'id', {pick})))")
+    exploded = logs.select("*", F.explode(instances).alias("_n")).filter(F.col("_n.id").isNotNull())
+    k = F.col("_n.k")
     columns = [F.col("_n.id").alias(f.name) if f.name == replaced.name else F.col(f.name) for f in fields]
-    return negatives.select(F.xxhash64(F.col(ROW_ID), F.lit("negative"), F.col("_n.k")).alias(ROW_ID),
-                            *columns, F.lit(NEGATIVE).alias(LABEL))
+    return exploded.select(
+        F.when(k < 0, F.col(ROW_ID)).otherwise(F.xxhash64(F.col(ROW_ID), F.lit("negative"), k)).alias(ROW_ID),
+        *columns,
+        F.when(k < 0, F.lit(POSITIVE)).otherwise(F.lit(NEGATIVE)).alias(LABEL),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Split and numeric statistics
+
+
+def with_label(instances: DataFrame, value: float) -> DataFrame:
+    return instances.withColumn(LABEL, F.lit(value))
 
 
 def assign_splits(instances: DataFrame, split: Split, seed: int) -> DataFrame:
