@@ -330,7 +330,8 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
     for lay in layouts:
         log.info("field %s: %s, %d ids from %d, %d slot(s)", lay.name, lay.kind, lay.size, lay.offset, lay.width)
 
-    encoded = encode.encode_fields(accepted, fields, vocabulary, lists, sizes, broadcast_limit=options.broadcast_limit)
+    encoded = encode.encode_fields(accepted, fields, vocabulary, sizes, broadcast_limit=options.broadcast_limit,
+                                   lists=lists)
     names = [f.name for f in fields]
     neg = schema.target.negatives
     if schema.target.kind == "implicit" and neg.per_positive > 0:

@@ -30,8 +30,9 @@ from afm_dist.spark.readers import TEXT
 SPLIT = "split"  # split name column of the instances table (becomes the directory)
 POSITIVE, NEGATIVE = 1.0, -1.0  # implicit-feedback targets, as the paper
 LISTS = "\u0000lists"  # suffix of the pseudo-field counting a multi-valued field's distinct lists
-# Exact sums for mean and standard deviation, so that they do not depend on summation order.
-_EXACT = "decimal(38,12)"
+# Exact sums for mean and standard deviation, so that they do not depend on summation order:
+# each double (x and x*x) becomes a decimal with 18 decimals, and decimals add exactly.
+_EXACT = "decimal(38,18)"
 
 
 def _row_id(copy: Column) -> Column:
@@ -162,13 +163,16 @@ def _shift(offset: int):
 
 
 def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataFrame | None,
-                  lists: Mapping[str, DataFrame], sizes: Mapping[str, int], *, broadcast_limit: int) -> DataFrame:
+                  sizes: Mapping[str, int], *, broadcast_limit: int,
+                  lists: Mapping[str, DataFrame] | None = None) -> DataFrame:
     """Replace each categorical value by its local id (int; 0 when out of vocabulary) and each
     multi-valued list by a list of ids; numeric fields are left as they are.
 
-    ``lists`` holds the ``encoded_lists`` of the multi-valued fields; ``sizes`` the number of
-    rows of each lookup (vocabulary entries of a field, or distinct lists), which are broadcast
-    to the executors up to ``broadcast_limit`` rows (a map-side join) and shuffled beyond.
+    ``vocabulary`` has ``field``, ``value``, ``local_id``. ``lists`` holds the ``encoded_lists``
+    of the multi-valued fields (built from ``records`` when not given). ``sizes`` bounds the rows
+    of each lookup (a field's vocabulary; ``FIELD + LISTS``: its distinct lists): lookups up to
+    ``broadcast_limit`` rows are broadcast to the executors (a map-side join), larger ones are
+    joined by shuffle.
     """
     for f in fields:
         if f.kind == "numeric":
@@ -189,8 +193,12 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
             records = (records.join(lookup, records[f.name] == lookup["_v"], "left")
                        .withColumn(f.name, F.coalesce(F.col("_id"), unknown)).drop("_v", "_id"))
         else:
-            lookup = lists[f.name]
-            if sizes.get(f.name + LISTS, 0) <= broadcast_limit:
+            lookup = (lists or {}).get(f.name)
+            if lookup is None:
+                lookup = encoded_lists(records.select(F.to_json(f.name).alias("value"))
+                                       .filter(F.col("value").isNotNull()).distinct()
+                                       .withColumn("field", F.lit(f.name + LISTS)), vocabulary, f)
+            if sizes.get(f.name + LISTS, sizes.get(f.name, 0)) <= broadcast_limit:
                 lookup = F.broadcast(lookup)
             records = (records.join(lookup, records[f.name] == lookup["_list"], "left")
                        .withColumn(f.name, F.col("_ids")).drop("_list", "_ids"))
@@ -201,6 +209,15 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
 # Row ids and instances
 
 
+def with_row_ids(records: DataFrame, value_columns: Sequence[str], partitions: int | None = None) -> DataFrame:
+    """Records -> ``row_id`` and ``value_columns``, one row per record (see ``explicit_instances``;
+    without ``partitions`` the rows are partitioned by text into the session's shuffle partitions)."""
+    by_text = Window.partitionBy(TEXT).orderBy(TEXT)
+    if partitions is not None:
+        records = records.repartition(partitions, TEXT)
+    return records.select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns)
+
+
 def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partitions: int) -> DataFrame:
     """Encoded logs -> ``row_id`` and ``value_columns``, hash-partitioned by text into
     ``partitions`` (the output files), one instance per log.
@@ -209,9 +226,7 @@ def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partiti
     depend on file names, line positions or partitioning: the same logs split into more files
     give the same ids. Identical logs meet in one partition, where they are numbered.
     """
-    by_text = Window.partitionBy(TEXT).orderBy(TEXT)
-    return (encoded.repartition(partitions, TEXT)
-            .select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns))
+    return with_row_ids(encoded, value_columns, partitions)
 
 
 def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Field, replaced_size: int, *,
@@ -270,8 +285,8 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
 # Split and numeric statistics
 
 
-def with_label(instances: DataFrame, value: float) -> DataFrame:
-    return instances.withColumn(LABEL, F.lit(value))
+def with_label(instances: DataFrame, value: float | None) -> DataFrame:
+    return instances.withColumn(LABEL, F.lit(value).cast("double"))
 
 
 def assign_splits(instances: DataFrame, split: Split, seed: int) -> DataFrame:
@@ -296,15 +311,16 @@ def train_statistics(instances: DataFrame, fields: Sequence[Field]) -> dict[str,
         return {}
     aggs = []
     for f in std_fields:
-        x = F.col(f.name).cast(_EXACT)
-        aggs += [F.sum(x).alias(f"{f.name}__s"), F.sum(x * x).alias(f"{f.name}__q"),
+        x = F.col(f.name)
+        aggs += [F.sum(x.cast(_EXACT)).alias(f"{f.name}__s"), F.sum((x * x).cast(_EXACT)).alias(f"{f.name}__q"),
                  F.count(f.name).alias(f"{f.name}__n")]
     row = instances.filter(F.col(SPLIT) == "train").agg(*aggs).first()
     stats = {}
     for f in std_fields:
         s, q, n = row[f"{f.name}__s"], row[f"{f.name}__q"], row[f"{f.name}__n"]
         if n and (s is None or q is None):
-            raise ValueError(f"field '{f.name}': values too large to standardise exactly; add transform: log")
+            raise ValueError(f"field '{f.name}': values too large (beyond 1e10) to standardise exactly; "
+                             "add transform: log")
         if not n:
             mean, std = 0.0, 1.0
         else:
