@@ -144,17 +144,15 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], count: int) -> torch.Tensor:
-    """[e_i * e_j, 1] for ``count`` consecutive pairs given as runs: e (B, M, k) -> (B, C, k + 1).
+    """e_i * e_j for ``count`` consecutive pairs given as runs: e (B, M, k) -> (B, C, k).
 
-    Written run by run from slices of e (which stays in cache), so the (B, C, k) products are the
-    only large tensor written. The trailing column of ones carries the attention bias b through
-    the matmuls: [q, 1] [W, b]^T = W q + b, and g^T [q, 1] = [dW, db] in one go.
+    Written run by run from slices of e (which stays in cache): the products are the only large
+    tensor written, where gathering e_i and e_j first would write two more.
     """
     B, _, k = e.shape
-    out = e.new_empty(B, count, k + 1)  # (B, C, k + 1)
-    out[:, :, k] = 1.0
+    out = e.new_empty(B, count, k)  # (B, C, k)
     for i, j0, j1, off in runs:
-        torch.mul(e[:, i:i + 1], e[:, j0:j1], out=out[:, off:off + j1 - j0, :k])
+        torch.mul(e[:, i:i + 1], e[:, j0:j1], out=out[:, off:off + j1 - j0])
     return out
 
 
@@ -167,9 +165,8 @@ class _EfficientAttentionPooling(torch.autograd.Function):
 
     On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
     them as it can. Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and
-    (B, C, t) tensors exist at a time: it writes the pair products q (``_pair_products``, with a
-    column of ones for b), the hidden layer r = ReLU([q, 1] [W, b]^T) and reads r once for the
-    logits. The pooling sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular
+    (B, C, t) tensors exist at a time: it writes the pair products q (``_pair_products``) and the
+    hidden layer r = ReLU(W q + b), and reads r once for the logits. The pooling sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular
     matrix of a_ij, touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When
     all pairs fit in one chunk, q and r are kept for backward (they are then within the memory
     budget); otherwise backward recomputes each chunk from e, all that is saved besides (B, P).
@@ -178,7 +175,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
 
         da_n = keep_n gp . (e_i * e_j) (+ dL/da_n)  ds = a * (da - sum_n a_n da_n)   (softmax)
         g_n  = ds_n [r_n > 0]  (B C, t)             dh = sum_n ds_n r_n
-        [dW, db] = h[:, None] * sum_n g_n [q_n, 1]^T
+        db   = h * sum_n g_n                        dW = h[:, None] * sum_n g_n q_n^T
         dq_n = g_n (h[:, None] * W)                 de_i += dq_n * e_j,  de_j += dq_n * e_i
         de  += gp * ((A + A^T) e)                   (the pooling's own term)
 
@@ -191,13 +188,12 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, k = e.shape
         P = rows.numel()
-        weight_bias = torch.cat([weight, bias.unsqueeze(1)], dim=1)  # [W, b], (t, k + 1)
         logits = e.new_empty(B, P)  # (B, P)
         kept: tuple[torch.Tensor, ...] = ()
         for start in range(0, P, chunk):
             stop = min(P, start + chunk)
-            pairs = _pair_products(e, pair_runs(M, start, stop), stop - start)  # [q, 1], (B, C, k + 1)
-            hidden = torch.mm(pairs.view(-1, k + 1), weight_bias.t()).relu_()  # r, (B C, t)
+            pairs = _pair_products(e, pair_runs(M, start, stop), stop - start)  # q, (B, C, k)
+            hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # r, (B C, t)
             logits[:, start:stop] = torch.mv(hidden, h).view(B, -1)  # (B, C)
             if stop - start == P:
                 kept = (pairs, hidden)
@@ -206,12 +202,12 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
         ctx.chunk = chunk
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(e, keep, weight_bias, h, rows, cols, attention, upper, *kept)
+        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention, upper, *kept)
         return pooled, attention
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor | None, grad_attention: torch.Tensor | None):
-        e, keep, weight_bias, h, rows, cols, attention, upper, *kept = ctx.saved_tensors
+        e, keep, weight, bias, h, rows, cols, attention, upper, *kept = ctx.saved_tensors
         B, M, k = e.shape
         P = rows.numel()
         grad_e = torch.zeros_like(e)  # (B, M, k)
@@ -224,28 +220,31 @@ class _EfficientAttentionPooling(torch.autograd.Function):
             grad_e += grad_pooled.unsqueeze(1) * torch.bmm(upper + upper.transpose(1, 2), e)
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
 
-        grad_wb = torch.zeros_like(weight_bias)  # sum_n g_n [q_n, 1]^T until scaled by h, (t, k + 1)
+        grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
+        grad_b = torch.zeros_like(bias)  # (t,), sum_n g_n until scaled by h
         grad_h = torch.zeros_like(h)  # (t,)
-        h_weight = h.unsqueeze(1) * weight_bias[:, :k]  # (t, k)
+        h_weight = h.unsqueeze(1) * weight  # (t, k)
         for start in range(0, P, ctx.chunk):
             stop = min(P, start + ctx.chunk)
             runs = pair_runs(M, start, stop)
             if kept:
                 pairs, hidden = kept
             else:
-                pairs = _pair_products(e, runs, stop - start)  # (B, C, k + 1)
-                hidden = torch.mm(pairs.view(-1, k + 1), weight_bias.t()).relu_()  # (B C, t)
+                pairs = _pair_products(e, runs, stop - start)  # (B, C, k)
+                hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
             ds = grad_logits[:, start:stop].reshape(-1, 1)  # (B C, 1)
             grad_h.addmv_(hidden.t(), ds.squeeze(1))
             g = torch.ops.aten.threshold_backward(ds.expand_as(hidden), hidden, 0)  # (B C, t)
-            grad_wb.addmm_(g.t(), pairs.view(-1, k + 1))
+            grad_b.add_(g.sum(dim=0))
+            grad_w.addmm_(g.t(), pairs.view(-1, k))
             grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # dq, (B, C, k)
             for i, j0, j1, off in runs:
                 block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
                 grad_e[:, i] += torch.linalg.vecdot(block, e[:, j0:j1], dim=1)
                 grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])
-        grad_wb.mul_(h.unsqueeze(1))
-        return grad_e, None, None, grad_wb[:, :k], grad_wb[:, k], grad_h, None, None, None
+        grad_w.mul_(h.unsqueeze(1))
+        grad_b.mul_(h)
+        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None
 
 
 def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_slots: int) -> torch.Tensor:

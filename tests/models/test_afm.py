@@ -130,6 +130,17 @@ def test_attention_dropout_same_on_both_paths(make_batch):
     assert not torch.equal(model(ids, vals, mask), fast_out[:16])  # dropout was on in training
 
 
+def test_backward_twice_through_the_same_graph(make_batch):
+    """Backward reads what forward kept without overwriting it (gradcheck and retain_graph rely on it)."""
+    ids, vals, mask = make_batch(8, M, N, seed=9)
+    model = _afm()
+    scores = model(ids, vals, mask)
+    scores.sum().backward(retain_graph=True)
+    first = model.attention.weight.grad.clone()
+    scores.sum().backward()
+    torch.testing.assert_close(model.attention.weight.grad, 2 * first)
+
+
 def test_memory_efficient_path_equals_naive_in_float32(make_batch):
     ids, vals, mask = make_batch(64, M, N, seed=5, dtype=torch.float32)
     naive, fast = _afm(naive=True).float(), _afm(naive=False, chunk_elements=64 * 5 * 7).float()
