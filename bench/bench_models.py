@@ -187,6 +187,8 @@ def _rounds(step: Callable[[Any], None], batches: list, rounds: int, iters: int,
 
 
 def speed_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
     import torch
     import torch.nn.functional as F
 
@@ -208,14 +210,20 @@ def speed_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     model.train()
     _rounds(train_step, batches, 1, spec["warmup"], shape["batch_size"])
+    before = resource.getrusage(resource.RUSAGE_SELF)
     train = _rounds(train_step, batches, spec["rounds"], spec["iters"], shape["batch_size"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    steps = spec["rounds"] * spec["iters"]
     model.eval()
     with torch.inference_mode():
         _rounds(infer_step, batches, 1, spec["warmup"], shape["batch_size"])
         infer = _rounds(infer_step, batches, spec["rounds"], spec["iters"], shape["batch_size"])
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"train_examples_per_s": train, "infer_examples_per_s": infer, "num_parameters": params,
-            "torch": torch.__version__}
+            "torch": torch.__version__,
+            # Large tensors freed back to the OS and faulted in again cost as much as arithmetic here.
+            "train_page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+            "train_system_ms_per_step": (after.ru_stime - before.ru_stime) / steps * 1e3}
 
 
 def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -246,9 +254,9 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- driver side
 
-def run_worker(python: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_worker(python: str, spec: dict[str, Any], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one measurement in a fresh process; its last stdout line is the JSON result."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(spec["threads"])}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(spec["threads"]), **(env or {})}
     proc = subprocess.run([python, str(Path(__file__).resolve()), "--worker", json.dumps(spec)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -274,17 +282,82 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "best": max(values), "rounds": len(values)}
 
 
+def _ratios(speed: dict[str, Any], stat: str) -> dict[str, Any]:
+    """Ours against the naive path and each competitor, from the ``stat`` of each variant's rounds."""
+    train = {v: r["train_examples_per_s"][stat] for v, r in speed.items()}
+    infer = {v: r["infer_examples_per_s"][stat] for v, r in speed.items()}
+    out: dict[str, Any] = {"ours_over_naive_train": train["ours"] / train["ours_naive"],
+                           "ours_over_naive_infer": infer["ours"] / infer["ours_naive"]}
+    present = [c for c in COMPETITORS if c in speed]
+    for c in present:
+        out[f"ours_over_{c}_train"] = train["ours"] / train[c]
+        out[f"ours_over_{c}_infer"] = infer["ours"] / infer[c]
+    if present:
+        fastest = max(present, key=lambda c: train[c])
+        out["faster_competitor_train"] = fastest
+        out["ours_over_faster_competitor_train"] = train["ours"] / train[fastest]
+    return out
+
+
+# glibc returns freed blocks above these sizes to the OS, so every training step faults its large
+# tensors in again; these settings keep them in the process (the same for every variant).
+TUNED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def measure_speed(variants: list[str], args: argparse.Namespace, threads: int, env: dict[str, str]) -> dict[str, Any]:
+    """Every variant's rounds, interleaved over ``args.passes`` passes, each in a fresh process."""
+    rounds: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": [], "faults": [], "sys_ms": []}
+                                                 for v in variants}
+    meta: dict[str, Any] = {}
+    for _ in range(args.passes):
+        for variant in variants:
+            python = sys.executable if variant.startswith("ours") else args.competitor_python
+            spec = {"kind": "speed", "variant": variant, "threads": threads, "shape": SPEED_SHAPE,
+                    "rounds": args.rounds, "iters": args.iters, "warmup": args.warmup}
+            r = run_worker(python, spec, timeout=1800, env=env)
+            rounds[variant]["train"] += r["train_examples_per_s"]
+            rounds[variant]["infer"] += r["infer_examples_per_s"]
+            rounds[variant]["faults"].append(r["train_page_faults_per_step"])
+            rounds[variant]["sys_ms"].append(r["train_system_ms_per_step"])
+            meta[variant] = {"num_parameters": r["num_parameters"], "torch": r["torch"]}
+    speed = {v: {"train_examples_per_s": _summary(r["train"]), "infer_examples_per_s": _summary(r["infer"]),
+                 "train_page_faults_per_step": statistics.median(r["faults"]),
+                 "train_system_ms_per_step": statistics.median(r["sys_ms"]), **meta[v]}
+             for v, r in rounds.items()}
+    # Ratios from the median round (typical) and from the best round (closest to an idle machine:
+    # other jobs share these cores, and a descheduled OpenMP thread stalls a whole step).
+    return {"threads": threads, "env": env, "variants": speed,
+            "ratios": {stat: _ratios(speed, stat) for stat in ("median", "best")}}
+
+
+def print_speed(title: str, result: dict[str, Any]) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':<16}{'train median':>14}{'train best':>12}{'infer median':>14}{'infer best':>12}"
+          f"{'faults/step':>13}{'params':>10}")
+    for v, r in result["variants"].items():
+        tr, inf = r["train_examples_per_s"], r["infer_examples_per_s"]
+        print(f"{v:<16}{tr['median']:>14,.0f}{tr['best']:>12,.0f}{inf['median']:>14,.0f}{inf['best']:>12,.0f}"
+              f"{r['train_page_faults_per_step']:>13,.0f}{r['num_parameters']:>10,}")
+    print("ratios" + " " * 32 + "".join(f"{stat:>10}" for stat in ("median", "best")))
+    for key in result["ratios"]["median"]:
+        values = [result["ratios"][stat][key] for stat in ("median", "best")]
+        print(f"  {key:<36}" + "".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v:>14}" for v in values))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     parser.add_argument("--competitor-python", default=str(DEFAULT_COMPETITOR_PYTHON),
                         help="interpreter of the venv with deepctr-torch and fuxictr")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                        help="torch.set_num_threads of the speed runs; the first is the headline")
     parser.add_argument("--passes", type=int, default=3, help="interleaved passes over the variants")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per variant and pass")
     parser.add_argument("--iters", type=int, default=20, help="steps per timed round")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--tuned-malloc", action="store_true",
+                        help=f"also measure speed with {' '.join(f'{k}={v}' for k, v in TUNED_MALLOC_ENV.items())}")
     parser.add_argument("--probe", choices=sorted(BUILDERS), help="only check that this variant builds here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -293,7 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         BUILDERS[args.probe](dict(SPEED_SHAPE, batch_size=2))
         print(f"{args.probe}: builds")
         return 0
-
     if args.worker:
         spec = json.loads(args.worker)
         if spec["kind"] == "probe":
@@ -306,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    ours_python = sys.executable
     skipped: dict[str, str] = {}
     variants = ["ours", "ours_naive"]
     for name in COMPETITORS:
@@ -317,65 +388,46 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = why
             print(f"skipping {name}: {why}", file=sys.stderr)
 
-    speed: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in variants}
-    meta: dict[str, Any] = {}
-    for _ in range(args.passes):
-        for variant in variants:
-            python = ours_python if variant.startswith("ours") else args.competitor_python
-            spec = {"kind": "speed", "variant": variant, "threads": args.threads, "shape": SPEED_SHAPE,
-                    "rounds": args.rounds, "iters": args.iters, "warmup": args.warmup}
-            r = run_worker(python, spec, timeout=1800)
-            speed[variant]["train"] += r["train_examples_per_s"]
-            speed[variant]["infer"] += r["infer_examples_per_s"]
-            meta[variant] = {"num_parameters": r["num_parameters"], "torch": r["torch"]}
-
     results: dict[str, Any] = {
-        "setup": {"speed_shape": SPEED_SHAPE, "memory_shape": MEMORY_SHAPE, "threads": args.threads,
-                  "optimizer": "Adagrad(lr=0.01)", "loss": "MSE", "passes": args.passes, "rounds": args.rounds,
-                  "iters_per_round": args.iters, "machine": platform.processor() or platform.machine(),
-                  "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()},
-        "speed": {v: {"train_examples_per_s": _summary(s["train"]), "infer_examples_per_s": _summary(s["infer"]),
-                      **meta[v]} for v, s in speed.items()},
+        "setup": {"speed_shape": SPEED_SHAPE, "memory_shape": MEMORY_SHAPE, "threads": args.threads[0],
+                  "optimizer": "Adagrad(lr=0.01)", "loss": "MSE", "dropout": 0.0, "passes": args.passes,
+                  "rounds": args.rounds, "iters_per_round": args.iters, "cpu_count": os.cpu_count(),
+                  "machine": platform.processor() or platform.machine(),
+                  "load_average_at_start": os.getloadavg()},
         "skipped": skipped,
+        "speed": measure_speed(variants, args, args.threads[0], env={}),
     }
-    med = {v: (results["speed"][v]["train_examples_per_s"]["median"],
-               results["speed"][v]["infer_examples_per_s"]["median"]) for v in variants}
-    ratios: dict[str, Any] = {"ours_over_naive_train": med["ours"][0] / med["ours_naive"][0],
-                              "ours_over_naive_infer": med["ours"][1] / med["ours_naive"][1]}
-    present = [c for c in COMPETITORS if c in med]
-    for c in present:
-        ratios[f"ours_over_{c}_train"] = med["ours"][0] / med[c][0]
-        ratios[f"ours_over_{c}_infer"] = med["ours"][1] / med[c][1]
-    if present:
-        fastest = max(present, key=lambda c: med[c][0])
-        ratios["faster_competitor_train"] = fastest
-        ratios["ours_over_faster_competitor_train"] = med["ours"][0] / med[fastest][0]
-
+    # Other settings, for reading the headline: fewer threads (an OpenMP step waits for its slowest
+    # thread, so 2 threads on 2 shared cores suffer most from other jobs), and a tuned allocator.
+    extra = [(f"speed_{t}_threads", t, {}) for t in args.threads[1:]]
+    if args.tuned_malloc:
+        extra += [(f"speed_{t}_threads_tuned_malloc", t, TUNED_MALLOC_ENV) for t in args.threads]
+    for key, threads, env in extra:
+        results[key] = measure_speed(variants, args, threads, env)
     if not args.skip_memory:
         memory = {}
         for variant in ("ours", "ours_naive"):
-            spec = {"kind": "memory", "variant": variant, "threads": args.threads, "shape": MEMORY_SHAPE}
-            memory[variant] = run_worker(ours_python, spec, timeout=1800)
+            spec = {"kind": "memory", "variant": variant, "threads": args.threads[0], "shape": MEMORY_SHAPE}
+            memory[variant] = run_worker(sys.executable, spec, timeout=1800)
+        memory["efficient_over_naive_peak"] = (memory["ours"]["training_peak_mib"]
+                                               / memory["ours_naive"]["training_peak_mib"])
         results["memory"] = memory
-        ratios["memory_efficient_over_naive_peak"] = (memory["ours"]["training_peak_mib"]
-                                                      / memory["ours_naive"]["training_peak_mib"])
-    results["ratios"] = ratios
+    results["setup"]["load_average_at_end"] = os.getloadavg()
 
-    print(f"\nAFM, k = t = {SPEED_SHAPE['embedding_dim']}, M = {SPEED_SHAPE['num_fields']}, "
-          f"batch {SPEED_SHAPE['batch_size']}, {args.threads} threads (median of {args.passes * args.rounds} rounds)")
-    print(f"{'variant':<16}{'train ex/s':>14}{'infer ex/s':>14}{'params':>12}")
-    for v in variants:
-        print(f"{v:<16}{med[v][0]:>14,.0f}{med[v][1]:>14,.0f}{meta[v]['num_parameters']:>12,}")
-    for name, c in skipped.items():
-        print(f"{name:<16}{'skipped':>14}  ({c[:60]})")
+    shape = (f"AFM, k = t = {SPEED_SHAPE['embedding_dim']}, M = {SPEED_SHAPE['num_fields']}, batch "
+             f"{SPEED_SHAPE['batch_size']}, examples/s over {args.passes * args.rounds} rounds")
+    for key in ["speed"] + [key for key, _, _ in extra]:
+        r = results[key]
+        print_speed(f"{shape}, {r['threads']} threads{', tuned malloc' if r['env'] else ''}", r)
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why[:100]})")
     if "memory" in results:
         m = results["memory"]
-        print(f"\npeak training memory, batch {MEMORY_SHAPE['batch_size']}, M = {MEMORY_SHAPE['num_fields']}: "
-              f"memory-efficient {m['ours']['training_peak_mib']:,.0f} MiB, naive "
-              f"{m['ours_naive']['training_peak_mib']:,.0f} MiB")
-    print("\nratios:")
-    for key, value in ratios.items():
-        print(f"  {key:<40}{value:.3f}" if isinstance(value, float) else f"  {key:<40}{value}")
+        print(f"\npeak training memory, batch {MEMORY_SHAPE['batch_size']}, M = {MEMORY_SHAPE['num_fields']}, "
+              f"k = t = {MEMORY_SHAPE['embedding_dim']}: memory-efficient {m['ours']['training_peak_mib']:,.0f} MiB, "
+              f"naive {m['ours_naive']['training_peak_mib']:,.0f} MiB, ratio {m['efficient_over_naive_peak']:.3f}")
+    print(f"load average: {results['setup']['load_average_at_start'][0]:.1f} at start, "
+          f"{results['setup']['load_average_at_end'][0]:.1f} at end")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
