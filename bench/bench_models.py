@@ -67,7 +67,8 @@ def _ours(shape: dict[str, int], naive: bool):
     offsets = torch.arange(m) * v  # field f's values are global ids f*v .. f*v + v - 1
 
     def inputs(values):
-        return values + offsets, torch.ones(values.shape, dtype=torch.float32), torch.ones(values.shape, dtype=torch.bool)
+        ones = torch.ones(values.shape, dtype=torch.float32)  # one-hot fields: x_i = 1, no padding
+        return values + offsets, ones, ones.bool()
 
     cache: dict[int, tuple] = {}
 

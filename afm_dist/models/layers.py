@@ -156,6 +156,13 @@ def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], count
     return out
 
 
+def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Pair weights (B, P) as the (B, M, M) matrix with a_ij at (i, j), i < j, zeros elsewhere."""
+    B = weights.shape[0]
+    flat = rows * num_slots + cols  # (P,)
+    return weights.new_zeros(B, num_slots * num_slots).index_copy_(1, flat, weights).view(B, num_slots, num_slots)
+
+
 class _EfficientAttentionPooling(torch.autograd.Function):
     """AFM's attention pooling with a hand-written backward that keeps no (B, P, k) tensor.
 
@@ -166,10 +173,11 @@ class _EfficientAttentionPooling(torch.autograd.Function):
     On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
     them as it can. Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and
     (B, C, t) tensors exist at a time: it writes the pair products q (``_pair_products``) and the
-    hidden layer r = ReLU(W q + b), and reads r once for the logits. The pooling sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular
-    matrix of a_ij, touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When
-    all pairs fit in one chunk, q and r are kept for backward (they are then within the memory
-    budget); otherwise backward recomputes each chunk from e, all that is saved besides (B, P).
+    hidden layer r = ReLU(W q + b), and reads r once for the logits. The pooling
+    sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular matrix of a_ij,
+    touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When all pairs fit
+    in one chunk, q and r are kept for backward (they are then within the memory budget);
+    otherwise backward recomputes each chunk from e, all that is saved besides (B, P) ones.
 
     Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
@@ -210,14 +218,20 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         e, keep, weight, bias, h, rows, cols, attention, upper, *kept = ctx.saved_tensors
         B, M, k = e.shape
         P = rows.numel()
-        grad_e = torch.zeros_like(e)  # (B, M, k)
-        # Through the pooling and the softmax to the logits.
-        grad_a = e.new_zeros(B, P) if grad_attention is None else grad_attention  # (B, P)
-        if grad_pooled is not None:
+        if grad_pooled is None and grad_attention is None:
+            return (None,) * 9
+        # Through the pooling and the softmax to the logits; the pooling's own term of de.
+        if grad_pooled is None:
+            grad_e = torch.zeros_like(e)  # (B, M, k)
+            grad_a = grad_attention  # (B, P)
+        else:
+            grad_e = grad_pooled.unsqueeze(1) * torch.bmm(upper + upper.transpose(1, 2), e)  # (B, M, k)
             gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # gp . (e_i * e_j), (B, M, M)
-            grad_weights = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
-            grad_a = grad_a + (grad_weights if keep is None else grad_weights * keep)
-            grad_e += grad_pooled.unsqueeze(1) * torch.bmm(upper + upper.transpose(1, 2), e)
+            grad_a = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
+            if keep is not None:
+                grad_a = grad_a * keep
+            if grad_attention is not None:
+                grad_a = grad_a + grad_attention
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
 
         grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
@@ -245,13 +259,6 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
         return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None
-
-
-def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """Pair weights (B, P) as the (B, M, M) matrix with a_ij at (i, j), i < j, zeros elsewhere."""
-    B = weights.shape[0]
-    flat = rows * num_slots + cols  # (P,)
-    return weights.new_zeros(B, num_slots * num_slots).index_copy_(1, flat, weights).view(B, num_slots, num_slots)
 
 
 class AttentionPooling(nn.Module):
