@@ -60,7 +60,7 @@ class ModelConfig:
 MODEL_NAMES = ("fm", "afm", "hofm", "wide_deep", "deep_cross")
 
 
-def build_model(name: str, num_features: int, num_slots: int, config: ModelConfig) -> nn.Module:
+def build_model(name: str, num_features: int, num_slots: int, config: ModelConfig) -> ScoringModel:
     """The model called ``name`` for N = ``num_features`` features and M = ``num_slots`` slots."""
     c = config
     if name == "fm":
