@@ -251,11 +251,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
             f"the limit." + _examples(rejected, blocks))
 
     _stage("write rejected rows")
-    (readers.with_line_numbers(rejected, blocks)
-     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
-             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason"))
-     .repartition(1).sortWithinPartitions("source", "line")
-     .write.parquet(str(out_dir / REJECTED_DIR)))
+    write_rejected(spark, rejected if n_rejected else None, blocks, out_dir / REJECTED_DIR)
 
     accepted = records.filter(accepted_flag)
     extra: dict = {"vocabulary_basis": "all accepted logs (categorical); training split (numeric statistics)",
@@ -357,9 +353,26 @@ def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:
         str(out_dir / VOCABULARY_DIR))
 
 
+REJECTED_SCHEMA = "source string, line bigint, raw string, reason string"
+
+
+def write_rejected(spark: SparkSession, rejected: DataFrame | None, blocks: DataFrame, path: Path) -> None:
+    """Write the malformed rows (``source, line, raw, reason``) as one Parquet file sorted by
+    source and line; ``None``: there are none (skips reading the input again)."""
+    if rejected is None:
+        spark.createDataFrame([], REJECTED_SCHEMA).write.parquet(str(path))
+        return
+    (readers.with_line_numbers(rejected, blocks)
+     .select(readers.source_path(F.col(readers.SOURCE)).alias("source"), F.col(readers.LINE).alias("line"),
+             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason"))
+     .repartition(1).sortWithinPartitions("source", "line")
+     .write.parquet(str(path)))
+
+
 def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
     rows = (readers.with_line_numbers(rejected.limit(n), blocks)
-            .select(readers.SOURCE, readers.LINE, readers.TEXT, parse.REASON).collect())
+            .select(readers.source_path(F.col(readers.SOURCE)).alias(readers.SOURCE), readers.LINE, readers.TEXT,
+                    parse.REASON).collect())
     if not rows:
         return ""
     shown = "\n".join(f"  {r[readers.SOURCE]}:{r[readers.LINE]}: {r[parse.REASON]}: {r[readers.TEXT][:120]!r}"

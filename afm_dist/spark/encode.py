@@ -212,9 +212,11 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
 def with_row_ids(records: DataFrame, value_columns: Sequence[str], partitions: int | None = None) -> DataFrame:
     """Records -> ``row_id`` and ``value_columns``, one row per record (see ``explicit_instances``;
     without ``partitions`` the rows are partitioned by text into the session's shuffle partitions)."""
-    by_text = Window.partitionBy(TEXT).orderBy(TEXT)
+    # Partitioned and sorted by a hash of the text first: cheap to compare, and a sort prefix.
+    records = records.withColumn("_h", F.xxhash64(F.col(TEXT)))
     if partitions is not None:
-        records = records.repartition(partitions, TEXT)
+        records = records.repartition(partitions, "_h")
+    by_text = Window.partitionBy("_h", TEXT).orderBy("_h")
     return records.select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns)
 
 

@@ -71,28 +71,34 @@ def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | N
         assert columns is not None
         index = {c: i for i, c in enumerate(columns)}
         delim = _regex_char(fmt.delimiter)
+        # Intermediate columns are their own projection, so that Spark computes them once.
         if fmt.quote is None:
-            parts = F.split(text, delim, -1)
+            lines = lines.withColumn("_parts", F.split(text, delim, -1))
+            parts = F.col("_parts")
             count = F.size(parts)
             cols = F.struct(*[parts.getItem(index[c]).alias(c) for c in needed])
             unbalanced = F.lit(False)
         else:
             q = _regex_char(fmt.quote)
-            # Quoted values (a doubled quote inside one is a quote) hide their delimiters.
-            unquoted = F.regexp_replace(text, f"{q}([^{q}]|{q}{q})*{q}", "")
-            count = F.size(F.split(unquoted, delim, -1))
-            unbalanced = F.instr(unquoted, fmt.quote) > 0
             ddl = ", ".join(f"`_c{i}` STRING" for i in range(len(columns)))
-            parsed = F.from_csv(text, ddl, {"sep": fmt.delimiter, "quote": fmt.quote, "escape": fmt.quote,
-                                            "mode": "PERMISSIVE"})
-            cols = F.struct(*[parsed.getField(f"_c{index[c]}").alias(c) for c in needed])
+            lines = lines.select(
+                "*",
+                # Quoted values (a doubled quote inside one is a quote) hide their delimiters.
+                F.when(F.instr(text, fmt.quote) > 0, F.regexp_replace(text, f"{q}([^{q}]|{q}{q})*{q}", ""))
+                .otherwise(text).alias("_unquoted"),
+                F.from_csv(text, ddl, {"sep": fmt.delimiter, "quote": fmt.quote, "escape": fmt.quote,
+                                       "mode": "PERMISSIVE"}).alias("_csv"))
+            count = F.size(F.split(F.col("_unquoted"), delim, -1))
+            unbalanced = F.instr(F.col("_unquoted"), fmt.quote) > 0
+            cols = F.struct(*[F.col("_csv").getField(f"_c{index[c]}").alias(c) for c in needed])
         problem = (F.when(unbalanced, F.lit("unbalanced quote"))
                    .when(count != len(columns),
                          F.concat(F.lit("found "), count.cast("string"),
                                   F.lit(f" columns, expected {len(columns)}"))))
     else:
         raise ValueError(f"split_columns does not read {fmt.type} input")
-    return lines.select("*", header.alias(HEADER), problem.alias(PROBLEM), cols.alias(COLS))
+    return lines.select(*[c for c in lines.columns if c not in ("_parts", "_unquoted", "_csv")],
+                        header.alias(HEADER), problem.alias(PROBLEM), cols.alias(COLS))
 
 
 def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) -> DataFrame:
@@ -134,12 +140,17 @@ def _number_problem(value: Column, what: str) -> Column:
 
 def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
     """Add a typed column per field, ``_label`` for an explicit target, and ``_reason``."""
-    problems: list[Column] = [F.col(PROBLEM)]
-    values: list[Column] = []
+    # The trimmed text of every field (null when missing or empty), computed once.
+    texts = []
     for f in schema.fields:
         src = F.col(COLS) if f.table is None else F.col(_table_column(f.table))
         trimmed = F.trim(src.getField(f.column))
-        text = F.when(trimmed != "", trimmed)  # null when missing or empty
+        texts.append(F.when(trimmed != "", trimmed).alias(f"_s_{f.name}"))
+    records = records.select("*", *texts)
+    problems: list[Column] = [F.col(PROBLEM)]
+    values: list[Column] = []
+    for f in schema.fields:
+        text = F.col(f"_s_{f.name}")
         if f.required and f.table is not None:
             t = schema.table(f.table)
             key = F.trim(F.col(COLS).getField(t.log_key))
@@ -183,7 +194,8 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
         problems.append(F.when(trimmed.isNull() | (trimmed == ""), F.lit(f"{what}: empty value"))
                         .otherwise(_number_problem(trimmed, what)))
         values.append(_to_double(trimmed).alias(LABEL))
-    return records.select("*", *values, F.coalesce(*problems).alias(REASON))
+    kept = [c for c in records.columns if not c.startswith("_s_")]
+    return records.select(*kept, *values, F.coalesce(*problems).alias(REASON))
 
 
 _LIBFM_TOKEN = r"^[0-9]{1,9}:[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"

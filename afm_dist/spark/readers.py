@@ -10,7 +10,7 @@ changes nothing.
 
 Columns of a lines DataFrame:
 
-    _source  string  the file (a path, without the file: scheme)
+    _source  string  the file, as Spark names it (a URI: ``source_path`` makes it a path)
     _block   bigint  start offset of the file block the row was read from (0 for Parquet)
     _pos     bigint  increasing within a block (for Parquet: the row's index in its file)
     _text    string  the line (for Parquet: the row as JSON)
@@ -27,7 +27,12 @@ SOURCE, BLOCK, POS, TEXT, LINE = "_source", "_block", "_pos", "_text", "_line"
 
 
 def _source_column() -> F.Column:
-    return F.regexp_replace(F.col("_metadata.file_path"), r"^file:(//)?", "")
+    return F.col("_metadata.file_path")
+
+
+def source_path(source: F.Column) -> F.Column:
+    """A ``_source`` URI (file:/path) as a plain path, for people to read."""
+    return F.regexp_replace(source, r"^file:(//)?", "")
 
 
 def read_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
