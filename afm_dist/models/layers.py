@@ -254,7 +254,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
             grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # dq, (B, C, k)
             for i, j0, j1, off in runs:
                 block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
-                grad_e[:, i] += torch.linalg.vecdot(block, e[:, j0:j1], dim=1)
+                grad_e[:, i].add_(torch.linalg.vecdot(block, e[:, j0:j1], dim=1))
                 grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
