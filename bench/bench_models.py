@@ -2,6 +2,7 @@
 
     bash bench/setup_competitors.sh                                   # once, optional
     .venv/bin/python bench/bench_models.py --out bench/results/models.json
+    .venv/bin/python bench/bench_models.py --tuned-malloc --out bench/results/models.json  # + allocator runs
 
 Measured, each in a fresh subprocess so that one variant's allocations and threads cannot
 affect another's, the variants interleaved over several passes so that load on the machine
@@ -11,6 +12,11 @@ spreads over all of them alike:
   AFM with k = t = 64, M = 10 one-hot fields, batch 512, torch.set_num_threads(2): ours (the
   default memory-efficient path and the naive one), DeepCTR-Torch's ``deepctr_torch.models.AFM``
   and FuxiCTR's AFM, when their venv (.venv-bench, bench/setup_competitors.sh) exists;
+  The same at 1 thread follows (``--threads 2 1``): on 2 cores shared with other jobs, a step of
+  2 OpenMP threads waits at every parallel region for a descheduled thread, so 2-thread figures
+  measure the machine's load as much as the code; 1-thread figures are steadier. With
+  ``--tuned-malloc`` all of it is repeated with glibc keeping freed memory (no page faults from
+  large tensors freed and allocated again at every step);
 - peak training memory (maxrss growth over one process's first two training steps) of our
   memory-efficient and naive paths at batch 4096, M = 40, k = t = 64.
 
