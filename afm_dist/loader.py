@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from petastorm import make_batch_reader
 
+from afm_dist import petastorm_patch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 
 COLUMNS = (IDS, VALS, MASK, LABEL)
@@ -80,6 +81,7 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> Batch:
 @contextmanager
 def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None, shuffle: bool, seed: int,
             columns: tuple[str, ...], workers: int):
+    petastorm_patch.apply()  # without it a read can end one row group early (see the module)
     # Petastorm 0.13 uses pyarrow's legacy dataset API, which pyarrow 14 (pinned) still has.
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     # Horovod: each rank reads only its own row groups (cur_shard / shard_count).

@@ -292,6 +292,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_m = M.finish(hvd.allreduce(train_sums, op=hvd.Sum, name="train-sums"), binary=False)
         val_m = evaluate(model, split_path(cfg.data, "validation"), rank=rank, size=size, device=device,
                          clip=clip, binary=binary_target)
+        if val_m.get("rows", 0) != meta.split_rows("validation"):  # every row, exactly once
+            raise DatasetError(f"{cfg.data}/validation: evaluation read {val_m.get('rows', 0)} rows, the metadata "
+                               f"says {meta.split_rows('validation')}; the split changed since preprocessing")
         record = {"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                   **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
                   "seconds": time.time() - epoch_start,
