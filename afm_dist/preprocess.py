@@ -334,7 +334,7 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)
         instances = encode.implicit_instances(encoded, fields, replaced, size, per_positive=neg.per_positive,
-                                              max_tries=neg.max_tries, seed=schema.seed)
+                                              max_tries=neg.max_tries, seed=schema.seed, partitions=tasks)
     elif schema.target.kind == "implicit":
         instances = encode.with_label(encode.explicit_instances(encoded, names, tasks), encode.POSITIVE)
     else:
@@ -382,15 +382,28 @@ def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
 
 def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> None:
     """Write ``table`` (with a ``split`` column) as ``out_dir/{train,validation,test}`` in one
-    pass: each of ``tasks`` partitions (hash partitions of the row id, unless ``repartition`` is
-    false because the table comes partitioned) writes one file, one row group, per split, rows
-    sorted by row id. A split with no row gets an empty file with the schema."""
+    pass: each of ``tasks`` partitions writes one file, one row group, per split.
+
+    ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
+    otherwise the table comes partitioned and in a deterministic order (explicit targets: by
+    the hash of the text). The three files of a task are written side by side, so the rows are
+    not sorted by split first. A split with no row gets an empty file with the schema.
+    """
     tmp = out_dir / "_splits"
     if repartition:
-        table = table.repartition(tasks, encode.ROW_ID)
-    (table.sortWithinPartitions(encode.SPLIT, encode.ROW_ID)
-     .write.partitionBy(encode.SPLIT).parquet(str(tmp)))
+        # A radix sort on the row id: the files' content does not depend on shuffle order.
+        table = table.repartition(tasks, encode.ROW_ID).sortWithinPartitions(encode.ROW_ID)
     spark = table.sparkSession
+    key = "spark.sql.maxConcurrentOutputFileWriters"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(len(SPLITS)))
+    try:
+        table.write.partitionBy(encode.SPLIT).parquet(str(tmp))
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
     for s in SPLITS:
         src = tmp / f"{encode.SPLIT}={s}"
         if src.exists():
@@ -402,15 +415,17 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
 
 def split_counts(spark: SparkSession, out_dir: Path) -> dict[str, dict[str, int]]:
     """Rows, positives (label > 0) and negatives of each written split, read back from Parquet
-    in one job."""
+    in one job (counted per file, then per split on the driver)."""
     paths = [str(out_dir / s) for s in SPLITS]
-    rows = (spark.read.parquet(*paths).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
-            .groupBy(F.regexp_extract("path", r"/([^/]+)/[^/]+$", 1).alias("split"))
-            .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive"))
-            .collect())
-    found = {r["split"]: (int(r["rows"]), int(r["positive"] or 0)) for r in rows}
-    out = {}
-    for s in SPLITS:
-        n, pos = found.get(s, (0, 0))
-        out[s] = {"rows": n, "positive": pos, "negative": n - pos}
+    per_file = (spark.read.parquet(*paths).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
+                .groupBy("path")
+                .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive"))
+                .collect())
+    out = {s: {"rows": 0, "positive": 0, "negative": 0} for s in SPLITS}
+    for r in per_file:
+        split = Path(strip_file_scheme(r["path"])).parent.name
+        rows, pos = int(r["rows"]), int(r["positive"] or 0)
+        out[split]["rows"] += rows
+        out[split]["positive"] += pos
+        out[split]["negative"] += rows - pos
     return out

@@ -49,7 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Parquet rows per row group of the training split (default %(default)s)")
     p.add_argument("--min-row-groups", type=int, default=preprocess.Options.min_row_groups,
                    help="row groups per split at least (default %(default)s)")
-    p.add_argument("--partitions", type=int, default=None, help="spark.sql.shuffle.partitions")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="spark.sql.shuffle.partitions of the small aggregations (default: 2 per core)")
     return p.parse_args(argv)
 
 
@@ -97,6 +98,10 @@ def main(argv: Sequence[str] | None = None, *, spark=None) -> int:
         conf = {"spark.sql.shuffle.partitions": str(args.partitions)} if args.partitions else {}
         spark = build_session("afm-preprocess", conf=conf)
         spark.sparkContext.setLogLevel("WARN")
+        if not args.partitions:
+            # The large shuffles set their own partition counts (one per output file); the
+            # small aggregations (counts, vocabulary) need no more than a few per core.
+            spark.conf.set("spark.sql.shuffle.partitions", str(max(4, 2 * spark.sparkContext.defaultParallelism)))
     elif args.partitions:
         spark.conf.set("spark.sql.shuffle.partitions", str(args.partitions))
     try:

@@ -44,8 +44,8 @@ def _row_id(copy: Column) -> Column:
 # Vocabulary
 
 
-def _tagged(name: str):
-    return lambda v: F.struct(F.lit(name).alias("field"), v.alias("value"))
+def _tagged(tag: int):
+    return lambda v: F.struct(F.lit(tag).alias("tag"), v.alias("value"))
 
 
 def value_counts(records: DataFrame, fields: Sequence[Field]) -> DataFrame:
@@ -54,19 +54,26 @@ def value_counts(records: DataFrame, fields: Sequence[Field]) -> DataFrame:
     A multi-valued field ``f`` also gets rows ``f + LISTS`` whose values are its distinct lists
     (as JSON), from which ``encoded_lists`` builds its lookup table without another pass.
     """
+    names: list[str] = []
     entries: list[Column] = []
     for f in fields:
         if not f.indexed:
             continue
         if f.kind == "categorical":
-            entries.append(F.array(_tagged(f.name)(F.col(f.name))))
+            entries.append(F.array(_tagged(len(names))(F.col(f.name))))
+            names.append(f.name)
         else:
-            entries.append(F.transform(F.coalesce(F.col(f.name), F.array().cast("array<string>")), _tagged(f.name)))
-            entries.append(F.array(_tagged(f.name + LISTS)(F.to_json(F.col(f.name)))))
+            entries.append(F.transform(F.coalesce(F.col(f.name), F.array().cast("array<string>")),
+                                       _tagged(len(names))))
+            entries.append(F.array(_tagged(len(names) + 1)(F.to_json(F.col(f.name)))))
+            names += [f.name, f.name + LISTS]
     if not entries:
         raise ValueError("no field has a vocabulary")
-    exploded = records.select(F.explode(F.concat(*entries)).alias("_e")).select("_e.field", "_e.value")
-    return exploded.filter(F.col("value").isNotNull()).groupBy("field", "value").agg(F.count(F.lit(1)).alias("count"))
+    # Counted under a small integer tag (cheap to hash), named after the aggregation.
+    exploded = records.select(F.explode(F.concat(*entries)).alias("_e")).select("_e.tag", "_e.value")
+    counts = exploded.filter(F.col("value").isNotNull()).groupBy("tag", "value").agg(F.count(F.lit(1)).alias("count"))
+    return counts.select(F.element_at(F.array(*[F.lit(n) for n in names]), F.col("tag") + 1).alias("field"),
+                         "value", "count")
 
 
 def _per_field(fields: Sequence[Field], attr) -> Column:
@@ -232,7 +239,7 @@ def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partiti
 
 
 def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Field, replaced_size: int, *,
-                       per_positive: int, max_tries: int, seed: int) -> DataFrame:
+                       per_positive: int, max_tries: int, seed: int, partitions: int | None = None) -> DataFrame:
     """Encoded logs -> instances: each log as a positive (label +1) followed by
     ``per_positive`` negatives (label -1), copies of it with ``replaced`` set to another id.
 
@@ -244,10 +251,12 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
 
     One pass: a window over each context (the other fields) gives the ids observed with it and
     numbers identical logs (same text) for their row ids; a log's positive and negatives are
-    exploded from one row.
+    exploded from one row. ``partitions``: how many partitions the contexts are hashed into.
     """
     context = [f.name for f in fields if f.name != replaced.name]
     keys = context or [F.lit(0)]
+    if partitions is not None:
+        encoded = encoded.repartition(partitions, *keys)
     by_context = Window.partitionBy(*keys)
     by_text = Window.partitionBy(*keys).orderBy(TEXT)
     copy = F.row_number().over(by_text) - F.rank().over(by_text) + 1  # 1, 2, ... among identical logs

@@ -52,6 +52,7 @@ class CollectSpy:
 
     def __init__(self):
         self.sizes: list[int] = []
+        self.strings: set[str] = set()
         self.forbidden: list[str] = []
 
 
@@ -69,6 +70,7 @@ def csv_run(spark, tmp_path_factory):
     def collect(self):
         result = original_collect(self)
         spy.sizes.append(len(result))
+        spy.strings.update(v for row in result for v in row if isinstance(v, str))
         return result
 
     def forbidden(name):
@@ -96,8 +98,10 @@ def output_by_rating(out) -> dict[float, dict]:
 def test_only_counts_and_sizes_reach_the_driver(csv_run):
     spy = csv_run["spy"]
     assert not spy.forbidden
-    assert spy.sizes and max(spy.sizes) <= len(SCHEMA["fields"]) + 1, spy.sizes
-    assert sum(spy.sizes) < 20  # a handful of count rows, never the data (240 rows)
+    assert spy.sizes and sum(spy.sizes) < 40, spy.sizes  # a few count rows, never the data (240 rows)
+    # The only strings are field names (vocabulary sizes) and output files (rows per file).
+    names = {f["name"] for f in SCHEMA["fields"]} | {"genres\u0000lists"}
+    assert all(v in names or v.startswith("file:") and v.endswith(".parquet") for v in spy.strings), spy.strings
 
 
 def test_layout_and_vocabulary_options(csv_run, spark):

@@ -1,0 +1,116 @@
+"""Spark preprocessing throughput on synthetic logs of 1M and 10M rows, on local[2].
+
+    .venv/bin/python bench/bench_preprocess.py                      # 1M and 10M rows, both protocols
+    .venv/bin/python bench/bench_preprocess.py --rows 1000000 --protocols explicit
+
+The logs come from jobs/generate.py (afm_dist.synthetic: user, item, daytime, weekday, city,
+device, rating; generated once per size and reused). Each run is the real job, launched as a
+user launches it (``./spark-submit.sh jobs/preprocess.py``, ``AFM_SPARK_MASTER=local[2]``):
+
+    explicit   schemas/synthetic.yaml: the rating as target, one instance per log
+    implicit   the paper's Frappe protocol on the same logs: every log a positive, two negatives
+               with the item replaced (three instances per log, negative sampling and its window)
+
+Reported per run: input rows per second over the job's own time (``metadata.extra.elapsed_s``:
+Spark session up, from reading to the last split written) and over the whole command (JVM start
+included), and for each protocol the time ratio of 10M to 1M rows (target: at most 12).
+The machine is shared, so the 1-minute load average before and after each run is recorded too.
+Results: bench/results/preprocess.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, WORK, run, save  # noqa: E402
+
+IMPLICIT_SCHEMA = {
+    "name": "synthetic_implicit",
+    "description": "Synthetic logs under the Frappe protocol: two negatives per log, item replaced.",
+    "format": {"type": "tsv", "header": True},
+    "fields": [{"name": n, "kind": "categorical"} for n in ("user", "item", "daytime", "weekday", "city", "device")],
+    "target": {"kind": "implicit", "negatives": {"per_positive": 2, "replace": "item"}},
+    "split": {"train": 0.7, "validation": 0.2, "test": 0.1},
+    "seed": 2017,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--protocols", nargs="+", choices=("explicit", "implicit"), default=["explicit", "implicit"])
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--driver-memory", default="6g", help="local mode: the driver is the only executor")
+    p.add_argument("--keep", action="store_true", help="keep the preprocessed outputs (they are large)")
+    return p.parse_args(argv)
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def logs(rows: int) -> Path:
+    path = WORK / "preprocess" / f"logs-{rows}"
+    if not (path / "_SUCCESS").exists():
+        run([REPO / "spark-submit.sh", "jobs/generate.py", "--rows", rows, "--output", path, "--overwrite"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # common.run passes this process's environment to the jobs.
+    os.environ["AFM_SPARK_MASTER"] = args.master
+    os.environ["AFM_SPARK_SUBMIT_ARGS"] = f"--driver-memory {args.driver_memory}"
+    schemas = {"explicit": REPO / "schemas" / "synthetic.yaml", "implicit": WORK / "preprocess" / "implicit.yaml"}
+    schemas["implicit"].parent.mkdir(parents=True, exist_ok=True)
+    schemas["implicit"].write_text(json.dumps(IMPLICIT_SCHEMA, indent=2))  # JSON is YAML
+    runs = []
+    for rows in sorted(args.rows):
+        src = logs(rows)
+        for protocol in args.protocols:
+            out = WORK / "preprocess" / f"{protocol}-{rows}"
+            before = load()
+            wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
+                        "--input", src, "--output", out, "--overwrite"])
+            meta = json.loads((out / "metadata.json").read_text())
+            job_s = float(meta["extra"]["elapsed_s"])
+            instances = sum(meta["counts"][s]["rows"] for s in ("train", "validation", "test"))
+            runs.append({
+                "protocol": protocol, "rows": rows, "instances": instances,
+                "job_seconds": job_s, "wall_seconds": round(wall, 1),
+                "rows_per_s": round(rows / job_s), "rows_per_s_wall": round(rows / wall),
+                "instances_per_s": round(instances / job_s),
+                "load_1min_before": round(before, 2), "load_1min_after": round(load(), 2),
+            })
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+    ratios = {}
+    sizes = sorted(args.rows)
+    for protocol in args.protocols:
+        by_rows = {r["rows"]: r for r in runs if r["protocol"] == protocol}
+        if len(sizes) >= 2:
+            small, large = by_rows[sizes[0]], by_rows[sizes[-1]]
+            ratios[protocol] = {
+                "rows_ratio": sizes[-1] / sizes[0],
+                "time_ratio": round(large["job_seconds"] / small["job_seconds"], 2),
+                "time_ratio_wall": round(large["wall_seconds"] / small["wall_seconds"], 2),
+            }
+    save("preprocess", {
+        "command": "bench/bench_preprocess.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "master": args.master, "driver_memory": args.driver_memory,
+        "target": "10x the rows in at most 12x the time",
+        "runs": runs, "ratios": ratios,
+        "date_unix": int(time.time()),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
