@@ -35,9 +35,19 @@ LISTS = "\u0000lists"  # suffix of the pseudo-field counting a multi-valued fiel
 _EXACT = "decimal(38,18)"
 
 
+# A log's text stands for it as two independent 64-bit hashes (a collision of both among
+# billions of distinct logs is improbable), so shuffles and sorts carry two longs, not text.
+TEXT_KEY = ("_h1", "_h2")
+
+
+def with_text_key(records: DataFrame) -> DataFrame:
+    return records.select("*", F.xxhash64(F.col(TEXT)).alias("_h1"),
+                          F.xxhash64(F.lit("afm-text"), F.col(TEXT)).alias("_h2"))
+
+
 def _row_id(copy: Column) -> Column:
     """The id of a log: its text and its copy number (1, 2, ...) among identical logs."""
-    return F.xxhash64(F.lit("afm-row"), F.col(TEXT), copy)
+    return F.xxhash64(F.lit("afm-row"), *[F.col(c) for c in TEXT_KEY], copy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +229,12 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
 def with_row_ids(records: DataFrame, value_columns: Sequence[str], partitions: int | None = None) -> DataFrame:
     """Records -> ``row_id`` and ``value_columns``, one row per record (see ``explicit_instances``;
     without ``partitions`` the rows are partitioned by text into the session's shuffle partitions)."""
-    # Partitioned and sorted by a hash of the text first: cheap to compare, and a sort prefix.
-    records = records.withColumn("_h", F.xxhash64(F.col(TEXT)))
+    if "_h1" not in records.columns:
+        records = with_text_key(records)
+    records = records.select(*TEXT_KEY, *value_columns)  # the text itself is not shuffled
     if partitions is not None:
-        records = records.repartition(partitions, "_h")
-    by_text = Window.partitionBy("_h", TEXT).orderBy("_h")
+        records = records.repartition(partitions, *TEXT_KEY)
+    by_text = Window.partitionBy(*TEXT_KEY).orderBy(*TEXT_KEY)
     return records.select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns)
 
 
@@ -231,9 +242,9 @@ def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partiti
     """Encoded logs -> ``row_id`` and ``value_columns``, hash-partitioned by text into
     ``partitions`` (the output files), one instance per log.
 
-    ``row_id`` hashes the log's text and its copy number among identical logs, so it does not
-    depend on file names, line positions or partitioning: the same logs split into more files
-    give the same ids. Identical logs meet in one partition, where they are numbered.
+    ``row_id`` hashes the log's text (``TEXT_KEY``) and its copy number among identical logs,
+    so it does not depend on file names, line positions or partitioning: the same logs split
+    into more files give the same ids. Identical logs meet in one partition, where they are numbered.
     """
     return with_row_ids(encoded, value_columns, partitions)
 
@@ -255,10 +266,11 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
     """
     context = [f.name for f in fields if f.name != replaced.name]
     keys = context or [F.lit(0)]
+    encoded = with_text_key(encoded).select(*TEXT_KEY, *[f.name for f in fields])
     if partitions is not None:
         encoded = encoded.repartition(partitions, *keys)
     by_context = Window.partitionBy(*keys)
-    by_text = Window.partitionBy(*keys).orderBy(TEXT)
+    by_text = Window.partitionBy(*keys).orderBy(*TEXT_KEY)
     copy = F.row_number().over(by_text) - F.rank().over(by_text) + 1  # 1, 2, ... among identical logs
     logs = encoded.select(_row_id(copy).alias(ROW_ID), *[f.name for f in fields],
                           F.collect_set(replaced.name).over(by_context).alias("_observed"))
