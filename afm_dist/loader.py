@@ -104,7 +104,7 @@ def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None,
 
 
 def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
-                  shuffle_buffer: int = 100_000, workers: int = 2) -> Iterator[Batch]:
+                  shuffle_buffer: int = 100_000, workers: int = 1) -> Iterator[Batch]:
     """Yield exactly ``steps`` shuffled batches of ``batch_size`` rows from this rank's shard.
 
     Rows are shuffled twice: Petastorm shuffles the order of row groups (seeded), and a buffer
@@ -150,7 +150,7 @@ def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: in
 
 
 def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int = 8192,
-                 workers: int = 2, with_row_id: bool = False) -> Iterator[Batch | tuple[Batch, np.ndarray]]:
+                 workers: int = 1, with_row_id: bool = False) -> Iterator[Batch | tuple[Batch, np.ndarray]]:
     """Yield this rank's share of a split once, unshuffled; across ranks every row exactly once.
 
     With fewer row groups than ranks, the ranks beyond the number of row groups read nothing.
