@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from afm_dist.dataset import LABEL as OUT_LABEL, SPLITS, DatasetMetadata, FieldLayout, strip_file_scheme
@@ -212,35 +212,49 @@ def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Seq
     return readers.read_lines(spark, files.paths)
 
 
+def accepted_row() -> Column:
+    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNull()
+
+
+def rejected_row() -> Column:
+    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNotNull()
+
+
+def summarize_input(records: DataFrame, schema: Schema) -> tuple[DataFrame, dict]:
+    """One pass over the records: the (cached) line blocks for line numbers, and totals
+    collected to the driver: rows (``_n``), headers, rejected rows, and the label range
+    (explicit targets) or the width and largest id (libFM) of the accepted rows."""
+    extras = [F.sum(F.col(parse.HEADER).cast("long")).alias("headers"),
+              F.sum(rejected_row().cast("long")).alias("rejected")]
+    if schema.format.type == "libfm":
+        extras += [F.max(F.when(accepted_row(), F.size(parse.LIBFM_IDS))).alias("width"),
+                   F.max(F.when(accepted_row(), F.array_max(parse.LIBFM_IDS))).alias("max_id")]
+    if schema.target.kind == "explicit":
+        extras += [F.min(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_min"),
+                   F.max(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_max")]
+    blocks = readers.line_blocks(records, *extras).cache()
+    totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
+                        *[(F.min if c.endswith("min") else F.max)(c).alias(c)
+                          for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
+    return blocks, totals.asDict()
+
+
 def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> DatasetMetadata:
     """Write ``train/ validation/ test/ vocabulary/ rejected/`` into ``out_dir`` and return the
     data set's metadata (the caller saves it and marks the directory complete)."""
     schema = plan_.schema.with_seed(options.seed)
+    is_libfm = schema.format.type == "libfm"
     started = _stage(f"read and parse {len(plan_.logs.paths)} input file(s), format {schema.format.type}")
     records = read_records(spark, plan_)
 
     # -- counts, line numbers, fail fast on malformed rows --------------------------------------
-    accepted_flag = ~F.col(parse.HEADER) & F.col(parse.REASON).isNull()
-    rejected_flag = ~F.col(parse.HEADER) & F.col(parse.REASON).isNotNull()
-    extras = [F.sum(F.col(parse.HEADER).cast("long")).alias("headers"),
-              F.sum(rejected_flag.cast("long")).alias("rejected")]
-    is_libfm = schema.format.type == "libfm"
-    if is_libfm:
-        extras += [F.max(F.when(accepted_flag, F.size(parse.LIBFM_IDS))).alias("width"),
-                   F.max(F.when(accepted_flag, F.array_max(parse.LIBFM_IDS))).alias("max_id")]
-    if schema.target.kind == "explicit":
-        extras += [F.min(F.when(accepted_flag, F.col(parse.LABEL))).alias("label_min"),
-                   F.max(F.when(accepted_flag, F.col(parse.LABEL))).alias("label_max")]
-    blocks = readers.line_blocks(records, *extras).cache()
+    blocks, totals = summarize_input(records, schema)
     cached = [blocks]
-    totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
-                        *[(F.min if c.endswith("min") else F.max)(c).alias(c)
-                          for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
     n_input = int(totals["_n"] or 0) - int(totals["headers"] or 0)
     n_rejected = int(totals["rejected"] or 0)
     n_accepted = n_input - n_rejected
     log.info("input rows: %d, rejected: %d, accepted: %d", n_input, n_rejected, n_accepted)
-    rejected = records.filter(rejected_flag)
+    rejected = records.filter(rejected_row())
     if n_input == 0 or n_accepted == 0:
         raise RejectedRowsError(f"no usable input row ({n_input} rows, {n_rejected} malformed)"
                                 + _examples(rejected, blocks))
@@ -253,7 +267,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     _stage("write rejected rows")
     write_rejected(spark, rejected if n_rejected else None, blocks, out_dir / REJECTED_DIR)
 
-    accepted = records.filter(accepted_flag)
+    accepted = records.filter(accepted_row())
     extra: dict = {"vocabulary_basis": "all accepted logs (categorical); training split (numeric statistics)",
                    "padding": {"id": 0, "val": 0.0, "mask": 0}}
     per_positive = schema.target.negatives.per_positive if schema.target.negatives else 0

@@ -71,7 +71,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields as dc_fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -521,7 +521,8 @@ class _Parser:
                 raise self.fail("target.negatives.replace", f"no field named {replaced!r}")
             rf = by_name[replaced]
             if rf.kind != "categorical":
-                raise self.fail(f"field {replaced!r}", f"negatives replace it, so it must be categorical, not {rf.kind}")
+                raise self.fail(f"field {replaced!r}",
+                                f"negatives replace it, so it must be categorical, not {rf.kind}")
             if rf.table is not None:
                 raise self.fail(f"field {replaced!r}", "negatives replace it, so it must come from the logs, "
                                                        f"not from table {rf.table!r}")

@@ -13,8 +13,9 @@ user launches it (``./spark-submit.sh jobs/preprocess.py``, ``AFM_SPARK_MASTER=l
 
 Reported per run: input rows per second over the job's own time (``metadata.extra.elapsed_s``:
 Spark session up, from reading to the last split written) and over the whole command (JVM start
-included), and for each protocol the time ratio of 10M to 1M rows (target: at most 12).
-The machine is shared, so the 1-minute load average before and after each run is recorded too.
+included), and for each protocol the time ratio of 10M to 1M rows (target: at most 12). The
+machine is shared, so each run also records the 1-minute load average before and after it and
+the CPU time of its Spark tasks (from the event log), whose ratio does not depend on the load.
 Results: bench/results/preprocess.json.
 """
 from __future__ import annotations
@@ -54,6 +55,24 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def task_seconds(event_dir: Path) -> dict[str, float]:
+    """Executor run time and CPU time summed over all tasks of a run's Spark event log.
+
+    On a shared machine the wall time swings with whatever else runs; the tasks' CPU time
+    counts only the work of the job, so its ratio between sizes measures scaling more fairly.
+    """
+    run_ms, cpu_ns = 0, 0
+    for log_file in event_dir.iterdir():
+        with open(log_file, encoding="utf-8") as f:
+            for line in f:
+                if '"SparkListenerTaskEnd"' not in line:
+                    continue
+                metrics = json.loads(line).get("Task Metrics") or {}
+                run_ms += metrics.get("Executor Run Time", 0)
+                cpu_ns += metrics.get("Executor CPU Time", 0)
+    return {"task_run_seconds": round(run_ms / 1e3, 1), "task_cpu_seconds": round(cpu_ns / 1e9, 1)}
+
+
 def logs(rows: int) -> Path:
     path = WORK / "preprocess" / f"logs-{rows}"
     if not (path / "_SUCCESS").exists():
@@ -74,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         src = logs(rows)
         for protocol in args.protocols:
             out = WORK / "preprocess" / f"{protocol}-{rows}"
+            events = WORK / "preprocess" / "events" / f"{protocol}-{rows}"
+            shutil.rmtree(events, ignore_errors=True)
+            events.mkdir(parents=True)
+            os.environ["AFM_SPARK_SUBMIT_ARGS"] = (
+                f"--driver-memory {args.driver_memory} "
+                f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}")
             before = load()
             wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
                         "--input", src, "--output", out, "--overwrite"])
@@ -85,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 "job_seconds": job_s, "wall_seconds": round(wall, 1),
                 "rows_per_s": round(rows / job_s), "rows_per_s_wall": round(rows / wall),
                 "instances_per_s": round(instances / job_s),
+                **task_seconds(events),
                 "load_1min_before": round(before, 2), "load_1min_after": round(load(), 2),
             })
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
@@ -104,6 +130,7 @@ def report(args: argparse.Namespace, argv: list[str] | None, runs: list[dict]) -
                 "rows_ratio": large["rows"] / small["rows"],
                 "time_ratio": round(large["job_seconds"] / small["job_seconds"], 2),
                 "time_ratio_wall": round(large["wall_seconds"] / small["wall_seconds"], 2),
+                "task_cpu_ratio": round(large["task_cpu_seconds"] / small["task_cpu_seconds"], 2),
             }
     save("preprocess", {
         "command": "bench/bench_preprocess.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 SOURCE, BLOCK, POS, TEXT, LINE = "_source", "_block", "_pos", "_text", "_line"
 
 
-def _source_column() -> F.Column:
+def _source_column() -> Column:
     return F.col("_metadata.file_path")
 
 
-def source_path(source: F.Column) -> F.Column:
+def source_path(source: Column) -> Column:
     """A ``_source`` URI (file:/path) as a plain path, for people to read."""
     return F.regexp_replace(source, r"^file:(//)?", "")
 
@@ -71,7 +71,7 @@ def read_parquet_rows(spark: SparkSession, paths: Sequence[str], columns: Sequen
     )
 
 
-def line_blocks(lines: DataFrame, *extra_aggregates: F.Column) -> DataFrame:
+def line_blocks(lines: DataFrame, *extra_aggregates: Column) -> DataFrame:
     """Per file block: ``_first_pos``, ``_n`` (rows) and ``_lines_before`` (rows of the file's
     earlier blocks), plus ``extra_aggregates``. Small: one row per block."""
     blocks = lines.groupBy(SOURCE, BLOCK).agg(

@@ -92,7 +92,8 @@ def test_defaults():
      "field 'genres': negatives replace it, so it must be categorical, not multi_categorical"),
     (lambda d: d["target"]["negatives"].update(replace="nope"), "target.negatives.replace: no field named 'nope'"),
     (lambda d: d["target"].update(kind="explicit"), "target.negatives: negative sampling applies to implicit"),
-    (lambda d: d.update(target={"kind": "explicit", "column": "user"}), "field 'user': reads column 'user', which is the target"),
+    (lambda d: d.update(target={"kind": "explicit", "column": "user"}),
+     "field 'user': reads column 'user', which is the target"),
     (lambda d: d.update(split={"train": 0.7, "validation": 0.2, "test": 0.2}), "split: fractions add up to 1.1"),
     (lambda d: d.update(split={"train": 1.5}), "split.train: expected a fraction between 0 and 1"),
     (lambda d: d.update(split={"train": 0.0, "validation": 0.5, "test": 0.5}), "split.train: the training split"),
@@ -139,7 +140,8 @@ def test_plan_checks_headers_against_the_schema(tmp_path):
     p = preprocess.plan(schema, [str(good)])
     assert p.logs.columns == ("user", "item", "genres", "age") and p.logs.header_lines == ("user,item,genres,age",)
     bad = write_lines(tmp_path / "b.csv", ["user,item,genre,age", "u1,i1,a|b,3"])
-    with pytest.raises(preprocess.InputError, match=r"field 'genres': column 'genres' is not in the header of .*b\.csv"):
+    with pytest.raises(preprocess.InputError,
+                       match=r"field 'genres': column 'genres' is not in the header of .*b\.csv"):
         preprocess.plan(schema, [str(bad)])
     other = write_lines(tmp_path / "c.csv", ["item,user,genres,age"])
     with pytest.raises(preprocess.InputError, match="all files of one input must share the header"):
