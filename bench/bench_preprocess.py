@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, WORK, run, save  # noqa: E402
+from common import REPO, RESULTS, WORK, run, save  # noqa: E402
 
 IMPLICIT_SCHEMA = {
     "name": "synthetic_implicit",
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="6g", help="local mode: the driver is the only executor")
     p.add_argument("--keep", action="store_true", help="keep the preprocessed outputs (they are large)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the saved runs of the sizes and protocols not run this time (e.g. to re-measure "
+                        "1M rows when the machine is as quiet as it was for 10M)")
     return p.parse_args(argv)
 
 
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     schemas["implicit"].parent.mkdir(parents=True, exist_ok=True)
     schemas["implicit"].write_text(json.dumps(IMPLICIT_SCHEMA, indent=2))  # JSON is YAML
     runs = []
+    saved = RESULTS / "preprocess.json"
+    if args.merge and saved.exists():
+        runs = [r for r in json.loads(saved.read_text())["runs"]
+                if r["rows"] not in args.rows or r["protocol"] not in args.protocols]
     for rows in sorted(args.rows):
         src = logs(rows)
         for protocol in args.protocols:
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, argv: list[str] | None, runs: list[dict]) -> None:
     ratios = {}
-    for protocol in args.protocols:
+    for protocol in sorted({r["protocol"] for r in runs}):
         by_rows = {r["rows"]: r for r in runs if r["protocol"] == protocol}
         if len(by_rows) >= 2:
             small, large = by_rows[min(by_rows)], by_rows[max(by_rows)]
