@@ -23,7 +23,8 @@ def run(cmd: list[str], **kw) -> float:
     """Run a command (output to stderr), fail loudly, return its wall time in seconds."""
     start = time.time()
     print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    subprocess.run([str(c) for c in cmd], cwd=REPO, env=env(), check=True, **kw)
+    kw.setdefault("env", env())
+    subprocess.run([str(c) for c in cmd], cwd=REPO, check=True, **kw)
     return time.time() - start
 
 
