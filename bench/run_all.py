@@ -60,6 +60,53 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _get(d: dict, path: str):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _verdict(value, goal: float, at_least: bool) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= goal if at_least else value <= goal
+    return f"**{value:.2f}** ({'meets' if ok else 'misses'} the goal {'>=' if at_least else '<='} {goal:g})"
+
+
+def headline(name: str, r: dict) -> list[str]:
+    """The figures the issues ask for, against their goals, above each benchmark's full table."""
+    if name == "models":
+        med = "speed.ratios.median"
+        return [f"- training, ours / the faster of DeepCTR-Torch and FuxiCTR "
+                f"({_get(r, med + '.faster_competitor_train')}), median of rounds, 2 threads: "
+                + _verdict(_get(r, med + ".ours_over_faster_competitor_train"), 2.0, True),
+                "- inference, ours / DeepCTR-Torch: " + _verdict(_get(r, med + ".ours_over_deepctr_torch_infer"), 1.0, True),
+                "- inference, ours / FuxiCTR: " + _verdict(_get(r, med + ".ours_over_fuxictr_infer"), 1.0, True),
+                "- peak training memory, memory-efficient / naive AFM (batch 4096, m = 40): "
+                + _verdict(_get(r, "memory.efficient_over_naive_peak"), 0.5, False)]
+    if name == "preprocess":
+        out = [f"- {run['protocol']} {run['rows']:,} rows: {run['rows_per_s']:,} rows/s ({run['instances_per_s']:,} "
+               f"instances/s), {run['job_seconds']} s, load before {run.get('load_1min_before')}"
+               for run in sorted(r.get("runs", []), key=lambda x: (x["protocol"], x["rows"]))]
+        for protocol, ratio in sorted(r.get("ratios", {}).items()):
+            out.append(f"- {protocol}: time for {ratio['rows_ratio']:g}x the rows / time for 1x: "
+                       + _verdict(ratio["time_ratio"], 12.0, False))
+        return out
+    if name == "train":
+        return [f"- examples/s, FM: 1 worker {r['fm_np1_examples_per_s']:,.0f}, 2 workers {r['fm_np2_examples_per_s']:,.0f}; "
+                f"AFM: 1 worker {r['afm_np1_examples_per_s']:,.0f}, 2 workers {r['afm_np2_examples_per_s']:,.0f}; "
+                f"Petastorm loader alone (one reader): {r['loader_examples_per_s']:,.0f}",
+                "- loader / what one worker consumes: " + _verdict(r["loader_over_training_np1"], 3.0, True),
+                "- loader / what each of 2 workers consumes: " + _verdict(r["loader_over_training_np2_per_rank"], 3.0, True)]
+    if name == "score":
+        return [f"- Spark local[2] {r['spark_rows_per_s']:,.0f} rows/s (job), raw torch {r['raw_torch_rows_per_s']:,.0f} rows/s "
+                f"over {r['rows']:,} rows",
+                "- Spark / raw torch: " + _verdict(r["spark_over_raw"], 0.5, True)]
+    return []
+
+
 def report() -> Path:
     import torch
 
@@ -79,7 +126,7 @@ def report() -> Path:
         lines += [f"Command: `{result.get('command', ' '.join(BENCHES[name]))}`  ",
                   f"Run: {result.get('date', '?')}; machine: "
                   + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
-                  "| figure | value |", "| --- | --- |"]
+                  *headline(name, result), "", "| figure | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(result)]
         lines.append("")
     out = REPO / "BENCHMARKS.md"
