@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
 
 def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
     """Score into a staging directory, publish it complete, return the metrics summary."""
-    from afm_dist.spark.inputs import load_encoded, parse_tables
-    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score
+    from afm_dist.spark.inputs import is_encoded_split, load_encoded, parse_tables
+    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score, score_split
 
     start = time.time()
     target = info["dataset"]["target"]
@@ -75,8 +75,12 @@ def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
         encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,
                                                tables=parse_tables(args.table),
                                                max_rejected_fraction=args.max_rejected_fraction)
-        scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
-                       threads=args.threads)
+        if is_encoded_split(args.input):  # its row groups are read by the Python workers themselves
+            scored = score_split(spark, args.input[0].removeprefix("file://"), args.model, clip=clip,
+                                 batch_size=args.batch_size, threads=args.threads)
+        else:
+            scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
+                           threads=args.threads)
         scored.write.parquet(str(staging / "predictions"))
         predictions = spark.read.parquet(str(staging / "predictions"))
         summary = {"model": str(Path(args.model).resolve()), "inputs": args.input, "clipped_to": clip,

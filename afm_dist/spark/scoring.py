@@ -65,6 +65,28 @@ def _tensors(pdf: pd.DataFrame):
     return ids, vals, mask
 
 
+def _fixed_width(batch, name: str, dtype) -> np.ndarray:
+    """A fixed-width list column of an Arrow batch as a (rows, width) array, without per-row work."""
+    col = batch.column(name)
+    n = len(col)
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    width = flat.size // n if n else 0
+    if n and (flat.size != n * width or col.null_count):
+        raise ValueError(f"column {name!r} is not a fixed-width list (rows of different lengths or nulls): "
+                         "score a split written by jobs/preprocess.py or raw logs of the model's schema")
+    out = flat.reshape(n, width).astype(dtype, copy=False)
+    return out if out.flags.writeable else out.copy()  # torch wants writable memory (Arrow's is not)
+
+
+def _arrow_tensors(batch):
+    """(ids int64, vals float32, mask bool) tensors (B, M) of an Arrow RecordBatch."""
+    import torch
+
+    return (torch.from_numpy(_fixed_width(batch, IDS, np.int64)),
+            torch.from_numpy(_fixed_width(batch, VALS, np.float32)),
+            torch.from_numpy(_fixed_width(batch, MASK, np.int8) != 0))
+
+
 def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, keep: list[str],
           clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Add ``prediction`` to an encoded DataFrame (ids, vals, mask [, label]); keep ``keep`` columns.
@@ -79,23 +101,74 @@ def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, kee
     out_schema = encoded.select(*out_cols).schema.add(PREDICTION, "double")
     lo, hi = clip if clip is not None else (None, None)
 
-    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def predict(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
+        import pyarrow as pa
         import torch
 
         model = _model(payload.value, threads)
-        for pdf in batches:
-            for start in range(0, len(pdf), batch_size):
-                part = pdf.iloc[start:start + batch_size]
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                part = batch.slice(start, batch_size)
                 with torch.inference_mode():
-                    pred = model(*_tensors(part)).double().numpy()
+                    pred = model(*_arrow_tensors(part)).double().numpy()
                 if lo is not None:
                     pred = np.clip(pred, lo, hi)
-                out = part[out_cols].reset_index(drop=True)
-                out[PREDICTION] = pred
-                yield out
+                yield pa.RecordBatch.from_arrays([part.column(c) for c in out_cols] + [pa.array(pred)],
+                                                 names=out_cols + [PREDICTION])
 
+    # Arrow batches straight into torch (no pandas): the list columns become (B, M) arrays by a
+    # reshape of their flat values instead of a per-row stack.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    return encoded.select(*in_cols).mapInPandas(predict, schema=out_schema)
+    return encoded.select(*in_cols).mapInArrow(predict, schema=out_schema)
+
+
+def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Path, *,
+                clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
+    """Score a split written by jobs/preprocess.py: ``row_id``, ``label`` and ``prediction``.
+
+    Spark schedules the split's Parquet row groups as tasks and each Python worker reads its row
+    groups itself with pyarrow, straight into torch: the fixed-width list columns never pass
+    through the JVM row format, whose conversion to Arrow costs as much as the inference. The
+    split directory must be readable at the same path from every executor (local or shared
+    storage), as the preprocessing job's output is. Memory per task: one batch of one row group.
+    """
+    import pyarrow.parquet as pq
+
+    split = Path(split_dir).resolve()
+    files = sorted(str(f) for f in split.glob("*.parquet"))
+    if not files:
+        from afm_dist.dataset import DatasetError
+
+        raise DatasetError(f"{split}: no Parquet files; pass a split directory written by jobs/preprocess.py")
+    schema = pq.read_schema(files[0])
+    has_label = LABEL in schema.names
+    tasks = [(f, g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]  # footers only
+    payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
+    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
+    out_cols = [ROW_ID] + ([LABEL] if has_label else [])
+    lo, hi = clip if clip is not None else (None, None)
+
+    def predict(task_batches):  # Iterator[RecordBatch of (path, row_group)] -> Iterator[RecordBatch]
+        import pyarrow as pa
+        import torch
+
+        model = _model(payload.value, threads)
+        for tb in task_batches:
+            for path, group in zip(tb.column(0).to_pylist(), tb.column(1).to_pylist()):
+                for part in pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
+                    with torch.inference_mode():
+                        pred = model(*_arrow_tensors(part)).double().numpy()
+                    if lo is not None:
+                        pred = np.clip(pred, lo, hi)
+                    yield pa.RecordBatch.from_arrays(
+                        [part.column(ROW_ID).cast(pa.int64())]
+                        + ([part.column(LABEL).cast(pa.float32())] if has_label else []) + [pa.array(pred)],
+                        names=out_cols + [PREDICTION])
+
+    slices = max(1, min(len(tasks), spark.sparkContext.defaultParallelism * 4))
+    task_df = spark.createDataFrame(spark.sparkContext.parallelize(tasks, slices), "path string, row_group int")
+    out_schema = f"{ROW_ID} long, " + (f"{LABEL} float, " if has_label else "") + f"{PREDICTION} double"
+    return task_df.mapInArrow(predict, schema=out_schema)
 
 
 def regression_metrics(scored: DataFrame) -> dict[str, float]:
@@ -130,7 +203,8 @@ def attention_sums(spark: SparkSession, encoded: DataFrame, model_dir: str | Pat
     slot_fields_arr = np.asarray(slot_fields)
     num_fields = int(slot_fields_arr.max()) + 1
 
-    def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def partial(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
+        import pyarrow as pa
         import torch
 
         model = _model(payload.value, threads)
@@ -140,18 +214,20 @@ def attention_sums(spark: SparkSession, encoded: DataFrame, model_dir: str | Pat
         pair_field = lo_f * num_fields + hi_f  # (P,) field-pair code of every slot pair
         codes = np.unique(pair_field)
         onehot = (pair_field[:, None] == codes[None, :]).astype(np.float64)  # (P, C)
-        for pdf in batches:
-            for start in range(0, len(pdf), batch_size):
-                ids, vals, mask = _tensors(pdf.iloc[start:start + batch_size])
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                ids, vals, mask = _arrow_tensors(batch.slice(start, batch_size))
                 with torch.inference_mode():
                     _, att = model(ids, vals, mask, return_attention=True)
                 m = mask.numpy()
                 present = (m[:, pi] & m[:, pj]).astype(np.float64) @ onehot > 0  # (B, C)
                 per_row = att.double().numpy() @ onehot  # (B, C) attention of each field pair in each row
-                yield pd.DataFrame({"field_a": codes // num_fields, "field_b": codes % num_fields,
-                                    "attention": per_row.sum(axis=0), "rows": present.sum(axis=0).astype(np.int64)})
+                yield pa.RecordBatch.from_pydict({
+                    "field_a": (codes // num_fields).astype(np.int64), "field_b": (codes % num_fields).astype(np.int64),
+                    "attention": per_row.sum(axis=0), "rows": present.sum(axis=0).astype(np.int64)})
 
-    sums = encoded.select(IDS, VALS, MASK).mapInPandas(
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+    sums = encoded.select(IDS, VALS, MASK).mapInArrow(
         partial, schema="field_a long, field_b long, attention double, rows long")
     return sums.groupBy("field_a", "field_b").agg(F.sum("attention").alias("attention"),
                                                  F.sum("rows").alias("rows"))
