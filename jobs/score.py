@@ -82,6 +82,8 @@ def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
             scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
                            threads=args.threads)
         scored.write.parquet(str(staging / "predictions"))
+        print(f"{JOB}: predictions written after {time.time() - start:.1f} s; computing metrics", file=sys.stderr,
+              flush=True)
         predictions = spark.read.parquet(str(staging / "predictions"))
         summary = {"model": str(Path(args.model).resolve()), "inputs": args.input, "clipped_to": clip,
                    "rejected_rows": rejected}

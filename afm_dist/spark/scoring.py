@@ -148,13 +148,14 @@ def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Pat
     out_cols = [ROW_ID] + ([LABEL] if has_label else [])
     lo, hi = clip if clip is not None else (None, None)
 
-    def predict(task_batches):  # Iterator[RecordBatch of (path, row_group)] -> Iterator[RecordBatch]
+    def predict(index_batches):  # Iterator[RecordBatch of task indices] -> Iterator[RecordBatch]
         import pyarrow as pa
         import torch
 
         model = _model(payload.value, threads)
-        for tb in task_batches:
-            for path, group in zip(tb.column(0).to_pylist(), tb.column(1).to_pylist()):
+        for ib in index_batches:
+            for index in ib.column(0).to_pylist():
+                path, group = tasks[index]
                 for part in pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
                     with torch.inference_mode():
                         pred = model(*_arrow_tensors(part)).double().numpy()
@@ -165,10 +166,10 @@ def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Pat
                         + ([part.column(LABEL).cast(pa.float32())] if has_label else []) + [pa.array(pred)],
                         names=out_cols + [PREDICTION])
 
+    # Task i scores row group tasks[i]; spark.range makes the indices in the JVM (no Python RDD).
     slices = max(1, min(len(tasks), spark.sparkContext.defaultParallelism * 4))
-    task_df = spark.createDataFrame(spark.sparkContext.parallelize(tasks, slices), "path string, row_group int")
     out_schema = f"{ROW_ID} long, " + (f"{LABEL} float, " if has_label else "") + f"{PREDICTION} double"
-    return task_df.mapInArrow(predict, schema=out_schema)
+    return spark.range(0, len(tasks), numPartitions=slices).mapInArrow(predict, schema=out_schema)
 
 
 def regression_metrics(scored: DataFrame) -> dict[str, float]:
