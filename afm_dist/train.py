@@ -87,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--loss", choices=["squared", "logistic"], default=TrainConfig.loss)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
     p.add_argument("--attention-l2", type=float, default=TrainConfig.attention_l2,
-                   help="lambda of the L2 penalty on AFM's attention weights W")
+                   help="lambda of the L2 penalty lambda*||W||^2 on AFM's attention weights W, added to the "
+                        "batch's MEAN loss. The paper's reference code adds it to the batch's sum of squared "
+                        "errors (both halved), so its lambda equals this one times the global batch size: "
+                        "the paper's lambda 8 at batch 128 is --attention-l2 0.0625")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")
