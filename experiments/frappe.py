@@ -184,7 +184,8 @@ class Experiment:
 
 def findings(runs: dict) -> list[str]:
     """What the table shows, in numbers read from the runs."""
-    fm, afm, first = runs.get("table_fm"), runs.get("table_afm"), runs.get("table_afm_untuned")
+    fm, afm = runs.get("table_fm"), runs.get("table_afm")
+    others = [r for n, r in sorted(runs.items()) if n.startswith("table_afm_") and r.get("test_rmse")]
     out = ["What it shows:", ""]
     if fm and afm and fm.get("test_rmse") and afm.get("test_rmse"):
         gain = 100 * (fm["test_rmse"] - afm["test_rmse"]) / fm["test_rmse"]
@@ -193,9 +194,9 @@ def findings(runs: dict) -> list[str]:
                    f"{(afm['parameters'] - fm['parameters']) / 1e3:,.0f}k more parameters than FM. Its dropout "
                    f"({afm['settings']['interaction_dropout']:g}) and lambda ({afm['settings']['attention_l2']:g}) are "
                    "the best of the sweeps below (validation RMSE at k = 64)"
-                   + (f"; the first AFM run, with dropout {first['settings']['interaction_dropout']:g} and lambda "
-                      f"{first['settings']['attention_l2']:g} set beforehand, scored {first['test_rmse']:.4f}."
-                      if first and first.get("test_rmse") else "."))
+                   + ("; earlier AFM runs: " + ", ".join(
+                       f"dropout {r['settings']['interaction_dropout']:g} and lambda {r['settings']['attention_l2']:g} "
+                       f"scored {r['test_rmse']:.4f}" for r in others) + "." if others else "."))
     hofm = runs.get("table_hofm")
     if fm and hofm and fm.get("test_rmse") and hofm.get("test_rmse"):
         out.append(f"- HOFM is level with FM ({hofm['test_rmse']:.4f}) with twice its parameters.")
@@ -238,8 +239,8 @@ def render() -> Path:
             "*ordering* of the models is the point of the comparison.", ""]
     ts = res.get("table_settings")
     table = [(m, runs.get(f"table_{m}")) for m in TABLE_MODELS]
-    if runs.get("table_afm_untuned"):  # the first AFM run, before the sweeps chose its dropout and lambda
-        table.append(("afm_untuned", runs["table_afm_untuned"]))
+    for name in sorted(n for n in runs if n.startswith("table_afm_")):  # earlier AFM runs, other settings
+        table.append((name, runs[name]))
     if ts and any(r for _, r in table):
         lines += ["## Table 2: test RMSE", "",
                   f"k = {ts['embedding_dim']} (AFM's attention factor t = {ts['attention_factor']}), global batch "
@@ -252,6 +253,9 @@ def render() -> Path:
             if not r:
                 lines.append(f"| {LABELS[m]} | not run | | | | | {PAPER.get(m, '')} |")
                 continue
+            if m not in LABELS:
+                LABELS[m] = (f"AFM, dropout {r['settings']['interaction_dropout']:g}, "
+                             f"lambda {r['settings']['attention_l2']:g}")
             test = f"{r['test_rmse']:.4f}" if r.get("test_rmse") is not None else "n/a"
             lines.append(f"| {LABELS[m]} | {test} | {r['best_val_rmse']:.4f} | {r['best_epoch']} / {r['epochs_run']} | "
                          f"{r['parameters'] / 1e6:.2f}M | {r['seconds'] / 60:.1f} min | {PAPER.get(m, '')} |")
