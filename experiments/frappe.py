@@ -200,6 +200,8 @@ def findings(runs: dict) -> list[str]:
     hofm = runs.get("table_hofm")
     if fm and hofm and fm.get("test_rmse") and hofm.get("test_rmse"):
         out.append(f"- HOFM is level with FM ({hofm['test_rmse']:.4f}) with twice its parameters.")
+    if afm and afm["best_epoch"] == afm["epochs_run"]:
+        out.append(f"- AFM's best epoch is its last ({afm['epochs_run']}): with more epochs it may go lower.")
     out += ["- Wide&Deep and DeepCross are behind FM here. Their learning rates "
             "were not tuned per model: Wide&Deep ran at FM's lr 0.05 and was still improving slowly when it "
             "stopped at 20 epochs; DeepCross diverged at lr 0.05 (training RMSE 1e10 after one epoch), so it ran "
