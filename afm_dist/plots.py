@@ -26,7 +26,7 @@ def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *, ti
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str | os.PathLike, *,
@@ -47,10 +47,11 @@ def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str 
     fig.colorbar(im, ax=ax, label="mean attention")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG atomically (readers never see half a file) and close it."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+from afm_dist.dataset import write_text_atomic  # noqa: E402
+from common import VENV_BIN, run  # noqa: E402  (bench/common.py: the command runner the benchmarks use)
+
 DOCS = REPO / "docs"
 RESULTS_JSON = DOCS / "results" / "frappe.json"
 TABLE_MODELS = ("fm", "hofm", "wide_deep", "deep_cross", "afm")
@@ -60,17 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
-
-
-def sh(cmd: list) -> float:
-    start = time.time()
-    print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    subprocess.run([str(c) for c in cmd], cwd=REPO, env=env(), check=True)
-    return time.time() - start
-
-
 def load_results() -> dict:
     if RESULTS_JSON.exists():
         return json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
@@ -79,9 +69,7 @@ def load_results() -> dict:
 
 def save_results(results: dict) -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS_JSON.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(RESULTS_JSON)
+    write_text_atomic(RESULTS_JSON, json.dumps(results, indent=2) + "\n")
 
 
 class Experiment:
@@ -96,7 +84,7 @@ class Experiment:
         if not logs.exists():
             sys.exit(f"{logs} not found: pass --data-root (or AFM_SHARED_DATA) pointing at the shared data directory")
         if not (self.data / "_AFM_COMPLETE").exists():
-            sh([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", "schemas/frappe.yaml",
+            run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", "schemas/frappe.yaml",
                 "--input", logs, "--output", self.data, "--overwrite"])
         meta = json.loads((self.data / "metadata.json").read_text())
         self.results["data"] = {"input": "frappe/frappe_logs.tsv", "schema": "schemas/frappe.yaml",
@@ -120,23 +108,23 @@ class Experiment:
             cmd += ["--init-from", self.work / "models" / init_from]
         for flag, value in settings.items():
             cmd += [f"--{flag.replace('_', '-')}", value]
-        seconds = sh(cmd)
+        seconds = run(cmd)
         info = json.loads((out / "model.json").read_text())
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        run = {"settings": key, "command": " ".join(map(str, cmd)).replace(str(REPO) + "/", ""),
-               "parameters": info["num_parameters"], "best_epoch": info["best"]["epoch"],
-               "best_val_rmse": info["best"]["val_rmse"], "epochs_run": len(history),
-               "val_rmse": [h["val_rmse"] for h in history], "train_rmse": [h["train_rmse"] for h in history],
-               "seconds": round(seconds, 1), "test_rmse": None}
+        record = {"settings": key, "command": " ".join(map(str, cmd)).replace(str(REPO) + "/", ""),
+                  "parameters": info["num_parameters"], "best_epoch": info["best"]["epoch"],
+                  "best_val_rmse": info["best"]["val_rmse"], "epochs_run": len(history),
+                  "val_rmse": [h["val_rmse"] for h in history], "train_rmse": [h["train_rmse"] for h in history],
+                  "seconds": round(seconds, 1), "test_rmse": None}
         if test:
             scores = self.work / "scores" / name
-            sh([REPO / "spark-submit.sh", "jobs/score.py", "--model", out, "--input", self.data / "test",
+            run([REPO / "spark-submit.sh", "jobs/score.py", "--model", out, "--input", self.data / "test",
                 "--output", scores, "--overwrite"])
             metrics = json.loads((scores / "metrics.json").read_text())
-            run["test_rmse"], run["test_mae"], run["test_rows"] = metrics["rmse"], metrics["mae"], metrics["rows"]
-        self.results["runs"][name] = run
+            record["test_rmse"], record["test_mae"], record["test_rows"] = metrics["rmse"], metrics["mae"], metrics["rows"]
+        self.results["runs"][name] = record
         save_results(self.results)
-        return run
+        return record
 
     def table(self) -> None:
         k = self.args.table_dim
@@ -216,10 +204,9 @@ def findings(runs: dict) -> list[str]:
 
 def render() -> Path:
     """docs/RESULTS.md and its figures from docs/results/frappe.json."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from afm_dist.plots import save_figure  # selects the Agg backend
 
     res = load_results()
     runs = res.get("runs", {})
@@ -287,7 +274,7 @@ def render() -> Path:
         fm = runs.get(f"sweep_fm_k{ss['embedding_dim']}")
         if fm:
             lines += [f"FM (k = {ss['embedding_dim']}, dropout 0.3) for reference: {fm['best_val_rmse']:.4f}.", ""]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
         for ax, (prefix, setting, title) in zip(axes, [("sweep_dropout_", "interaction_dropout", "dropout ratio"),
                                                        ("sweep_lambda_", "attention_l2", "lambda (L2 on W)"),
                                                        ("sweep_factor_", "attention_factor", "attention factor t")]):
@@ -307,11 +294,10 @@ def render() -> Path:
             ax.legend()
         fig.tight_layout()
         png = DOCS / "results" / "frappe_sweeps.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save_figure(fig, png)
         lines += [f"![AFM validation RMSE vs dropout, lambda and t](results/{png.name})", ""]
     if ts and runs.get("table_afm") and runs.get("table_fm"):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         for name, label in (("table_fm", "FM"), ("table_afm", "AFM")):
             r = runs[name]
             ep = range(1, len(r["val_rmse"]) + 1)
@@ -323,8 +309,7 @@ def render() -> Path:
         ax.legend()
         fig.tight_layout()
         png = DOCS / "results" / "frappe_curves.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save_figure(fig, png)
         lines += ["## Training curves (Figure 5)", "", f"![FM and AFM training curves](results/{png.name})", ""]
     out = DOCS / "RESULTS.md"
     out.write_text("\n".join(lines), encoding="utf-8")
