@@ -65,20 +65,22 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
 
 def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
     """Score into a staging directory, publish it complete, return the metrics summary."""
-    from afm_dist.spark.inputs import is_encoded_split, load_encoded, parse_tables
+    from afm_dist.spark.inputs import check_encoded_split, is_encoded_split, load_encoded, parse_tables
     from afm_dist.spark.scoring import binary_metrics, regression_metrics, score, score_split
 
     start = time.time()
     target = info["dataset"]["target"]
     clip = (float(target["min"]), float(target["max"])) if args.clip and "min" in target else None
     with publish_directory(out, overwrite=args.overwrite) as staging:
-        encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,
-                                               tables=parse_tables(args.table),
-                                               max_rejected_fraction=args.max_rejected_fraction)
         if is_encoded_split(args.input):  # its row groups are read by the Python workers themselves
+            check_encoded_split(args.input[0], info)
+            rejected = 0
             scored = score_split(spark, args.input[0].removeprefix("file://"), args.model, clip=clip,
                                  batch_size=args.batch_size, threads=args.threads)
         else:
+            encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,
+                                                   tables=parse_tables(args.table),
+                                                   max_rejected_fraction=args.max_rejected_fraction)
             scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
                            threads=args.threads)
         scored.write.parquet(str(staging / "predictions"))

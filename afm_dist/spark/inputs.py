@@ -27,17 +27,24 @@ def load_encoded(spark: SparkSession, paths: Sequence[str], info: dict[str, Any]
     ``staging/rejected`` and counted.
     """
     if is_encoded_split(paths):
-        df = spark.read.parquet(strip_file_scheme(paths[0]))
-        missing = {ROW_ID, IDS, VALS, MASK} - set(df.columns)
-        if missing:
-            raise DatasetError(f"{paths[0]}: Parquet without the columns {sorted(missing)} of a preprocessed split")
-        split_dir = Path(strip_file_scheme(paths[0]))
-        _check_same_layout(split_dir, info)
-        return df, [ROW_ID], 0
+        check_encoded_split(paths[0], info)
+        return spark.read.parquet(strip_file_scheme(paths[0])), [ROW_ID], 0
     from afm_dist.spark.encode_raw import encode_raw_logs
 
     return encode_raw_logs(spark, paths, info, staging, max_rejected_fraction=max_rejected_fraction,
                            model_dir=model_dir, tables=tables)
+
+
+def check_encoded_split(path: str, info: dict[str, Any]) -> None:
+    """Refuse a split without the preprocessed columns, or one of another data set than the model's."""
+    import pyarrow.parquet as pq
+
+    split_dir = Path(strip_file_scheme(path))
+    columns = pq.read_schema(next(iter(sorted(split_dir.glob("*.parquet"))))).names  # one footer
+    missing = {ROW_ID, IDS, VALS, MASK} - set(columns)
+    if missing:
+        raise DatasetError(f"{path}: Parquet without the columns {sorted(missing)} of a preprocessed split")
+    _check_same_layout(split_dir, info)
 
 
 def parse_tables(specs: Sequence[str]) -> dict[str, list[str]]:
