@@ -143,14 +143,71 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=1).masked_fill(~valid, 0.0)  # (B, P)
 
 
-def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], count: int) -> torch.Tensor:
-    """e_i * e_j for ``count`` consecutive pairs given as runs: e (B, M, k) -> (B, C, k).
+class ScratchPool:
+    """Scratch tensors of the memory-efficient attention, handed back after use and reused.
+
+    The attention's large tensors ((B C, k) pair products and (B C, t) hidden layer) are the same
+    shapes at every step. Allocated afresh, each lands in memory that is in no cache (and that the
+    allocator may have given back to the OS and must fault in again): writing it costs as much as
+    the arithmetic on it. Reused, the same few buffers stay in cache from step to step.
+
+    At most ``per_shape`` free tensors per (shape, dtype, device, inference mode) and ``max_shapes``
+    such keys are kept (the oldest key goes first), so the pool holds at most a couple of chunks'
+    scratch. It is not state: copies and pickles of a module start with an empty pool. ``take`` and
+    ``give`` are single list and dict operations, safe under the GIL from several threads.
+    """
+
+    def __init__(self, per_shape: int = 2, max_shapes: int = 4) -> None:
+        self.per_shape = per_shape
+        self.max_shapes = max_shapes
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+
+    @staticmethod
+    def _key(shape: tuple[int, ...], like: torch.Tensor) -> tuple:
+        # Inference tensors cannot be written outside inference mode: keep them apart.
+        return tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled()
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A free tensor of ``shape`` with ``like``'s dtype and device (contents undefined)."""
+        free = self._free.get(self._key(shape, like))
+        if free:
+            try:
+                return free.pop()
+            except IndexError:  # another thread took the last one
+                pass
+        return like.new_empty(shape)
+
+    def give(self, *tensors: torch.Tensor) -> None:
+        """Hand tensors back; the caller must hold no view of them any more."""
+        for t in tensors:
+            free = self._free.setdefault(self._key(t.shape, t), [])
+            if len(free) < self.per_shape:
+                free.append(t)
+        while len(self._free) > self.max_shapes:
+            del self._free[next(iter(self._free))]
+
+    def __deepcopy__(self, memo: dict) -> "ScratchPool":
+        return ScratchPool(self.per_shape, self.max_shapes)
+
+    def __reduce__(self):
+        return ScratchPool, (self.per_shape, self.max_shapes)
+
+
+def _take(pool: ScratchPool | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(shape) if pool is None else pool.take(shape, like)
+
+
+def _give(pool: ScratchPool | None, *tensors: torch.Tensor) -> None:
+    if pool is not None:
+        pool.give(*tensors)
+
+
+def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], out: torch.Tensor) -> torch.Tensor:
+    """e_i * e_j for consecutive pairs given as runs, into ``out``: e (B, M, k) -> out (B, C, k).
 
     Written run by run from slices of e (which stays in cache): the products are the only large
     tensor written, where gathering e_i and e_j first would write two more.
     """
-    B, _, k = e.shape
-    out = e.new_empty(B, count, k)  # (B, C, k)
     for i, j0, j1, off in runs:
         torch.mul(e[:, i:i + 1], e[:, j0:j1], out=out[:, off:off + j1 - j0])
     return out
@@ -163,12 +220,48 @@ def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
     return weights.new_zeros(B, num_slots * num_slots).index_copy_(1, flat, weights).view(B, num_slots, num_slots)
 
 
+def _attention_hidden(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runs: list[tuple[int, int, int, int]],
+                      count: int, pool: ScratchPool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair products q (B, C, k) of ``count`` pairs and the hidden layer r = ReLU(W q + b) (B C, t)."""
+    B, _, k = e.shape
+    pairs = _pair_products(e, runs, _take(pool, (B, count, k), e))  # q, (B, C, k)
+    hidden = torch.addmm(bias, pairs.view(-1, k), weight.t(), out=_take(pool, (B * count, weight.shape[0]), e))
+    return pairs, hidden.relu_()  # r, (B C, t)
+
+
+def _efficient_pooling_forward(e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
+                               bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chunk: int,
+                               pool: ScratchPool | None, keep_scratch: bool):
+    """Forward of ``_EfficientAttentionPooling`` (see there), without autograd.
+
+    Returns pooled (B, k), attention (B, P), A (B, M, M) and, with ``keep_scratch`` and all pairs in
+    one chunk, that chunk's (q, r) (else None; the scratch goes back to ``pool``).
+    """
+    B, M, k = e.shape
+    P = rows.numel()
+    logits = e.new_empty(B, P)  # (B, P)
+    kept = None
+    for start in range(0, P, chunk):
+        C = min(P, start + chunk) - start
+        pairs, hidden = _attention_hidden(e, weight, bias, pair_runs(M, start, start + C), C, pool)
+        logits[:, start:start + C] = torch.mv(hidden, h).view(B, C)  # (B, C)
+        if keep_scratch and C == P:
+            kept = (pairs, hidden)
+        else:
+            _give(pool, pairs, hidden)
+    attention = masked_softmax(logits, valid)  # (B, P)
+    upper = _upper_triangular(attention if keep is None else attention * keep, rows, cols, M)  # A, (B, M, M)
+    pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
+    return pooled, attention, upper, kept
+
+
 class _EfficientAttentionPooling(torch.autograd.Function):
     """AFM's attention pooling with a hand-written backward that keeps no (B, P, k) tensor.
 
     Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
-    None, W (t, k), b (t,), h (t,), the pair index (rows, cols) and the chunk size C. Outputs:
-    pooled (B, k), attention (B, P).
+    None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the chunk size C and a
+    ``ScratchPool`` for the (B C, k) and (B C, t) tensors (or None: allocate them every time).
+    Outputs: pooled (B, k), attention (B, P).
 
     On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
     them as it can. Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and
@@ -178,48 +271,45 @@ class _EfficientAttentionPooling(torch.autograd.Function):
     touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When all pairs fit
     in one chunk, q and r are kept for backward (they are then within the memory budget);
     otherwise backward recomputes each chunk from e, all that is saved besides (B, P) ones.
+    Backward overwrites q and r in place (r becomes g, q becomes dq) and hands them back to the
+    pool, so a second backward through the same graph (``retain_graph``) recomputes them.
 
     Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
         da_n = keep_n gp . (e_i * e_j) (+ dL/da_n)  ds = a * (da - sum_n a_n da_n)   (softmax)
-        g_n  = ds_n [r_n > 0]  (B C, t)             dh = sum_n ds_n r_n
-        db   = h * sum_n g_n                        dW = h[:, None] * sum_n g_n q_n^T
+        g_n  = ds_n [r_n > 0]  (B C, t)             G  = sum_n g_n q_n^T  (t, k)
+        db   = h * sum_n g_n                        dW = h[:, None] * G
+        dh   = sum_n ds_n r_n = rowsum(W * G) + b * sum_n g_n     (r_n = W q_n + b where g_n != 0)
         dq_n = g_n (h[:, None] * W)                 de_i += dq_n * e_j,  de_j += dq_n * e_i
         de  += gp * ((A + A^T) e)                   (the pooling's own term)
 
-    two matmuls per chunk, h folded into W once, the scatter to slots run by run (slices again).
+    two matmuls per chunk and no pass over r for dh; h folded into W once; g written over r and dq
+    over q; de_j run by run (slices again), de_i from dq * e_j in place and one index_add.
     """
 
     @staticmethod
     def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B, M, k = e.shape
-        P = rows.numel()
-        logits = e.new_empty(B, P)  # (B, P)
-        kept: tuple[torch.Tensor, ...] = ()
-        for start in range(0, P, chunk):
-            stop = min(P, start + chunk)
-            pairs = _pair_products(e, pair_runs(M, start, stop), stop - start)  # q, (B, C, k)
-            hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # r, (B C, t)
-            logits[:, start:stop] = torch.mv(hidden, h).view(B, -1)  # (B, C)
-            if stop - start == P:
-                kept = (pairs, hidden)
-        attention = masked_softmax(logits, valid)  # (B, P)
-        upper = _upper_triangular(attention if keep is None else attention * keep, rows, cols, M)  # A, (B, M, M)
-        pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
+                chunk: int, pool: ScratchPool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, attention, upper, kept = _efficient_pooling_forward(e, valid, keep, weight, bias, h, rows, cols, chunk,
+                                                                    pool, keep_scratch=True)
+        ctx.kept = kept  # on ctx, not saved: backward overwrites them
         ctx.chunk = chunk
+        ctx.pool = pool
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention, upper, *kept)
+        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention, upper)
         return pooled, attention
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_pooled: torch.Tensor | None, grad_attention: torch.Tensor | None):
-        e, keep, weight, bias, h, rows, cols, attention, upper, *kept = ctx.saved_tensors
+        e, keep, weight, bias, h, rows, cols, attention, upper = ctx.saved_tensors
+        kept, ctx.kept = ctx.kept, None  # overwritten below: a second backward recomputes them
+        pool = ctx.pool
         B, M, k = e.shape
         P = rows.numel()
         if grad_pooled is None and grad_attention is None:
-            return (None,) * 9
+            return (None,) * 10
         # Through the pooling and the softmax to the logits; the pooling's own term of de.
         if grad_pooled is None:
             grad_e = torch.zeros_like(e)  # (B, M, k)
@@ -234,31 +324,32 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 grad_a = grad_a + grad_attention
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
 
-        grad_w = torch.zeros_like(weight)  # (t, k), sum_n g_n q_n^T until scaled by h
+        grad_w = torch.zeros_like(weight)  # (t, k), G = sum_n g_n q_n^T until scaled by h
         grad_b = torch.zeros_like(bias)  # (t,), sum_n g_n until scaled by h
-        grad_h = torch.zeros_like(h)  # (t,)
         h_weight = h.unsqueeze(1) * weight  # (t, k)
         for start in range(0, P, ctx.chunk):
-            stop = min(P, start + ctx.chunk)
-            runs = pair_runs(M, start, stop)
-            if kept:
-                pairs, hidden = kept
-            else:
-                pairs = _pair_products(e, runs, stop - start)  # (B, C, k)
-                hidden = torch.addmm(bias, pairs.view(-1, k), weight.t()).relu_()  # (B C, t)
-            ds = grad_logits[:, start:stop].reshape(-1, 1)  # (B C, 1)
-            grad_h.addmv_(hidden.t(), ds.squeeze(1))
-            g = torch.ops.aten.threshold_backward(ds.expand_as(hidden), hidden, 0)  # (B C, t)
+            C = min(P, start + ctx.chunk) - start
+            runs = pair_runs(M, start, start + C)
+            pairs, hidden = kept if kept is not None else _attention_hidden(e, weight, bias, runs, C, pool)
+            ds = grad_logits[:, start:start + C].reshape(-1, 1)  # (B C, 1)
+            g = torch.ops.aten.threshold_backward.grad_input(ds.expand_as(hidden), hidden, 0,
+                                                             grad_input=hidden)  # over r, (B C, t)
             grad_b.add_(g.sum(dim=0))
             grad_w.addmm_(g.t(), pairs.view(-1, k))
-            grad_pairs = torch.mm(g, h_weight).view(B, -1, k)  # dq, (B, C, k)
+            grad_pairs = torch.mm(g, h_weight, out=pairs.view(-1, k)).view(B, C, k)  # dq over q, (B, C, k)
             for i, j0, j1, off in runs:
                 block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
-                grad_e[:, i].add_(torch.linalg.vecdot(block, e[:, j0:j1], dim=1))
-                grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])
+                grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])  # de_j += dq_n * e_i
+                block.mul_(e[:, j0:j1])  # dq_n * e_j, summed into de_i below
+            grad_e.index_add_(1, rows[start:start + C], grad_pairs)
+            del g, grad_pairs, block
+            _give(pool, pairs, hidden)
+        # dh = sum_n ds_n r_n = sum_n g_n * (W q_n + b), as r_n = W q_n + b wherever g_n is not 0:
+        # from G and sum_n g_n, with no pass over r.
+        grad_h = (weight * grad_w).sum(dim=1) + bias * grad_b  # (t,)
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
-        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None
+        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None, None
 
 
 class AttentionPooling(nn.Module):
@@ -276,7 +367,9 @@ class AttentionPooling(nn.Module):
       (pair products, both gathered operands, the (B, P, t) hidden layer) for backward;
     - memory-efficient (default): ``_EfficientAttentionPooling``, which keeps at most one chunk of
       C pairs alive, recomputes in backward and writes the gradients out by hand. Peak memory is
-      O(B M k + B M^2 + B C max(k, t)) instead of O(B P (k + t)).
+      O(B M k + B M^2 + B C max(k, t)) instead of O(B P (k + t)). Its chunk-sized scratch tensors
+      come from a ``ScratchPool`` and go back to it, so that steps reuse them (the pool then holds
+      up to two chunks' worth between steps).
 
     Args:
         num_slots: M.
@@ -299,6 +392,7 @@ class AttentionPooling(nn.Module):
         self.bias = nn.Parameter(torch.empty(attention_factor))  # b, (t,)
         self.h = nn.Parameter(torch.empty(attention_factor))  # h, (t,)
         self.attention_dropout = nn.Dropout(attention_dropout)
+        self.scratch = ScratchPool()
         # The reference implementation's initialisation: Glorot normal for W and b, standard normal h.
         glorot = (2.0 / (attention_factor + embedding_dim)) ** 0.5
         nn.init.normal_(self.weight, std=glorot)
@@ -321,8 +415,11 @@ class AttentionPooling(nn.Module):
         keep = None
         if self.training and self.attention_dropout.p > 0:
             keep = self.attention_dropout(e.new_ones(B, self.pairs.rows.numel()))  # (B, P) 0 or 1 / (1 - p)
-        return _EfficientAttentionPooling.apply(e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows,
-                                                self.pairs.cols, chunk)
+        args = (e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols, chunk, self.scratch)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (e, self.weight, self.bias, self.h)):
+            return _EfficientAttentionPooling.apply(*args)
+        pooled, attention, _, _ = _efficient_pooling_forward(*args, keep_scratch=False)  # nothing to keep
+        return pooled, attention
 
 
 class MLP(nn.Module):

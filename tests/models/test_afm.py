@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afm_dist.models import AFM, FM, init_from_fm
-from afm_dist.models.layers import AttentionPooling, _EfficientAttentionPooling
+from afm_dist.models.layers import AttentionPooling, ScratchPool, _EfficientAttentionPooling
 
 N, M, K, T = 20, 6, 5, 3
 
@@ -130,15 +130,56 @@ def test_attention_dropout_same_on_both_paths(make_batch):
     assert not torch.equal(model(ids, vals, mask), fast_out[:16])  # dropout was on in training
 
 
-def test_backward_twice_through_the_same_graph(make_batch):
-    """Backward reads what forward kept without overwriting it (gradcheck and retain_graph rely on it)."""
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 8 * K * 4])
+def test_backward_twice_through_the_same_graph(make_batch, chunk_elements):
+    """The first backward overwrites what forward kept; a second (retain_graph) recomputes it."""
     ids, vals, mask = make_batch(8, M, N, seed=9)
-    model = _afm()
+    model = _afm(chunk_elements=chunk_elements)
     scores = model(ids, vals, mask)
     scores.sum().backward(retain_graph=True)
-    first = model.attention.weight.grad.clone()
+    first = {n: p.grad.clone() for n, p in model.named_parameters()}
     scores.sum().backward()
-    torch.testing.assert_close(model.attention.weight.grad, 2 * first)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * first[name], msg=name)
+
+
+def test_scratch_is_reused_across_steps_and_graphs_stay_apart(make_batch):
+    """Steps reuse the pool's tensors; two graphs alive at once (gradient accumulation) get their own,
+    and inference in between (inference tensors) changes nothing."""
+    batches = [make_batch(8, M, N, seed=s) for s in (10, 11)]
+    naive, fast = _afm(naive=True), _afm()
+    for model in (naive, fast):  # two forwards, then both backwards
+        losses = [model(*batch).square().sum() for batch in batches]
+        sum(losses).backward()
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, dict(naive.named_parameters())[name].grad, rtol=1e-10, atol=1e-12,
+                                   msg=name)
+    pool = fast.attention.scratch
+
+    def free() -> set[int]:  # ids of the free tensors that training can use (not inference tensors)
+        return {id(t) for key, ts in pool._free.items() if not key[-1] for t in ts}
+
+    before = free()
+    assert len(before) == 4  # each graph's pair products and hidden layer, handed back by its backward
+    with torch.inference_mode():
+        inferred = fast(*batches[0])
+    fast.zero_grad()
+    loss = fast(*batches[0]).square().sum()
+    assert len(free()) == 2  # the step took two of them
+    loss.backward()
+    assert free() == before  # and gave them back
+    torch.testing.assert_close(inferred, fast(*batches[0]).detach(), rtol=0, atol=0)
+
+
+def test_modules_copy_without_their_scratch(make_batch):
+    import copy
+    import pickle
+
+    model = _afm()
+    model(*make_batch(8, M, N, seed=12)).sum().backward()
+    assert model.attention.scratch._free
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert isinstance(clone.attention.scratch, ScratchPool) and not clone.attention.scratch._free
 
 
 def test_memory_efficient_path_equals_naive_in_float32(make_batch):
@@ -151,13 +192,13 @@ def test_memory_efficient_path_equals_naive_in_float32(make_batch):
         torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("chunk, with_keep", [
-    (100, True),  # one chunk (activations kept), attention dropout
-    (100, False),
-    (4, False),  # several chunks, recomputed in backward, runs cut by chunk edges
-    (1, True),  # a pair per chunk
+@pytest.mark.parametrize("chunk, with_keep, pool", [
+    (100, True, None),  # one chunk (activations kept), attention dropout
+    (100, False, ScratchPool()),  # gradcheck runs backward many times over one graph
+    (4, False, ScratchPool()),  # several chunks, recomputed in backward, runs cut by chunk edges
+    (1, True, None),  # a pair per chunk
 ])
-def test_gradcheck_efficient_attention_pooling(chunk, with_keep):
+def test_gradcheck_efficient_attention_pooling(chunk, with_keep, pool):
     torch.manual_seed(0)
     e = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
@@ -169,7 +210,7 @@ def test_gradcheck_efficient_attention_pooling(chunk, with_keep):
     keep = torch.rand(3, 10, dtype=torch.float64) * 2 if with_keep else None  # stands for a dropout mask
 
     def pooling(*x):
-        return _EfficientAttentionPooling.apply(x[0], valid, keep, *x[1:], rows, cols, chunk)
+        return _EfficientAttentionPooling.apply(x[0], valid, keep, *x[1:], rows, cols, chunk, pool)
 
     # The full Jacobian once; the other cases in fast mode (random projections of it).
     assert torch.autograd.gradcheck(pooling, (e, weight, bias, h), fast_mode=(chunk, with_keep) != (100, True))
