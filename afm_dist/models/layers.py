@@ -146,7 +146,7 @@ def masked_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class ScratchPool:
     """Scratch tensors of the memory-efficient attention, handed back after use and reused.
 
-    The attention's large tensors ((B C, k) pair products and (B C, t) hidden layer) are the same
+    The attention's large tensors ((B, C, k) pair products and (B C, t) hidden layer) are the same
     shapes at every step. Allocated afresh, each lands in memory that is in no cache (and that the
     allocator may have given back to the OS and must fault in again): writing it costs as much as
     the arithmetic on it. Reused, the same few buffers stay in cache from step to step.
@@ -234,25 +234,29 @@ def _efficient_pooling_forward(e: torch.Tensor, valid: torch.Tensor, keep: torch
                                pool: ScratchPool | None, keep_scratch: bool):
     """Forward of ``_EfficientAttentionPooling`` (see there), without autograd.
 
-    Returns pooled (B, k), attention (B, P), A (B, M, M) and, with ``keep_scratch`` and all pairs in
-    one chunk, that chunk's (q, r) (else None; the scratch goes back to ``pool``).
+    Returns pooled (B, k), attention (B, P) and, with ``keep_scratch`` and all pairs in one chunk,
+    that chunk's (q, r) (else None; the scratch goes back to ``pool``).
     """
     B, M, k = e.shape
     P = rows.numel()
     logits = e.new_empty(B, P)  # (B, P)
-    kept = None
+    pairs = hidden = None
     for start in range(0, P, chunk):
         C = min(P, start + chunk) - start
         pairs, hidden = _attention_hidden(e, weight, bias, pair_runs(M, start, start + C), C, pool)
         logits[:, start:start + C] = torch.mv(hidden, h).view(B, C)  # (B, C)
-        if keep_scratch and C == P:
-            kept = (pairs, hidden)
-        else:
+        if C < P:
             _give(pool, pairs, hidden)
     attention = masked_softmax(logits, valid)  # (B, P)
-    upper = _upper_triangular(attention if keep is None else attention * keep, rows, cols, M)  # A, (B, M, M)
-    pooled = (e * torch.bmm(upper, e)).sum(dim=1)  # (B, k)
-    return pooled, attention, upper, kept
+    weighted = attention if keep is None else attention * keep  # a~, (B, P)
+    if P <= chunk:  # q of every pair at hand: sum_n a~_n q_n as B (1, P) x (P, k) products
+        pooled = torch.bmm(weighted.unsqueeze(1), pairs).squeeze(1)  # (B, k)
+        if keep_scratch:
+            return pooled, attention, (pairs, hidden)
+        _give(pool, pairs, hidden)
+        return pooled, attention, None
+    upper = _upper_triangular(weighted, rows, cols, M)  # A, (B, M, M)
+    return (e * torch.bmm(upper, e)).sum(dim=1), attention, None  # sum_i e_i * (A e)_i, (B, k)
 
 
 class _EfficientAttentionPooling(torch.autograd.Function):
@@ -260,28 +264,31 @@ class _EfficientAttentionPooling(torch.autograd.Function):
 
     Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
     None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the chunk size C and a
-    ``ScratchPool`` for the (B C, k) and (B C, t) tensors (or None: allocate them every time).
+    ``ScratchPool`` for the (B, C, k) and (B C, t) tensors (or None: allocate them every time).
     Outputs: pooled (B, k), attention (B, P).
 
     On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
     them as it can. Forward walks over chunks of C pairs, so at most one chunk's (B, C, k) and
     (B, C, t) tensors exist at a time: it writes the pair products q (``_pair_products``) and the
-    hidden layer r = ReLU(W q + b), and reads r once for the logits. The pooling
-    sum_n a_n q_n = sum_i e_i * (A e)_i, with A the (B, M, M) upper-triangular matrix of a_ij,
-    touches only (B, M, M) and (B, M, k) tensors, in forward and in backward. When all pairs fit
-    in one chunk, q and r are kept for backward (they are then within the memory budget);
-    otherwise backward recomputes each chunk from e, all that is saved besides (B, P) ones.
-    Backward overwrites q and r in place (r becomes g, q becomes dq) and hands them back to the
-    pool, so a second backward through the same graph (``retain_graph``) recomputes them.
+    hidden layer r = ReLU(W q + b), and reads r once for the logits. When all pairs fit in one
+    chunk (the usual case: the chunk is sized by a memory budget), q and r are kept for backward,
+    the pooling is sum_n a~_n q_n (B products of (1, P) by (P, k)), and backward takes
+    da_n = gp . q_n from q. Otherwise backward recomputes each chunk from e, all that is saved
+    besides (B, P) ones, and the pooling goes through A, the (B, M, M) upper-triangular matrix of
+    a~_ij: sum_n a~_n q_n = sum_i e_i * (A e)_i and gp . (e_i * e_j) = ((e * gp) e^T)_ij, touching
+    only (B, M, M) and (B, M, k) tensors. Backward overwrites q and r in place (r becomes g, q
+    becomes dq) and hands them back to the pool; a second backward through the same graph
+    (``retain_graph``) recomputes them, and takes the same path as the first, so that it gives
+    the same numbers to the bit.
 
     Backward, with gp = dL/dpooled, a the attention, a~ = a * keep, per pair n = (i, j):
 
-        da_n = keep_n gp . (e_i * e_j) (+ dL/da_n)  ds = a * (da - sum_n a_n da_n)   (softmax)
+        da_n = keep_n gp . q_n (+ dL/da_n)          ds = a * (da - sum_n a_n da_n)   (softmax)
         g_n  = ds_n [r_n > 0]  (B C, t)             G  = sum_n g_n q_n^T  (t, k)
         db   = h * sum_n g_n                        dW = h[:, None] * G
         dh   = sum_n ds_n r_n = rowsum(W * G) + b * sum_n g_n     (r_n = W q_n + b where g_n != 0)
-        dq_n = g_n (h[:, None] * W)                 de_i += dq_n * e_j,  de_j += dq_n * e_i
-        de  += gp * ((A + A^T) e)                   (the pooling's own term)
+        dq_n = g_n (h[:, None] * W) + a~_n gp       (the second term is the pooling's own)
+        de_i += dq_n * e_j,  de_j += dq_n * e_i
 
     two matmuls per chunk and no pass over r for dh; h folded into W once; g written over r and dq
     over q; de_j run by run (slices again), de_i from dq * e_j in place and one index_add.
@@ -291,33 +298,38 @@ class _EfficientAttentionPooling(torch.autograd.Function):
     def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                 chunk: int, pool: ScratchPool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, attention, upper, kept = _efficient_pooling_forward(e, valid, keep, weight, bias, h, rows, cols, chunk,
-                                                                    pool, keep_scratch=True)
+        pooled, attention, kept = _efficient_pooling_forward(e, valid, keep, weight, bias, h, rows, cols, chunk, pool,
+                                                             keep_scratch=True)
         ctx.kept = kept  # on ctx, not saved: backward overwrites them
         ctx.chunk = chunk
         ctx.pool = pool
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention, upper)
+        ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention)
         return pooled, attention
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_pooled: torch.Tensor | None, grad_attention: torch.Tensor | None):
-        e, keep, weight, bias, h, rows, cols, attention, upper = ctx.saved_tensors
+        e, keep, weight, bias, h, rows, cols, attention = ctx.saved_tensors
         kept, ctx.kept = ctx.kept, None  # overwritten below: a second backward recomputes them
         pool = ctx.pool
         B, M, k = e.shape
         P = rows.numel()
         if grad_pooled is None and grad_attention is None:
             return (None,) * 10
-        # Through the pooling and the softmax to the logits; the pooling's own term of de.
+        if kept is None and P <= ctx.chunk:  # a second backward: recompute the one chunk
+            kept = _attention_hidden(e, weight, bias, pair_runs(M, 0, P), P, pool)
+        # Through the pooling and the softmax to the logits.
+        grad_e = torch.zeros_like(e)  # (B, M, k)
+        weighted = attention if keep is None else attention * keep  # a~, (B, P)
         if grad_pooled is None:
-            grad_e = torch.zeros_like(e)  # (B, M, k)
             grad_a = grad_attention  # (B, P)
         else:
-            grad_e = grad_pooled.unsqueeze(1) * torch.bmm(upper + upper.transpose(1, 2), e)  # (B, M, k)
-            gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # gp . (e_i * e_j), (B, M, M)
-            grad_a = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
+            if kept is not None:  # all pairs in one chunk: gp . q_n from q
+                grad_a = torch.bmm(grad_pooled.unsqueeze(1), kept[0].transpose(1, 2)).squeeze(1)  # (B, P)
+            else:  # gp . (e_i * e_j) from the (B, M, M) Gram matrix of e weighted by gp
+                gram = torch.bmm(e * grad_pooled.unsqueeze(1), e.transpose(1, 2))  # (B, M, M)
+                grad_a = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
             if keep is not None:
                 grad_a = grad_a * keep
             if grad_attention is not None:
@@ -337,6 +349,8 @@ class _EfficientAttentionPooling(torch.autograd.Function):
             grad_b.add_(g.sum(dim=0))
             grad_w.addmm_(g.t(), pairs.view(-1, k))
             grad_pairs = torch.mm(g, h_weight, out=pairs.view(-1, k)).view(B, C, k)  # dq over q, (B, C, k)
+            if grad_pooled is not None:  # the pooling's own term: dq_n += a~_n gp
+                grad_pairs.addcmul_(weighted[:, start:start + C].unsqueeze(2), grad_pooled.unsqueeze(1))
             for i, j0, j1, off in runs:
                 block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
                 grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])  # de_j += dq_n * e_i
@@ -418,7 +432,7 @@ class AttentionPooling(nn.Module):
         args = (e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols, chunk, self.scratch)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (e, self.weight, self.bias, self.h)):
             return _EfficientAttentionPooling.apply(*args)
-        pooled, attention, _, _ = _efficient_pooling_forward(*args, keep_scratch=False)  # nothing to keep
+        pooled, attention, _ = _efficient_pooling_forward(*args, keep_scratch=False)  # nothing to keep
         return pooled, attention
 
 
