@@ -395,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = why
             print(f"skipping {name}: {why}", file=sys.stderr)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine
+
     results: dict[str, Any] = {
+        "benchmark": "models", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+        "command": " ".join([".venv/bin/python bench/bench_models.py", *(argv if argv is not None else sys.argv[1:])]),
         "setup": {"speed_shape": SPEED_SHAPE, "memory_shape": MEMORY_SHAPE, "threads": args.threads[0],
                   "optimizer": "Adagrad(lr=0.01)", "loss": "MSE", "dropout": 0.0, "passes": args.passes,
                   "rounds": args.rounds, "iters_per_round": args.iters, "cpu_count": os.cpu_count(),
