@@ -154,7 +154,8 @@ class ScratchPool:
     At most ``per_shape`` free tensors per (shape, dtype, device, inference mode) and ``max_shapes``
     such keys are kept (the oldest key goes first), so the pool holds at most a couple of chunks'
     scratch. It is not state: copies and pickles of a module start with an empty pool. ``take`` and
-    ``give`` are single list and dict operations, safe under the GIL from several threads.
+    ``give`` are built from single list and dict operations, so threads that share a module never
+    get the same tensor (under the GIL; a race can only make the pool keep one tensor more or less).
     """
 
     def __init__(self, per_shape: int = 2, max_shapes: int = 4) -> None:
@@ -162,14 +163,10 @@ class ScratchPool:
         self.max_shapes = max_shapes
         self._free: dict[tuple, list[torch.Tensor]] = {}
 
-    @staticmethod
-    def _key(shape: tuple[int, ...], like: torch.Tensor) -> tuple:
-        # Inference tensors cannot be written outside inference mode: keep them apart.
-        return tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled()
-
     def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A free tensor of ``shape`` with ``like``'s dtype and device (contents undefined)."""
-        free = self._free.get(self._key(shape, like))
+        # Inference tensors cannot be written outside inference mode: they are kept apart.
+        free = self._free.get((tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled()))
         if free:
             try:
                 return free.pop()
@@ -180,11 +177,14 @@ class ScratchPool:
     def give(self, *tensors: torch.Tensor) -> None:
         """Hand tensors back; the caller must hold no view of them any more."""
         for t in tensors:
-            free = self._free.setdefault(self._key(t.shape, t), [])
+            free = self._free.setdefault((tuple(t.shape), t.dtype, t.device, t.is_inference()), [])
             if len(free) < self.per_shape:
                 free.append(t)
         while len(self._free) > self.max_shapes:
-            del self._free[next(iter(self._free))]
+            try:
+                self._free.pop(next(iter(self._free)), None)
+            except (RuntimeError, StopIteration):  # another thread changed the dict meanwhile
+                break
 
     def __deepcopy__(self, memo: dict) -> "ScratchPool":
         return ScratchPool(self.per_shape, self.max_shapes)

@@ -171,6 +171,27 @@ def test_scratch_is_reused_across_steps_and_graphs_stay_apart(make_batch):
     torch.testing.assert_close(inferred, fast(*batches[0]).detach(), rtol=0, atol=0)
 
 
+def test_threads_sharing_a_model_get_their_own_scratch(make_batch):
+    """Inference from several threads at once (torch releases the GIL inside ops) gives each call's
+    own numbers: no two calls write into the same pooled tensor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _afm()
+    batches = [make_batch(64, M, N, seed=20 + s) for s in range(8)]
+    with torch.no_grad():
+        expected = [model(*batch) for batch in batches]
+
+    def score(batch):
+        with torch.no_grad():
+            return [model(*batch) for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(score, batches))
+    for got, want in zip(results, expected):
+        for scores in got:
+            torch.testing.assert_close(scores, want, rtol=0, atol=0)
+
+
 def test_modules_copy_without_their_scratch(make_batch):
     import copy
     import pickle
