@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 DEFAULT_COMPETITOR_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 
 SPEED_SHAPE = {"batch_size": 512, "num_fields": 10, "vocab_per_field": 539, "embedding_dim": 64,
@@ -394,9 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped[name] = why
             print(f"skipping {name}: {why}", file=sys.stderr)
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import machine
 
     results: dict[str, Any] = {
         "benchmark": "models", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from afm_dist.checkpoint import read_model_dir
-from afm_dist.dataset import LABEL, DatasetError, mark_complete
+from afm_dist.dataset import LABEL, DatasetError, mark_complete, strip_file_scheme
 from afm_dist.paths import OutputPathError, publish_directory, validate_output_path
 
 
@@ -75,7 +75,7 @@ def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
         if is_encoded_split(args.input):  # its row groups are read by the Python workers themselves
             check_encoded_split(args.input[0], info)
             rejected = 0
-            scored = score_split(spark, args.input[0].removeprefix("file://"), args.model, clip=clip,
+            scored = score_split(spark, strip_file_scheme(args.input[0]), args.model, clip=clip,
                                  batch_size=args.batch_size, threads=args.threads)
         else:
             encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,

@@ -193,15 +193,6 @@ class ScratchPool:
         return ScratchPool, (self.per_shape, self.max_shapes)
 
 
-def _take(pool: ScratchPool | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty(shape) if pool is None else pool.take(shape, like)
-
-
-def _give(pool: ScratchPool | None, *tensors: torch.Tensor) -> None:
-    if pool is not None:
-        pool.give(*tensors)
-
-
 def _pair_products(e: torch.Tensor, runs: list[tuple[int, int, int, int]], out: torch.Tensor) -> torch.Tensor:
     """e_i * e_j for consecutive pairs given as runs, into ``out``: e (B, M, k) -> out (B, C, k).
 
@@ -221,17 +212,17 @@ def _upper_triangular(weights: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
 
 
 def _attention_hidden(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runs: list[tuple[int, int, int, int]],
-                      count: int, pool: ScratchPool | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      count: int, pool: ScratchPool) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair products q (B, C, k) of ``count`` pairs and the hidden layer r = ReLU(W q + b) (B C, t)."""
     B, _, k = e.shape
-    pairs = _pair_products(e, runs, _take(pool, (B, count, k), e))  # q, (B, C, k)
-    hidden = torch.addmm(bias, pairs.view(-1, k), weight.t(), out=_take(pool, (B * count, weight.shape[0]), e))
+    pairs = _pair_products(e, runs, pool.take((B, count, k), e))  # q, (B, C, k)
+    hidden = torch.addmm(bias, pairs.view(-1, k), weight.t(), out=pool.take((B * count, weight.shape[0]), e))
     return pairs, hidden.relu_()  # r, (B C, t)
 
 
 def _efficient_pooling_forward(e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                                bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chunk: int,
-                               pool: ScratchPool | None, keep_scratch: bool):
+                               pool: ScratchPool, keep_scratch: bool):
     """Forward of ``_EfficientAttentionPooling`` (see there), without autograd.
 
     Returns pooled (B, k), attention (B, P) and, with ``keep_scratch`` and all pairs in one chunk,
@@ -246,14 +237,14 @@ def _efficient_pooling_forward(e: torch.Tensor, valid: torch.Tensor, keep: torch
         pairs, hidden = _attention_hidden(e, weight, bias, pair_runs(M, start, start + C), C, pool)
         logits[:, start:start + C] = torch.mv(hidden, h).view(B, C)  # (B, C)
         if C < P:
-            _give(pool, pairs, hidden)
+            pool.give(pairs, hidden)
     attention = masked_softmax(logits, valid)  # (B, P)
     weighted = attention if keep is None else attention * keep  # a~, (B, P)
     if P <= chunk:  # q of every pair at hand: sum_n a~_n q_n as B (1, P) x (P, k) products
         pooled = torch.bmm(weighted.unsqueeze(1), pairs).squeeze(1)  # (B, k)
         if keep_scratch:
             return pooled, attention, (pairs, hidden)
-        _give(pool, pairs, hidden)
+        pool.give(pairs, hidden)
         return pooled, attention, None
     upper = _upper_triangular(weighted, rows, cols, M)  # A, (B, M, M)
     return (e * torch.bmm(upper, e)).sum(dim=1), attention, None  # sum_i e_i * (A e)_i, (B, k)
@@ -264,7 +255,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
 
     Inputs: e (B, M, k), valid (B, P) bool, keep (B, P) dropout multipliers of the attention or
     None, W (t, k), b (t,), h (t,), the pair index (rows, cols), the chunk size C and a
-    ``ScratchPool`` for the (B, C, k) and (B C, t) tensors (or None: allocate them every time).
+    ``ScratchPool`` for the (B, C, k) and (B C, t) tensors.
     Outputs: pooled (B, k), attention (B, P).
 
     On CPU this is bound by memory traffic over (B, P, k)-sized tensors, so it writes as few of
@@ -297,7 +288,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                chunk: int, pool: ScratchPool | None) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int, pool: ScratchPool) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, attention, kept = _efficient_pooling_forward(e, valid, keep, weight, bias, h, rows, cols, chunk, pool,
                                                              keep_scratch=True)
         ctx.kept = kept  # on ctx, not saved: backward overwrites them
@@ -357,7 +348,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 block.mul_(e[:, j0:j1])  # dq_n * e_j, summed into de_i below
             grad_e.index_add_(1, rows[start:start + C], grad_pairs)
             del g, grad_pairs, block
-            _give(pool, pairs, hidden)
+            pool.give(pairs, hidden)
         # dh = sum_n ds_n r_n = sum_n g_n * (W q_n + b), as r_n = W q_n + b wherever g_n is not 0:
         # from G and sum_n g_n, with no pass over r.
         grad_h = (weight * grad_w).sum(dim=1) + bias * grad_b  # (t,)

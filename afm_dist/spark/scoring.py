@@ -87,6 +87,15 @@ def _arrow_tensors(batch):
             torch.from_numpy(_fixed_width(batch, MASK, np.int8) != 0))
 
 
+def _predict(model, batch, clip: tuple[float, float] | None) -> np.ndarray:
+    """The model's predictions (float64, clipped to ``clip``) for an Arrow batch of encoded rows."""
+    import torch
+
+    with torch.inference_mode():
+        pred = model(*_arrow_tensors(batch)).double().numpy()
+    return pred if clip is None else np.clip(pred, *clip)
+
+
 def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, keep: list[str],
           clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Add ``prediction`` to an encoded DataFrame (ids, vals, mask [, label]); keep ``keep`` columns.
@@ -99,22 +108,16 @@ def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, kee
     in_cols = keep + [IDS, VALS, MASK] + ([LABEL] if has_label else [])
     out_cols = keep + ([LABEL] if has_label else [])
     out_schema = encoded.select(*out_cols).schema.add(PREDICTION, "double")
-    lo, hi = clip if clip is not None else (None, None)
 
     def predict(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
         import pyarrow as pa
-        import torch
 
         model = _model(payload.value, threads)
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
-                with torch.inference_mode():
-                    pred = model(*_arrow_tensors(part)).double().numpy()
-                if lo is not None:
-                    pred = np.clip(pred, lo, hi)
-                yield pa.RecordBatch.from_arrays([part.column(c) for c in out_cols] + [pa.array(pred)],
-                                                 names=out_cols + [PREDICTION])
+                columns = [part.column(c) for c in out_cols] + [pa.array(_predict(model, part, clip))]
+                yield pa.RecordBatch.from_arrays(columns, names=out_cols + [PREDICTION])
 
     # Arrow batches straight into torch (no pandas): the list columns become (B, M) arrays by a
     # reshape of their flat values instead of a per-row stack.
@@ -146,24 +149,19 @@ def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Pat
     payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
     cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
     out_cols = [ROW_ID] + ([LABEL] if has_label else [])
-    lo, hi = clip if clip is not None else (None, None)
 
     def predict(index_batches):  # Iterator[RecordBatch of task indices] -> Iterator[RecordBatch]
         import pyarrow as pa
-        import torch
 
         model = _model(payload.value, threads)
         for ib in index_batches:
             for index in ib.column(0).to_pylist():
                 path, group = tasks[index]
                 for part in pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[group], columns=cols):
-                    with torch.inference_mode():
-                        pred = model(*_arrow_tensors(part)).double().numpy()
-                    if lo is not None:
-                        pred = np.clip(pred, lo, hi)
                     yield pa.RecordBatch.from_arrays(
                         [part.column(ROW_ID).cast(pa.int64())]
-                        + ([part.column(LABEL).cast(pa.float32())] if has_label else []) + [pa.array(pred)],
+                        + ([part.column(LABEL).cast(pa.float32())] if has_label else [])
+                        + [pa.array(_predict(model, part, clip))],
                         names=out_cols + [PREDICTION])
 
     # Task i scores row group tasks[i]; spark.range makes the indices in the JVM (no Python RDD).
