@@ -29,11 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afm_dist.io import strip_file_scheme, write_text_atomic
+
 COMPLETE_MARKER = "_AFM_COMPLETE"
 METADATA_FILE = "metadata.json"
-SPLITS = ("train", "validation", "test")
-VOCABULARY = "vocabulary"
-REJECTED = "rejected"
+# Split names: the single place they are spelled (the schema's split fractions, the split
+# writer's directories, the trainer and the benchmarks all take them from here).
+TRAIN, VALIDATION, TEST = SPLITS = ("train", "validation", "test")
+VOCABULARY = "vocabulary"  # directory of the value -> feature id table (data set and model directory)
+REJECTED = "rejected"  # directory of the malformed input rows (data set and scoring output)
+REJECTED_COLUMNS = "source string, line bigint, raw string, reason string"  # its Parquet schema
 FORMAT_VERSION = 1
 
 # Column names of a split: the single place they are spelled.
@@ -81,6 +86,13 @@ class DatasetMetadata:
         d["fields"] = [FieldLayout(**f) for f in d["fields"]]
         return cls(**d)
 
+    def target_range(self) -> tuple[float, float] | None:
+        """(min, max) of the training target, the range predictions are clipped to for RMSE and
+        MAE as in the paper's evaluation; None when the metadata has none."""
+        if "min" not in self.target:
+            return None
+        return float(self.target["min"]), float(self.target["max"])
+
     def split_rows(self, split: str) -> int:
         """Rows (instances) written to ``split``."""
         return int(self.counts[split]["rows"])
@@ -89,15 +101,6 @@ class DatasetMetadata:
         write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def mark_complete(directory: str | os.PathLike) -> None:
@@ -119,9 +122,21 @@ def require_complete(directory: str | os.PathLike) -> Path:
 
 
 def load_metadata(directory: str | os.PathLike) -> DatasetMetadata:
-    """Load the metadata of a complete data set directory."""
-    d = require_complete(directory)
-    path = d / METADATA_FILE
+    """Load the metadata of a complete data set directory.
+
+    Raises:
+        DatasetError: the directory is missing, unfinished, or its metadata unreadable.
+    """
+    return read_metadata(require_complete(directory) / METADATA_FILE)
+
+
+def read_metadata(path: str | os.PathLike) -> DatasetMetadata:
+    """Read a ``metadata.json`` (without checking that its data set is complete).
+
+    Raises:
+        DatasetError: unreadable, or written by another format version.
+    """
+    path = Path(path)
     try:
         meta = DatasetMetadata.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -139,6 +154,3 @@ def split_path(directory: str | os.PathLike, split: str) -> Path:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     return Path(directory) / split
 
-
-def strip_file_scheme(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path

@@ -10,37 +10,19 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 from petastorm import make_batch_reader
 
 from afm_dist import petastorm_patch
+from afm_dist.batch import Batch, fixed_width, to_batch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 
 COLUMNS = (IDS, VALS, MASK, LABEL)
-
-
-@dataclass
-class Batch:
-    """One batch as dense tensors. B: batch size, M: number of slots."""
-
-    ids: torch.Tensor  # (B, M) int64
-    vals: torch.Tensor  # (B, M) float32
-    mask: torch.Tensor  # (B, M) bool
-    label: torch.Tensor  # (B,) float32
-
-    def to(self, device: torch.device) -> "Batch":
-        if device.type == "cpu":
-            return self
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.ids, self.vals, self.mask, self.label)))
-
-    def __len__(self) -> int:
-        return self.label.shape[0]
+_DTYPES = {IDS: np.int64, VALS: np.float32, MASK: np.int8, LABEL: np.float32, ROW_ID: np.int64}
 
 
 def _parquet_files(split_dir: Path) -> list[Path]:
@@ -60,22 +42,8 @@ def row_group_sizes(split_dir: str | Path) -> list[int]:
 
 
 def _to_numpy(chunk, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    out = {}
-    for c in columns:
-        a = getattr(chunk, c)
-        if a.dtype == object:  # list column that Petastorm left as an array of arrays
-            a = np.stack(a)
-        out[c] = a
-    return out
-
-
-def _to_batch(arrays: dict[str, np.ndarray]) -> Batch:
-    return Batch(
-        ids=torch.from_numpy(np.ascontiguousarray(arrays[IDS], dtype=np.int64)),
-        vals=torch.from_numpy(np.ascontiguousarray(arrays[VALS], dtype=np.float32)),
-        mask=torch.from_numpy(np.ascontiguousarray(arrays[MASK]).astype(bool, copy=False)),
-        label=torch.from_numpy(np.array(arrays[LABEL], dtype=np.float32)),  # a writable copy
-    )
+    """A Petastorm batch's columns as numpy arrays, list columns (rows, width)."""
+    return {c: fixed_width(getattr(chunk, c), _DTYPES[c], name=c) for c in columns}
 
 
 @contextmanager
@@ -140,7 +108,7 @@ def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: in
             n_out = max(1, n_out)
             for b in range(n_out):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                yield _to_batch({c: buf[c][idx] for c in COLUMNS})
+                yield to_batch({c: buf[c][idx] for c in COLUMNS})
                 produced += 1
                 if produced == steps:
                     return
@@ -168,7 +136,7 @@ def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int
             n = len(arrays[LABEL])
             for start in range(0, n, batch_size):
                 part = {c: arrays[c][start:start + batch_size] for c in columns}
-                batch = _to_batch(part)
+                batch = to_batch(part)
                 yield (batch, part[ROW_ID]) if with_row_id else batch
 
 

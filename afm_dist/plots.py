@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from afm_dist.io import atomic_path  # noqa: E402
 
 
 def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *, title: str) -> None:
@@ -52,8 +53,8 @@ def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG atomically (readers never see half a file) and close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)

@@ -2,12 +2,13 @@
 
 Two steps, so that every mistake that can be found without Spark is found before it starts:
 
-``plan``   (no Spark) resolves the input files, reads their headers and checks them against the
-           schema: a missing column fails naming the field that reads it.
-``build``  runs the Spark transforms of ``afm_dist.spark`` and writes the data set's parts
-           (splits, vocabulary, rejected rows) into a directory, returning its metadata. The
-           caller publishes the directory and writes the completion marker
-           (``jobs/preprocess.py``).
+``afm_dist.inputs.plan``  (no Spark) resolves the input files, reads their headers and checks
+                          them against the schema: a missing column fails naming the field.
+``build``                 reads the records (afm_dist/spark/records.py), runs the transforms of
+                          ``afm_dist.spark.encode`` and writes the data set's parts (splits,
+                          vocabulary, rejected rows) into a directory, returning its metadata.
+                          The caller publishes the directory and writes the completion marker
+                          (``jobs/preprocess.py`` through ``afm_dist.cli.run_spark_job``).
 
 Only counts, sizes (vocabulary sizes, libFM width and id range), the explicit target's range
 and numeric fields' training mean and standard deviation are collected to the driver; a failure
@@ -15,154 +16,24 @@ on too many malformed rows also brings a few examples for its message.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import LABEL as OUT_LABEL, SPLITS, DatasetMetadata, FieldLayout, strip_file_scheme
-from afm_dist.schema import LIBFM_FIELD, InputFormat, Schema
-from afm_dist.spark import encode, parse, readers
+from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, VOCABULARY, DatasetMetadata, FieldLayout)
+from afm_dist.inputs import Plan
+from afm_dist.io import strip_file_scheme
+from afm_dist.schema import LIBFM_FIELD, Schema
+from afm_dist.spark import encode, parse, records as raw_records
 
 log = logging.getLogger(__name__)
-
-VOCABULARY_DIR, REJECTED_DIR = "vocabulary", "rejected"
-
-
-class InputError(ValueError):
-    """Input files that do not match the schema, or a bad job argument; the message says which."""
-
-
-class RejectedRowsError(RuntimeError):
-    """More malformed rows than the job accepts; the message shows examples."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning (driver only, before Spark)
-
-
-@dataclass(frozen=True)
-class InputFiles:
-    """Resolved input files of the logs or of one side table."""
-
-    paths: tuple[str, ...]
-    columns: tuple[str, ...] | None = None  # delimited input: the columns, in order
-    header_lines: tuple[str, ...] = ()  # delimited input with header: the exact header text(s)
-
-
-@dataclass(frozen=True)
-class Plan:
-    schema: Schema
-    logs: InputFiles
-    tables: Mapping[str, InputFiles] = field(default_factory=dict)
-
-    def inputs(self) -> list[str]:
-        return list(self.logs.paths) + [p for t in self.tables.values() for p in t.paths]
-
-
-def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[str]] | None = None) -> Plan:
-    """Check the input files against ``schema``; ``tables`` maps side-table names to files."""
-    tables = dict(tables or {})
-    for name in tables:
-        if name not in {t.name for t in schema.tables}:
-            raise InputError(f"--table {name}=...: the schema {schema.name!r} declares no table {name!r}")
-    users: dict[str, str] = {}
-    for f in schema.fields:
-        if f.table is None:
-            users.setdefault(f.column, f"field '{f.name}'")
-    if schema.target.column:
-        users.setdefault(schema.target.column, "target")
-    for t in schema.tables:
-        users.setdefault(t.log_key, f"table '{t.name}' (join column)")
-    logs = _resolve(schema.format, inputs, "--input", users)
-    resolved = {}
-    for t in schema.tables:
-        if t.name not in tables:
-            raise InputError(f"table '{t.name}': pass its file(s) with --table {t.name}=PATH")
-        t_users = {t.key: f"table '{t.name}' (key)"}
-        for f in schema.fields:
-            if f.table == t.name:
-                t_users.setdefault(f.column, f"field '{f.name}'")
-        resolved[t.name] = _resolve(t.format, tables[t.name], f"--table {t.name}", t_users)
-    return Plan(schema=schema, logs=logs, tables=resolved)
-
-
-def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
-    files: list[str] = []
-    for raw in paths:
-        p = Path(strip_file_scheme(raw)).expanduser()
-        if p.is_dir():
-            found = sorted(str(c.resolve()) for c in p.rglob("*")
-                           if c.is_file() and not any(part.startswith((".", "_")) for part in c.relative_to(p).parts))
-            if not found:
-                raise InputError(f"{what} {raw}: the directory holds no input file")
-            files.extend(found)
-        elif p.is_file():
-            files.append(str(p.resolve()))
-        else:
-            raise InputError(f"{what} {raw}: no such file or directory")
-    if not files:
-        raise InputError(f"{what}: no input given")
-    return tuple(dict.fromkeys(files))
-
-
-def _first_line(path: str) -> str | None:
-    with open(path, "rb") as f:
-        line = f.readline()
-    if not line:
-        return None
-    return line.decode("utf-8", errors="replace").rstrip("\r\n")
-
-
-def _split_header(line: str, fmt: InputFormat) -> list[str]:
-    line = line.lstrip("\ufeff")
-    if fmt.quote is None:
-        return next(csv.reader([line], delimiter=fmt.delimiter, quoting=csv.QUOTE_NONE))
-    return next(csv.reader([line], delimiter=fmt.delimiter, quotechar=fmt.quote, doublequote=True))
-
-
-def _resolve(fmt: InputFormat, paths: Sequence[str], what: str, users: Mapping[str, str]) -> InputFiles:
-    files = _expand(paths, what)
-    if not fmt.delimited:
-        return InputFiles(paths=files)
-    if not fmt.header:
-        return InputFiles(paths=files, columns=fmt.columns)
-    columns: list[str] | None = None
-    lines: list[str] = []
-    first_file = ""
-    for path in files:
-        line = _first_line(path)
-        if line is None:
-            continue  # an empty file: no header, no rows
-        cols = [c.strip() for c in _split_header(line, fmt)]
-        if columns is None:
-            columns, first_file = cols, path
-            for col, user in users.items():
-                if col not in cols:
-                    raise InputError(f"{user}: column {col!r} is not in the header of {path} "
-                                     f"(columns: {', '.join(cols)})")
-                if cols.count(col) > 1:
-                    raise InputError(f"{user}: column {col!r} appears twice in the header of {path}")
-        elif cols != columns:
-            raise InputError(f"{what}: {path} has columns {cols}, but {first_file} has {columns}; "
-                             "all files of one input must share the header")
-        if line not in lines:
-            lines.append(line)
-    if columns is None:
-        raise InputError(f"{what}: every file is empty, so there is no header to read")
-    return InputFiles(paths=files, columns=tuple(columns), header_lines=tuple(lines))
-
-
-# ---------------------------------------------------------------------------------------------
-# Building (Spark)
 
 
 @dataclass(frozen=True)
@@ -174,69 +45,12 @@ class Options:
     # Row groups per split at least, so that each split has many more row groups than workers.
     min_row_groups: int = 32
     # Vocabularies up to this many values are broadcast for encoding (map-side join).
-    broadcast_limit: int = 5_000_000
+    broadcast_limit: int = encode.BROADCAST_LIMIT
 
 
 def _stage(name: str) -> float:
     log.info("stage: %s", name)
     return time.monotonic()
-
-
-def read_records(spark: SparkSession, plan_: Plan) -> DataFrame:
-    """Every input row with its source, ``_header``, typed field values and ``_reason``."""
-    schema = plan_.schema
-    fmt = schema.format
-    if fmt.type == "libfm":
-        return parse.parse_libfm(readers.read_lines(spark, plan_.logs.paths), fmt)
-    needed = schema.log_columns()
-    lines = _read(spark, fmt, plan_.logs, needed, schema, None)
-    records = parse.split_columns(lines, fmt, plan_.logs.columns, needed, plan_.logs.header_lines)
-    joined = []
-    for t in schema.tables:
-        files = plan_.tables[t.name]
-        cols = schema.table_columns(t.name)
-        t_lines = _read(spark, t.format, files, cols, schema, t.name)
-        t_rows = parse.split_columns(t_lines, t.format, files.columns, cols, files.header_lines)
-        joined.append((t, parse.side_table(t_rows, t, [c for c in cols if c != t.key])))
-    return parse.parse_fields(parse.join_tables(records, joined), schema)
-
-
-def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Sequence[str], schema: Schema,
-          table: str | None) -> DataFrame:
-    if fmt.type == "parquet":
-        seps = {f.column: f.delimiter for f in schema.fields if f.kind == "multi_categorical" and f.table == table}
-        try:
-            return readers.read_parquet_rows(spark, files.paths, columns, seps)
-        except ValueError as e:
-            raise InputError(f"{'table ' + repr(table) if table else 'input'}: {e}") from e
-    return readers.read_lines(spark, files.paths)
-
-
-def accepted_row() -> Column:
-    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNull()
-
-
-def rejected_row() -> Column:
-    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNotNull()
-
-
-def summarize_input(records: DataFrame, schema: Schema) -> tuple[DataFrame, dict]:
-    """One pass over the records: the (cached) line blocks for line numbers, and totals
-    collected to the driver: rows (``_n``), headers, rejected rows, and the label range
-    (explicit targets) or the width and largest id (libFM) of the accepted rows."""
-    extras = [F.sum(F.col(parse.HEADER).cast("long")).alias("headers"),
-              F.sum(rejected_row().cast("long")).alias("rejected")]
-    if schema.format.type == "libfm":
-        extras += [F.max(F.when(accepted_row(), F.size(parse.LIBFM_IDS))).alias("width"),
-                   F.max(F.when(accepted_row(), F.array_max(parse.LIBFM_IDS))).alias("max_id")]
-    if schema.target.kind == "explicit":
-        extras += [F.min(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_min"),
-                   F.max(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_max")]
-    blocks = readers.line_blocks(records, *extras).cache()
-    totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
-                        *[(F.min if c.endswith("min") else F.max)(c).alias(c)
-                          for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
-    return blocks, totals.asDict()
 
 
 def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> DatasetMetadata:
@@ -245,29 +59,20 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     schema = plan_.schema.with_seed(options.seed)
     is_libfm = schema.format.type == "libfm"
     started = _stage(f"read and parse {len(plan_.logs.paths)} input file(s), format {schema.format.type}")
-    records = read_records(spark, plan_)
+    records = raw_records.read_records(spark, plan_)
 
     # -- counts, line numbers, fail fast on malformed rows --------------------------------------
-    blocks, totals = summarize_input(records, schema)
-    cached = [blocks]
-    n_input = int(totals["_n"] or 0) - int(totals["headers"] or 0)
-    n_rejected = int(totals["rejected"] or 0)
-    n_accepted = n_input - n_rejected
+    summary = raw_records.summarize_input(records, schema)
+    totals = summary.totals
+    cached = [summary.blocks]
+    n_input, n_rejected, n_accepted = summary.rows, summary.rejected, summary.accepted
     log.info("input rows: %d, rejected: %d, accepted: %d", n_input, n_rejected, n_accepted)
-    rejected = records.filter(rejected_row())
-    if n_input == 0 or n_accepted == 0:
-        raise RejectedRowsError(f"no usable input row ({n_input} rows, {n_rejected} malformed)"
-                                + _examples(rejected, blocks))
-    if n_rejected > options.max_rejected_fraction * n_input:
-        raise RejectedRowsError(
-            f"{n_rejected} of {n_input} input rows ({n_rejected / n_input:.2%}) are malformed, more than "
-            f"--max-rejected-fraction {options.max_rejected_fraction:g}; fix the input or the schema, or raise "
-            f"the limit." + _examples(rejected, blocks))
+    raw_records.check_rejected(records, summary, options.max_rejected_fraction, require_rows=True)
 
     _stage("write rejected rows")
-    write_rejected(spark, rejected if n_rejected else None, blocks, out_dir / REJECTED_DIR)
+    raw_records.write_rejected(spark, records, summary, out_dir / REJECTED)
 
-    accepted = records.filter(accepted_row())
+    accepted = records.filter(raw_records.accepted_row())
     extra: dict = {"vocabulary_basis": "all accepted logs (categorical); training split (numeric statistics)",
                    "padding": {"id": 0, "val": 0.0, "mask": 0}}
     per_positive = schema.target.negatives.per_positive if schema.target.negatives else 0
@@ -326,7 +131,7 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         sizes = {r["field"]: int(r["count"]) for r in vocabulary.groupBy("field").count().collect()}
         layouts = encode.field_layouts(fields, sizes)
         (encode.vocabulary_table(vocabulary, encode.rare_counts(counts, fields), fields, layouts)
-         .repartition(1).sortWithinPartitions("id").write.parquet(str(out_dir / VOCABULARY_DIR)))
+         .repartition(1).sortWithinPartitions("id").write.parquet(str(out_dir / VOCABULARY)))
         multi = [f for f in fields if f.indexed and f.kind == "multi_categorical"]
         if multi:
             names = [f.name + encode.LISTS for f in multi]
@@ -364,34 +169,7 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
 
 def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:
     spark.createDataFrame([], "field string, value string, id int, count bigint").write.parquet(
-        str(out_dir / VOCABULARY_DIR))
-
-
-REJECTED_SCHEMA = "source string, line bigint, raw string, reason string"
-
-
-def write_rejected(spark: SparkSession, rejected: DataFrame | None, blocks: DataFrame, path: Path) -> None:
-    """Write the malformed rows (``source, line, raw, reason``) as one Parquet file sorted by
-    source and line; ``None``: there are none (skips reading the input again)."""
-    if rejected is None:
-        spark.createDataFrame([], REJECTED_SCHEMA).write.parquet(str(path))
-        return
-    (readers.with_line_numbers(rejected, blocks)
-     .select(readers.source_path(F.col(readers.SOURCE)).alias("source"), F.col(readers.LINE).alias("line"),
-             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason"))
-     .repartition(1).sortWithinPartitions("source", "line")
-     .write.parquet(str(path)))
-
-
-def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
-    rows = (readers.with_line_numbers(rejected.limit(n), blocks)
-            .select(readers.source_path(F.col(readers.SOURCE)).alias(readers.SOURCE), readers.LINE, readers.TEXT,
-                    parse.REASON).collect())
-    if not rows:
-        return ""
-    shown = "\n".join(f"  {r[readers.SOURCE]}:{r[readers.LINE]}: {r[parse.REASON]}: {r[readers.TEXT][:120]!r}"
-                      for r in rows)
-    return f"\nExamples:\n{shown}"
+        str(out_dir / VOCABULARY))
 
 
 def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> None:

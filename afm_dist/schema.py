@@ -77,11 +77,12 @@ from typing import Any
 
 import yaml
 
+from afm_dist.dataset import SPLITS, TRAIN
+
 FORMAT_TYPES = ("csv", "tsv", "json", "parquet", "libfm")
 FIELD_KINDS = ("categorical", "multi_categorical", "numeric")
 TARGET_KINDS = ("explicit", "implicit")
 TRANSFORMS = ("none", "log", "log1p")
-SPLIT_NAMES = ("train", "validation", "test")
 LIBFM_FIELD = "features"  # the single field a libFM data set is laid out as
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -530,14 +531,14 @@ class _Parser:
                                                            max_tries=max_tries))
 
     def split(self, value: Any) -> Split:
-        d = self.mapping(value, "split", SPLIT_NAMES)
+        d = self.mapping(value, "split", SPLITS)
         fractions = {}
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             v = d.get(name, getattr(Split(), name))
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v <= 1.0):
                 raise self.fail(f"split.{name}", f"expected a fraction between 0 and 1, got {v!r}")
             fractions[name] = float(v)
-        if fractions["train"] == 0.0:
+        if fractions[TRAIN] == 0.0:
             raise self.fail("split.train", "the training split cannot be empty")
         total = sum(fractions.values())
         if not math.isclose(total, 1.0, abs_tol=1e-9):

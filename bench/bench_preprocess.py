@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, WORK, run, save  # noqa: E402
 
+from afm_dist.dataset import METADATA_FILE, SPLITS, read_metadata  # noqa: E402
+
 IMPLICIT_SCHEMA = {
     "name": "synthetic_implicit",
     "description": "Synthetic logs under the Frappe protocol: two negatives per log, item replaced.",
@@ -109,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             before = load()
             wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
                         "--input", src, "--output", out, "--overwrite"])
-            meta = json.loads((out / "metadata.json").read_text())
-            job_s = float(meta["extra"]["elapsed_s"])
-            instances = sum(meta["counts"][s]["rows"] for s in ("train", "validation", "test"))
+            meta = read_metadata(out / METADATA_FILE)
+            job_s = float(meta.extra["elapsed_s"])
+            instances = sum(meta.split_rows(s) for s in SPLITS)
             runs.append({
                 "protocol": protocol, "rows": rows, "instances": instances,
                 "job_seconds": job_s, "wall_seconds": round(wall, 1),

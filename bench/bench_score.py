@@ -21,10 +21,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, VENV_BIN, WORK, env, run, save, synthetic_dataset  # noqa: E402
 
+from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, TEST  # noqa: E402
+from afm_dist.spark.scoring import METRICS_FILE  # noqa: E402
+
 
 def model_dir(data: Path) -> Path:
     out = WORK / "score-model-afm"
-    if not (out / "_AFM_COMPLETE").exists():
+    if not (out / COMPLETE_MARKER).exists():
         run([VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", "afm", "--output", out,
              "--overwrite", "--epochs", "1", "--batch-size", "512", "--embedding-dim", "64", "--attention-factor", "64"])
     return out
@@ -35,13 +38,13 @@ def big_split(data: Path, rows: int) -> Path:
     import pyarrow.parquet as pq
 
     root = WORK / f"score-input-{rows}"
-    split = root / "test"
+    split = root / TEST
     if split.is_dir() and sum(pq.ParquetFile(f).metadata.num_rows for f in split.glob("*.parquet")) == rows:
         return split
     shutil.rmtree(root, ignore_errors=True)
     split.mkdir(parents=True)
-    shutil.copy(data / "metadata.json", root / "metadata.json")
-    base = pq.read_table(data / "test")
+    shutil.copy(data / METADATA_FILE, root / METADATA_FILE)
+    base = pq.read_table(data / TEST)
     reps = -(-rows // base.num_rows)
     table = pa.concat_tables([base] * reps).slice(0, rows)
     table = table.set_column(table.schema.get_field_index("row_id"), "row_id", pa.array(np.arange(rows, dtype=np.int64)))
@@ -56,14 +59,12 @@ def raw_torch_rate(model_path: Path, split: Path, batch: int = 8192) -> float:
     import pyarrow.parquet as pq
     import torch
 
-    from afm_dist.checkpoint import load_trained_model
+    from afm_dist.batch import to_batch
+    from afm_dist.model_dir import TrainedModel
 
     torch.set_num_threads(2)
-    model, _ = load_trained_model(model_path)
-    t = pq.read_table(split).slice(0, 1_000_000)  # a rate: the first million rows are enough
-    ids = torch.from_numpy(np.stack(t["ids"].to_numpy(zero_copy_only=False)).astype(np.int64))
-    vals = torch.from_numpy(np.stack(t["vals"].to_numpy(zero_copy_only=False)).astype(np.float32))
-    mask = torch.from_numpy(np.stack(t["mask"].to_numpy(zero_copy_only=False)).astype(bool))
+    model = TrainedModel.load(model_path).build()
+    ids, vals, mask = to_batch(pq.read_table(split).slice(0, 1_000_000)).inputs  # a rate: a million rows are enough
     n = len(ids)
     start = time.time()
     with torch.inference_mode():
@@ -88,7 +89,7 @@ def main() -> int:
     start = time.time()
     run(cmd, env={**env(), "AFM_SPARK_MASTER": "local[2]"})
     wall = time.time() - start
-    summary = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / METRICS_FILE).read_text())
     assert summary["rows"] == args.rows, summary
     spark_rate = args.rows / summary["seconds"]
     save("score", {

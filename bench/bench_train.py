@@ -11,12 +11,13 @@ of 2 workers, as fast as it can.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import VENV_BIN, WORK, run, save, synthetic_dataset  # noqa: E402
+from common import VENV_BIN, WORK, history, run, save, synthetic_dataset  # noqa: E402
+
+from afm_dist.dataset import TRAIN  # noqa: E402
 
 
 def train_rate(data, model: str, np_: int, epochs: int) -> float:
@@ -25,15 +26,14 @@ def train_rate(data, model: str, np_: int, epochs: int) -> float:
          VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
          "--overwrite", "--epochs", epochs, "--batch-size", "512", "--embedding-dim", "64",
          "--attention-factor", "64", "--log-every", "30"])
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return history[-1]["examples_per_s"]
+    return history(out)[-1]["examples_per_s"]
 
 
 def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
     from afm_dist.loader import train_batches
 
     rows, start = 0, time.time()
-    for b in train_batches(data / "train", rank=0, size=1, batch_size=batch, steps=10**9, seed=1):
+    for b in train_batches(data / TRAIN, rank=0, size=1, batch_size=batch, steps=10**9, seed=1):
         rows += len(b)
         if time.time() - start > seconds:
             break

@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from afm_dist.dataset import COMPLETE_MARKER
+from afm_dist.io import write_text_atomic
+from afm_dist.model_dir import METRICS
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 WORK = Path(os.environ.get("AFM_BENCH_WORK", REPO / "out" / "bench"))
@@ -31,12 +35,17 @@ def run(cmd: list[str], **kw) -> float:
 def synthetic_dataset(rows: int) -> Path:
     """A preprocessed data set of ``rows`` generated logs, built once and reused."""
     data = WORK / f"synthetic-{rows}" / "data"
-    if not (data / "_AFM_COMPLETE").exists():
+    if not (data / COMPLETE_MARKER).exists():
         logs = WORK / f"synthetic-{rows}" / "logs"
         run([REPO / "spark-submit.sh", "jobs/generate.py", "--rows", rows, "--output", logs, "--overwrite"])
         run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", "schemas/synthetic.yaml",
              "--input", logs, "--output", data, "--overwrite"])
     return data
+
+
+def history(model_dir: Path) -> list[dict]:
+    """The epochs of a training run (its model directory's metrics.jsonl)."""
+    return [json.loads(line) for line in (model_dir / METRICS).read_text().splitlines()]
 
 
 def machine() -> dict[str, str]:
@@ -51,6 +60,6 @@ def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **result}
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path

@@ -23,7 +23,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
-from afm_dist.dataset import write_text_atomic  # noqa: E402
+from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, SPLITS, TEST, read_metadata  # noqa: E402
+from afm_dist.io import write_text_atomic  # noqa: E402
+from afm_dist.model_dir import METRICS, TrainedModel  # noqa: E402
+from afm_dist.spark.scoring import METRICS_FILE  # noqa: E402
 from common import VENV_BIN, run  # noqa: E402  (bench/common.py: the command runner the benchmarks use)
 
 DOCS = REPO / "docs"
@@ -36,7 +39,7 @@ PAPER = {"fm": "0.3385", "afm": "0.3102"}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=os.environ.get("AFM_SHARED_DATA", str(REPO.parent / "shared" / "data")),
+    p.add_argument("--data-root", default=os.environ.get("AFM_DATA_DIR", str(REPO.parent / "shared" / "data")),
                    help="the shared data directory holding frappe/frappe_logs.tsv")
     p.add_argument("--work", default=str(REPO / "out" / "frappe-results"), help="data set and model directories")
     p.add_argument("--only", choices=("table", "sweeps"), help="run one part only")
@@ -82,14 +85,13 @@ class Experiment:
     def prepare(self) -> None:
         logs = Path(self.args.data_root) / "frappe" / "frappe_logs.tsv"
         if not logs.exists():
-            sys.exit(f"{logs} not found: pass --data-root (or AFM_SHARED_DATA) pointing at the shared data directory")
-        if not (self.data / "_AFM_COMPLETE").exists():
+            sys.exit(f"{logs} not found: pass --data-root (or AFM_DATA_DIR) pointing at the shared data directory")
+        if not (self.data / COMPLETE_MARKER).exists():
             run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", "schemas/frappe.yaml",
                 "--input", logs, "--output", self.data, "--overwrite"])
-        meta = json.loads((self.data / "metadata.json").read_text())
+        meta = read_metadata(self.data / METADATA_FILE)
         self.results["data"] = {"input": "frappe/frappe_logs.tsv", "schema": "schemas/frappe.yaml",
-                                "num_features": meta["num_features"],
-                                "rows": {s: meta["counts"][s]["rows"] for s in ("train", "validation", "test")}}
+                                "num_features": meta.num_features, "rows": {s: meta.split_rows(s) for s in SPLITS}}
 
     def train(self, name: str, model: str, settings: dict, *, init_from: str | None = None,
               test: bool = False) -> dict:
@@ -109,18 +111,18 @@ class Experiment:
         for flag, value in settings.items():
             cmd += [f"--{flag.replace('_', '-')}", value]
         seconds = run(cmd)
-        info = json.loads((out / "model.json").read_text())
-        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        info = TrainedModel.load(out)
+        history = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
         record = {"settings": key, "command": " ".join(map(str, cmd)).replace(str(REPO) + "/", ""),
-                  "parameters": info["num_parameters"], "best_epoch": info["best"]["epoch"],
-                  "best_val_rmse": info["best"]["val_rmse"], "epochs_run": len(history),
+                  "parameters": info.num_parameters, "best_epoch": info.best["epoch"],
+                  "best_val_rmse": info.best["val_rmse"], "epochs_run": len(history),
                   "val_rmse": [h["val_rmse"] for h in history], "train_rmse": [h["train_rmse"] for h in history],
                   "seconds": round(seconds, 1), "test_rmse": None}
         if test:
             scores = self.work / "scores" / name
-            run([REPO / "spark-submit.sh", "jobs/score.py", "--model", out, "--input", self.data / "test",
+            run([REPO / "spark-submit.sh", "jobs/score.py", "--model", out, "--input", self.data / TEST,
                 "--output", scores, "--overwrite"])
-            metrics = json.loads((scores / "metrics.json").read_text())
+            metrics = json.loads((scores / METRICS_FILE).read_text())
             record["test_rmse"], record["test_mae"], record["test_rows"] = metrics["rmse"], metrics["mae"], metrics["rows"]
         self.results["runs"][name] = record
         save_results(self.results)

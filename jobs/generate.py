@@ -3,46 +3,54 @@
     ./spark-submit.sh jobs/generate.py --rows 300000 --output out/synthetic_logs [--seed 2017]
 
 Output: tab-separated text files with a header line (columns user, item, daytime, weekday, city,
-device, rating), read by schemas/synthetic.yaml; a _SUCCESS marker (Spark's) and the directory
-appear only when complete.
+device, rating), read by schemas/synthetic.yaml; the directory appears only when complete
+(with Spark's _SUCCESS and afm-dist's completion marker).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from afm_dist.paths import publish_directory, validate_output_path
-from afm_dist.synthetic import generate_logs
+from afm_dist import cli
+from afm_dist.inputs import InputError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="jobs/generate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, required=True, help="number of log lines")
-    p.add_argument("--output", required=True, help="output directory")
+    cli.add_output(p)
     p.add_argument("--seed", type=int, default=2017)
     p.add_argument("--partitions", type=int, default=None, help="output files (default: scales with rows)")
     p.add_argument("--malformed-fraction", type=float, default=0.0,
                    help="share of lines with a non-number rating (to exercise rejected-row handling)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, *, spark=None) -> int:
     """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
-    out = validate_output_path(args.output, overwrite=args.overwrite)
-    from afm_dist.spark.session import build_session
-
-    spark = spark or build_session("afm-dist-generate")
     start = time.time()
-    with publish_directory(out, overwrite=args.overwrite) as staging:
-        logs = generate_logs(spark, args.rows, seed=args.seed, partitions=args.partitions,
+
+    def prepare() -> None:
+        if args.rows < 1:
+            raise InputError("--rows must be at least 1")
+        if not 0.0 <= args.malformed_fraction <= 1.0:
+            raise InputError("--malformed-fraction must be between 0 and 1")
+
+    def work(session, staging: Path, _) -> None:
+        from afm_dist.synthetic import generate_logs
+
+        logs = generate_logs(session, args.rows, seed=args.seed, partitions=args.partitions,
                              malformed_fraction=args.malformed_fraction)
-        (logs.write.mode("overwrite").option("header", True).option("sep", "\t")
-         .csv(str(staging)))
-    print(f"generate: {args.rows:,} rows in {time.time() - start:.1f}s -> {out}", file=sys.stderr)
-    return 0
+        logs.write.mode("overwrite").option("header", True).option("sep", "\t").csv(str(staging))
+
+    def report(_, out: Path) -> None:
+        print(f"generate: {args.rows:,} rows in {time.time() - start:.1f}s -> {out}", file=sys.stderr)
+
+    return cli.run_spark_job("generate", args, work, prepare=prepare, report=report, spark=spark)
 
 
 if __name__ == "__main__":

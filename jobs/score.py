@@ -13,92 +13,34 @@ Output DIR: ``predictions/`` (Parquet: key columns, label where present, predict
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-from afm_dist.checkpoint import read_model_dir
-from afm_dist.dataset import LABEL, DatasetError, mark_complete, strip_file_scheme
-from afm_dist.paths import OutputPathError, publish_directory, validate_output_path
-
-
-JOB = "score"
+from afm_dist import cli
+from afm_dist.model_dir import TrainedModel
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory written by afm_dist.train")
-    p.add_argument("--input", required=True, nargs="+", help="a preprocessed split directory, or raw log files")
-    p.add_argument("--output", required=True)
+    p = cli.model_job_parser("jobs/score.py", __doc__, "model directory written by afm_dist.train")
     p.add_argument("--no-clip", dest="clip", action="store_false",
-                   help="do not bound predictions to the training target's range")
+                   help="do not bound predictions to the training target's range (RMSE, MAE)")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per torch inference batch")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
-    p.add_argument("--table", action="append", default=[], metavar="NAME=PATH",
-                   help="raw input only: file(s) of a side table the model's schema joins (repeat per table)")
-    p.add_argument("--max-rejected-fraction", type=float, default=0.01)
-    p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, *, spark=None) -> int:
     """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
-    try:
-        info, _ = read_model_dir(args.model)
-        out = validate_output_path(args.output, overwrite=args.overwrite)
-    except (DatasetError, OutputPathError) as e:
-        print(f"{JOB}: error: {e}", file=sys.stderr)
-        return 2
-    from afm_dist.spark.session import build_session
 
-    spark = spark or build_session("afm-dist-score")
-    try:
-        summary = run(spark, args, info, out)
-    except DatasetError as e:  # bad input found once Spark read it: nothing was published
-        print(f"{JOB}: error: {e}", file=sys.stderr)
-        return 2
-    _print_table(summary, out)
-    return 0
+    def work(session, staging: Path, model: TrainedModel) -> dict:
+        from afm_dist.spark.scoring import score_input
 
+        return score_input(session, args.input, model, staging, clip=args.clip, batch_size=args.batch_size,
+                           threads=args.threads, tables=cli.tables(args),
+                           max_rejected_fraction=args.max_rejected_fraction)
 
-def run(spark, args: argparse.Namespace, info: dict, out: Path) -> dict:
-    """Score into a staging directory, publish it complete, return the metrics summary."""
-    from afm_dist.spark.inputs import check_encoded_split, is_encoded_split, load_encoded, parse_tables
-    from afm_dist.spark.scoring import binary_metrics, regression_metrics, score, score_split
-
-    start = time.time()
-    target = info["dataset"]["target"]
-    clip = (float(target["min"]), float(target["max"])) if args.clip and "min" in target else None
-    with publish_directory(out, overwrite=args.overwrite) as staging:
-        if is_encoded_split(args.input):  # its row groups are read by the Python workers themselves
-            check_encoded_split(args.input[0], info)
-            rejected = 0
-            scored = score_split(spark, strip_file_scheme(args.input[0]), args.model, clip=clip,
-                                 batch_size=args.batch_size, threads=args.threads)
-        else:
-            encoded, keys, rejected = load_encoded(spark, args.input, info, staging, model_dir=args.model,
-                                                   tables=parse_tables(args.table),
-                                                   max_rejected_fraction=args.max_rejected_fraction)
-            scored = score(spark, encoded, args.model, keep=keys, clip=clip, batch_size=args.batch_size,
-                           threads=args.threads)
-        scored.write.parquet(str(staging / "predictions"))
-        print(f"{JOB}: predictions written after {time.time() - start:.1f} s; computing metrics", file=sys.stderr,
-              flush=True)
-        predictions = spark.read.parquet(str(staging / "predictions"))
-        summary = {"model": str(Path(args.model).resolve()), "inputs": args.input, "clipped_to": clip,
-                   "rejected_rows": rejected}
-        if LABEL in predictions.columns:
-            summary.update(regression_metrics(predictions))
-            if target.get("kind") == "implicit":
-                summary.update(binary_metrics(predictions))
-        else:
-            summary["rows"] = predictions.count()
-        summary["seconds"] = round(time.time() - start, 2)
-        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        mark_complete(staging)
-    return summary
+    return cli.run_spark_job("score", args, work, prepare=lambda: TrainedModel.load(args.model), report=_print_table,
+                             spark=spark)
 
 
 def _print_table(summary: dict, out: Path) -> None:

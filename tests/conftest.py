@@ -63,14 +63,19 @@ def run_horovod(args: list[str], *, np: int = 2, timeout: float = 300, env: dict
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_job(name: str, argv: list[str], spark) -> int:
-    """Run ``jobs/NAME.py``'s main(argv) in this process, on the tests' Spark session."""
+def job_module(name: str):
+    """``jobs/NAME.py`` as a module (jobs/ is not a package): the one way tests load a job."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"afm_jobs_{name}", REPO / "jobs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(argv, spark=spark)
+    return module
+
+
+def run_job(name: str, argv: list[str], spark) -> int:
+    """Run ``jobs/NAME.py``'s main(argv) in this process, on the tests' Spark session."""
+    return job_module(name).main([str(a) for a in argv], spark=spark)
 
 
 PLANTED_ROWS = 20_000

@@ -15,35 +15,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afm_dist.models.fm import ScoringModel
-from afm_dist.models.layers import AttentionPooling, FeaturesEmbedding, FeaturesLinear, masked_values, pair_index
+from afm_dist.models.attention import AttentionPooling
+from afm_dist.models.base import ScoringModel
+from afm_dist.models.layers import masked_values, pair_index
 
 
 class AFM(ScoringModel):
     """AFM returning raw scores (B,).
 
-    Args:
-        num_features: N.
+    Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``):
         num_slots: M (the attention's pair index is built once for it).
-        embedding_dim: k.
         attention_factor: t.
         dropout: dropout on the attention-based pooling output (k,), before p: the paper's
             dropout on the pair-wise interaction layer.
         attention_dropout: dropout on the attention weights a_ij.
-        init_std: standard deviation of the embeddings' normal initialisation.
         naive: materialise the (B, P, k) pair products and keep every activation for backward
             (reference path); by default the memory-efficient path of ``AttentionPooling``.
         chunk_elements: memory budget of the efficient path (see ``AttentionPooling``).
-        sparse_embeddings: sparse gradients for the embedding tables.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, attention_factor: int,
                  dropout: float = 0.0, attention_dropout: float = 0.0, init_std: float = 0.01, naive: bool = False,
                  chunk_elements: int = 1 << 22, sparse_embeddings: bool = False) -> None:
-        super().__init__()
+        super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         self.num_slots = num_slots
-        self.linear = FeaturesLinear(num_features)
-        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
         self.attention = AttentionPooling(num_slots, embedding_dim, attention_factor, attention_dropout, naive,
                                           chunk_elements)
         self.dropout = nn.Dropout(dropout)
@@ -66,10 +61,40 @@ class AFM(ScoringModel):
 
         A row with fewer than two real slots has no pair: its pair term is 0 and its attention row 0.
         """
+        scores, attention, _ = self._scores(ids, vals, mask)
+        if return_attention:
+            return scores, attention
+        return scores
+
+    def pair_terms(self, ids: torch.Tensor, vals: torch.Tensor,
+                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores and their pair terms, for explanations (the paper's Table 1).
+
+        ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,) as ``forward``,
+        attention a_ij (B, P) as ``forward(..., return_attention=True)``, and the interaction score
+        of every slot pair (B, P), pairs in ``torch.triu_indices(M, M, 1)`` order:
+
+            y = w0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i * v_j) x_i x_j      (Xiao et al. 2017, eq. 5)
+              = w0 + sum_i w_i x_i + sum_{i<j} a_ij s_ij,      s_ij = p^T (v_i * v_j) x_i x_j
+
+        s_ij is 0 for a pair with a padded slot (its x is 0), as is a_ij. In eval mode (no dropout)
+        the scores equal the linear part plus ``(attention * interaction).sum(1)``, up to
+        floating-point rounding.
+        """
+        scores, attention, e = self._scores(ids, vals, mask)
+        B, M, _ = e.shape
+        rows, cols = self.attention.pairs.rows, self.attention.pairs.cols  # (P,)
+        # p^T (e_i * e_j) = sum_f e_if p_f e_jf: entry (i, j) of the (B, M, M) matrix (e p) e^T,
+        # with no (B, P, k) tensor of pair products.
+        gram = torch.bmm(e * self.p, e.transpose(1, 2))  # (B, M, M)
+        interaction = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
+        return scores, attention, interaction
+
+    def _scores(self, ids: torch.Tensor, vals: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores (B,), attention a_ij (B, P) and the embeddings e_i = v_i x_i (B, M, k)."""
         xs = masked_values(vals, mask)  # (B, M)
         e = self.embedding(ids, xs)  # (B, M, k)
         pooled, attention = self.attention(e, mask)  # (B, k), (B, P)
         scores = self.linear(ids, xs) + self.dropout(pooled) @ self.p  # (B,)
-        if return_attention:
-            return scores, attention
-        return scores
+        return scores, attention, e

@@ -9,28 +9,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afm_dist.models.fm import ScoringModel
-from afm_dist.models.layers import MLP, FeaturesEmbedding, FeaturesLinear, ResidualUnit, masked_values
+from afm_dist.models.base import ScoringModel
+from afm_dist.models.layers import MLP, ResidualUnit, masked_values
 
 
 class WideDeep(ScoringModel):
     """Wide&Deep: y = w0 + sum_i w_i x_i + MLP([e_1, ..., e_M]).
 
-    Args:
-        num_features: N.
+    Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``):
         num_slots: M.
-        embedding_dim: k.
         hidden_sizes: widths of the MLP's hidden layers (then a linear layer to 1).
         dropout: dropout after each hidden layer.
-        init_std: standard deviation of the embeddings' normal initialisation.
-        sparse_embeddings: sparse gradients for the embedding table.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, hidden_sizes: tuple[int, ...],
                  dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False) -> None:
-        super().__init__()
-        self.linear = FeaturesLinear(num_features)
-        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
+        super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         self.mlp = MLP(num_slots * embedding_dim, hidden_sizes, dropout)
 
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,22 +40,16 @@ class DeepCross(ScoringModel):
         y = w0 + sum_i w_i x_i + w^T R_L(... R_1([e_1, ..., e_M])) + c,
         R(x) = x + W2 ReLU(W1 x + b1) + b2
 
-    Args:
-        num_features: N.
+    Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``):
         num_slots: M.
-        embedding_dim: k.
         residual_sizes: inner width of each residual unit (each unit maps d to d).
         dropout: dropout after each residual unit.
-        init_std: standard deviation of the embeddings' normal initialisation.
-        sparse_embeddings: sparse gradients for the embedding table.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, residual_sizes: tuple[int, ...],
                  dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False) -> None:
-        super().__init__()
+        super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         width = num_slots * embedding_dim
-        self.linear = FeaturesLinear(num_features)
-        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
         self.residual = nn.Sequential(*(nn.Sequential(ResidualUnit(width, size), nn.Dropout(dropout))
                                         for size in residual_sizes))
         self.output = nn.Linear(width, 1)

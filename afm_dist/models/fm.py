@@ -10,19 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, FeaturesLinear, masked_values
-
-
-class ScoringModel(nn.Module):
-    """What every model of this package offers besides ``forward(ids, vals, mask) -> (B,)``."""
-
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def l2_penalty(self) -> torch.Tensor:
-        """The regularised squared norm the trainer multiplies by lambda; 0 unless a model says otherwise."""
-        return next(self.parameters()).new_zeros(())
+from afm_dist.models.base import ScoringModel
+from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, masked_values
 
 
 class FM(ScoringModel):
@@ -33,19 +22,13 @@ class FM(ScoringModel):
     computed in O(M k) as 1^T [1/2 ((sum_i e_i)^2 - sum_i e_i^2)], the bi-interaction vector (k,)
     projected by ones, as the AFM paper's FM; dropout acts on that k-vector (its interaction layer).
 
-    Args:
-        num_features: N.
-        embedding_dim: k.
+    Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``):
         dropout: dropout on the bi-interaction vector.
-        init_std: standard deviation of the embeddings' normal initialisation.
-        sparse_embeddings: sparse gradients for the embedding table.
     """
 
     def __init__(self, num_features: int, embedding_dim: int, dropout: float = 0.0, init_std: float = 0.01,
                  sparse_embeddings: bool = False) -> None:
-        super().__init__()
-        self.linear = FeaturesLinear(num_features)
-        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
+        super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         self.interaction = BiInteraction()
         self.dropout = nn.Dropout(dropout)
 
@@ -67,19 +50,14 @@ class HOFM(ScoringModel):
     p_m = sum_i a_i^m of a_i = u_if x_i with Newton's identity for the elementary symmetric
     polynomial: e_3 = (p_1^3 - 3 p_1 p_2 + 2 p_3) / 6. O(M k), no loop over triples.
 
-    Args:
-        num_features: N.
-        embedding_dim: k, for both tables.
+    Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``; the
+    order-3 table u has the same size k, initialisation and gradients as the order-2 table v):
         dropout: dropout on each order's interaction vector (k,) before summing.
-        init_std: standard deviation of the embeddings' normal initialisation.
-        sparse_embeddings: sparse gradients for the embedding tables.
     """
 
     def __init__(self, num_features: int, embedding_dim: int, dropout: float = 0.0, init_std: float = 0.01,
                  sparse_embeddings: bool = False) -> None:
-        super().__init__()
-        self.linear = FeaturesLinear(num_features)
-        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)  # v, order 2
+        super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)  # self.embedding: v, order 2
         self.embedding3 = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)  # u, order 3
         self.interaction = BiInteraction()
         self.dropout = nn.Dropout(dropout)

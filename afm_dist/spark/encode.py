@@ -22,11 +22,14 @@ from typing import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import IDS, LABEL as OUT_LABEL, MASK, ROW_ID, VALS, FieldLayout
+from afm_dist.dataset import IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS, FieldLayout
 from afm_dist.schema import Field, Split
 from afm_dist.spark.parse import LABEL, LIBFM_IDS, LIBFM_VALS
 from afm_dist.spark.readers import TEXT
 
+# Vocabularies (and a multi-valued field's distinct lists) up to this many rows are broadcast for
+# encoding (a map-side join); larger ones are joined with a shuffle.
+BROADCAST_LIMIT = 5_000_000
 SPLIT = "split"  # split name column of the instances table (becomes the directory)
 POSITIVE, NEGATIVE = 1.0, -1.0  # implicit-feedback targets, as the paper
 LISTS = "\u0000lists"  # suffix of the pseudo-field counting a multi-valued field's distinct lists
@@ -180,7 +183,7 @@ def _shift(offset: int):
 
 
 def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataFrame | None,
-                  sizes: Mapping[str, int], *, broadcast_limit: int,
+                  sizes: Mapping[str, int], *, broadcast_limit: int = BROADCAST_LIMIT,
                   lists: Mapping[str, DataFrame] | None = None) -> DataFrame:
     """Replace each categorical value by its local id (int; 0 when out of vocabulary) and each
     multi-valued list by a list of ids; numeric fields are left as they are.
@@ -319,9 +322,9 @@ def assign_splits(instances: DataFrame, split: Split, seed: int) -> DataFrame:
     u = F.pmod(F.xxhash64(F.lit("split"), F.lit(seed), F.col(ROW_ID)), F.lit(scale)) / float(scale)
     return instances.withColumn(
         SPLIT,
-        F.when(u < split.train, F.lit("train"))
-        .when(u < split.train + split.validation, F.lit("validation"))
-        .otherwise(F.lit("test")),
+        F.when(u < split.train, F.lit(TRAIN))
+        .when(u < split.train + split.validation, F.lit(VALIDATION))
+        .otherwise(F.lit(TEST)),
     )
 
 
@@ -337,7 +340,7 @@ def train_statistics(instances: DataFrame, fields: Sequence[Field]) -> dict[str,
         x = F.col(f.name)
         aggs += [F.sum(x.cast(_EXACT)).alias(f"{f.name}__s"), F.sum((x * x).cast(_EXACT)).alias(f"{f.name}__q"),
                  F.count(f.name).alias(f"{f.name}__n")]
-    row = instances.filter(F.col(SPLIT) == "train").agg(*aggs).first()
+    row = instances.filter(F.col(SPLIT) == TRAIN).agg(*aggs).first()
     stats = {}
     for f in std_fields:
         s, q, n = row[f"{f.name}__s"], row[f"{f.name}__q"], row[f"{f.name}__n"]

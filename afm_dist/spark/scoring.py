@@ -1,26 +1,31 @@
-"""Batch scoring and attention explanations on Spark executors (pure DataFrame -> DataFrame).
+"""Batch scoring on Spark executors (pure DataFrame -> DataFrame), and the scoring job's steps.
 
-The trained model travels once per job as a broadcast (model.json content and safetensors
-bytes) and is rebuilt once per executor Python process, then reused by every task that process
-runs; each task scores its partition in Arrow batches with torch, so memory stays bounded by the
-batch size whatever the size of the log.
+The trained model travels once per job as a broadcast (``ModelPayload``: model.json content and
+safetensors bytes, read once) and is rebuilt once per executor Python process, then reused by
+every task that process runs; each task scores its partition in Arrow batches with torch, so
+memory stays bounded by the batch size whatever the size of the log.
 """
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.checkpoint import MODEL_INFO, MODEL_WEIGHTS, read_model_dir
-from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS
+from afm_dist.batch import to_batch
+from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
+from afm_dist.io import write_json_atomic
+from afm_dist.model_dir import TrainedModel
+from afm_dist.spark.model_input import check_encoded_split, is_encoded_split, load_encoded
 
 PREDICTION = "prediction"
+PREDICTIONS, METRICS_FILE = "predictions", "metrics.json"  # what a scoring output directory holds
 
 # Executor-side cache: one rebuilt model per (model hash) per Python worker process.
 _MODELS: dict[str, Any] = {}
@@ -29,62 +34,29 @@ _MODELS: dict[str, Any] = {}
 class ModelPayload:
     """What executors need to rebuild a trained model: its model.json and its weights' bytes."""
 
-    def __init__(self, model_dir: str | Path):
-        read_model_dir(model_dir)  # refuses an unfinished model directory
-        d = Path(model_dir)
-        self.info_json = (d / MODEL_INFO).read_text(encoding="utf-8")
-        self.weights = (d / MODEL_WEIGHTS).read_bytes()
+    def __init__(self, model: TrainedModel):
+        self.info_json = model.to_json()
+        self.weights = model.weights_bytes()
         self.key = hashlib.sha256(self.weights).hexdigest()[:16]
 
-    @property
-    def info(self) -> dict[str, Any]:
-        return json.loads(self.info_json)
+
+def broadcast_model(spark: SparkSession, model: TrainedModel) -> Broadcast:
+    """The model as a broadcast ``ModelPayload``: its weights read once, sent once per executor."""
+    return spark.sparkContext.broadcast(ModelPayload(model))
 
 
-def _model(payload: ModelPayload, threads: int):
-    model = _MODELS.get(payload.key)
+def executor_model(payload: Broadcast, threads: int):
+    """The broadcast model, rebuilt once per executor process (eval mode)."""
+    p: ModelPayload = payload.value
+    model = _MODELS.get(p.key)
     if model is None:
         import torch
-        from safetensors.torch import load as load_safetensors
-
-        from afm_dist.checkpoint import model_from_parts
 
         torch.set_num_threads(threads)
-        model = model_from_parts(json.loads(payload.info_json), load_safetensors(payload.weights))
+        model = TrainedModel.from_json(p.info_json).build(p.weights)
         _MODELS.clear()  # one model per process: a new job's model replaces the last
-        _MODELS[payload.key] = model
+        _MODELS[p.key] = model
     return model
-
-
-def _tensors(pdf: pd.DataFrame):
-    import torch
-
-    ids = torch.from_numpy(np.stack(pdf[IDS].to_numpy()).astype(np.int64, copy=False))
-    vals = torch.from_numpy(np.stack(pdf[VALS].to_numpy()).astype(np.float32, copy=False))
-    mask = torch.from_numpy(np.stack(pdf[MASK].to_numpy()).astype(bool, copy=False))
-    return ids, vals, mask
-
-
-def _fixed_width(batch, name: str, dtype) -> np.ndarray:
-    """A fixed-width list column of an Arrow batch as a (rows, width) array, without per-row work."""
-    col = batch.column(name)
-    n = len(col)
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    width = flat.size // n if n else 0
-    if n and (flat.size != n * width or col.null_count):
-        raise ValueError(f"column {name!r} is not a fixed-width list (rows of different lengths or nulls): "
-                         "score a split written by jobs/preprocess.py or raw logs of the model's schema")
-    out = flat.reshape(n, width).astype(dtype, copy=False)
-    return out if out.flags.writeable else out.copy()  # torch wants writable memory (Arrow's is not)
-
-
-def _arrow_tensors(batch):
-    """(ids int64, vals float32, mask bool) tensors (B, M) of an Arrow RecordBatch."""
-    import torch
-
-    return (torch.from_numpy(_fixed_width(batch, IDS, np.int64)),
-            torch.from_numpy(_fixed_width(batch, VALS, np.float32)),
-            torch.from_numpy(_fixed_width(batch, MASK, np.int8) != 0))
 
 
 def _predict(model, batch, clip: tuple[float, float] | None) -> np.ndarray:
@@ -92,18 +64,17 @@ def _predict(model, batch, clip: tuple[float, float] | None) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        pred = model(*_arrow_tensors(batch)).double().numpy()
+        pred = model(*to_batch(batch).inputs).double().numpy()
     return pred if clip is None else np.clip(pred, *clip)
 
 
-def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, keep: list[str],
+def score(spark: SparkSession, encoded: DataFrame, payload: Broadcast, *, keep: list[str],
           clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Add ``prediction`` to an encoded DataFrame (ids, vals, mask [, label]); keep ``keep`` columns.
 
     Returns ``keep`` columns, ``label`` where the input has it, and ``prediction``
     (clipped to ``clip`` when given, as the paper's evaluation does).
     """
-    payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
     has_label = LABEL in encoded.columns
     in_cols = keep + [IDS, VALS, MASK] + ([LABEL] if has_label else [])
     out_cols = keep + ([LABEL] if has_label else [])
@@ -112,7 +83,7 @@ def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, kee
     def predict(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
         import pyarrow as pa
 
-        model = _model(payload.value, threads)
+        model = executor_model(payload, threads)
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
@@ -125,7 +96,7 @@ def score(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, kee
     return encoded.select(*in_cols).mapInArrow(predict, schema=out_schema)
 
 
-def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Path, *,
+def score_split(spark: SparkSession, split_dir: str | Path, payload: Broadcast, *,
                 clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Score a split written by jobs/preprocess.py: ``row_id``, ``label`` and ``prediction``.
 
@@ -140,20 +111,17 @@ def score_split(spark: SparkSession, split_dir: str | Path, model_dir: str | Pat
     split = Path(split_dir).resolve()
     files = sorted(str(f) for f in split.glob("*.parquet"))
     if not files:
-        from afm_dist.dataset import DatasetError
-
         raise DatasetError(f"{split}: no Parquet files; pass a split directory written by jobs/preprocess.py")
     schema = pq.read_schema(files[0])
     has_label = LABEL in schema.names
     tasks = [(f, g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]  # footers only
-    payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
     cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
     out_cols = [ROW_ID] + ([LABEL] if has_label else [])
 
     def predict(index_batches):  # Iterator[RecordBatch of task indices] -> Iterator[RecordBatch]
         import pyarrow as pa
 
-        model = _model(payload.value, threads)
+        model = executor_model(payload, threads)
         for ib in index_batches:
             for index in ib.column(0).to_pylist():
                 path, group = tasks[index]
@@ -191,81 +159,39 @@ def binary_metrics(scored: DataFrame) -> dict[str, float]:
     return {"logloss": float(logloss), "auc": float(auc)}
 
 
-def attention_sums(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, slot_fields: list[int],
-                   batch_size: int = 8192, threads: int = 1) -> DataFrame:
-    """Per field pair (fi <= fj): total attention over rows, and rows where the pair occurs.
+def score_input(spark: SparkSession, inputs: Sequence[str], model: TrainedModel, out: Path, *, clip: bool,
+                batch_size: int, threads: int, tables: Mapping[str, Sequence[str]],
+                max_rejected_fraction: float) -> dict[str, Any]:
+    """Score a preprocessed split or raw logs into ``out``: ``predictions/``, ``rejected/`` (raw
+    logs) and ``metrics.json`` (rows, RMSE, MAE; log loss and AUC for implicit targets).
+    Returns the metrics summary.
 
-    ``slot_fields[s]`` is the field index of slot s; attention of slot pairs in the same field
-    pair (multi-valued fields) is added within a row. Partial sums per batch are reduced by Spark.
+    Raises:
+        DatasetError: a split of another data set, unusable raw input, too many malformed rows.
     """
-    payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
-    slot_fields_arr = np.asarray(slot_fields)
-    num_fields = int(slot_fields_arr.max()) + 1
-
-    def partial(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
-        import pyarrow as pa
-        import torch
-
-        model = _model(payload.value, threads)
-        pi, pj = (t.numpy() for t in model.pair_index())
-        fa, fb = slot_fields_arr[pi], slot_fields_arr[pj]
-        lo_f, hi_f = np.minimum(fa, fb), np.maximum(fa, fb)
-        pair_field = lo_f * num_fields + hi_f  # (P,) field-pair code of every slot pair
-        codes = np.unique(pair_field)
-        onehot = (pair_field[:, None] == codes[None, :]).astype(np.float64)  # (P, C)
-        for batch in batches:
-            for start in range(0, batch.num_rows, batch_size):
-                ids, vals, mask = _arrow_tensors(batch.slice(start, batch_size))
-                with torch.inference_mode():
-                    _, att = model(ids, vals, mask, return_attention=True)
-                m = mask.numpy()
-                present = (m[:, pi] & m[:, pj]).astype(np.float64) @ onehot > 0  # (B, C)
-                per_row = att.double().numpy() @ onehot  # (B, C) attention of each field pair in each row
-                yield pa.RecordBatch.from_pydict({
-                    "field_a": (codes // num_fields).astype(np.int64), "field_b": (codes % num_fields).astype(np.int64),
-                    "attention": per_row.sum(axis=0), "rows": present.sum(axis=0).astype(np.int64)})
-
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    sums = encoded.select(IDS, VALS, MASK).mapInArrow(
-        partial, schema="field_a long, field_b long, attention double, rows long")
-    return sums.groupBy("field_a", "field_b").agg(F.sum("attention").alias("attention"),
-                                                 F.sum("rows").alias("rows"))
-
-
-def explain_rows(spark: SparkSession, encoded: DataFrame, model_dir: str | Path, *, threads: int = 1) -> DataFrame:
-    """One output row per (input row, active slot pair): ids of both features, attention a_ij,
-    interaction score pᵀ(v_i ⊙ v_j) x_i x_j and its weighted contribution a_ij · score, and the row's prediction.
-    Meant for a sample of rows (the paper's Table 1)."""
-    payload = spark.sparkContext.broadcast(ModelPayload(model_dir))
-    has_label = LABEL in encoded.columns
-
-    def explain(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import torch
-
-        model = _model(payload.value, threads)
-        pi, pj = model.pair_index()
-        for pdf in batches:
-            ids, vals, mask = _tensors(pdf)
-            with torch.inference_mode():
-                pred, att = model(ids, vals, mask, return_attention=True)
-                xs = torch.where(mask, vals, torch.zeros_like(vals))
-                e = model.embedding(ids, xs)  # (B, M, k)
-                inter = (e[:, pi] * e[:, pj]) @ model.p  # (B, P)
-            active = (mask[:, pi] & mask[:, pj]).numpy()
-            r, c = np.nonzero(active)
-            out = pd.DataFrame({
-                ROW_ID: pdf[ROW_ID].to_numpy()[r],
-                "slot_a": pi.numpy()[c], "slot_b": pj.numpy()[c],
-                "id_a": ids.numpy()[r, pi.numpy()[c]], "id_b": ids.numpy()[r, pj.numpy()[c]],
-                "attention": att.numpy()[r, c].astype(np.float64),
-                "interaction": inter.numpy()[r, c].astype(np.float64),
-                PREDICTION: pred.numpy()[r].astype(np.float64),
-                LABEL: (pdf[LABEL].to_numpy()[r] if has_label else np.full(len(r), np.nan)).astype(np.float64),
-            })
-            out["contribution"] = out["attention"] * out["interaction"]
-            yield out
-
-    schema = (f"{ROW_ID} long, slot_a long, slot_b long, id_a long, id_b long, attention double, "
-              f"interaction double, {PREDICTION} double, {LABEL} double, contribution double")
-    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
-    return encoded.select(*cols).mapInPandas(explain, schema=schema)
+    start = time.time()
+    clip_range = model.clip_range if clip else None
+    payload = broadcast_model(spark, model)
+    if is_encoded_split(inputs):  # its row groups are read by the Python workers themselves
+        scored = score_split(spark, check_encoded_split(inputs[0], model), payload, clip=clip_range,
+                             batch_size=batch_size, threads=threads)
+        rejected = 0
+    else:
+        encoded, keys, rejected = load_encoded(spark, inputs, model, out, tables=tables,
+                                               max_rejected_fraction=max_rejected_fraction)
+        scored = score(spark, encoded, payload, keep=keys, clip=clip_range, batch_size=batch_size, threads=threads)
+    scored.write.parquet(str(out / PREDICTIONS))
+    print(f"score: predictions written after {time.time() - start:.1f} s; computing metrics", file=sys.stderr,
+          flush=True)
+    predictions = spark.read.parquet(str(out / PREDICTIONS))
+    summary: dict[str, Any] = {"model": str(model.path), "inputs": list(inputs), "clipped_to": clip_range,
+                               "rejected_rows": rejected}
+    if LABEL in predictions.columns:
+        summary.update(regression_metrics(predictions))
+        if model.dataset.target.get("kind") == "implicit":
+            summary.update(binary_metrics(predictions))
+    else:
+        summary["rows"] = predictions.count()
+    summary["seconds"] = round(time.time() - start, 2)
+    write_json_atomic(out / METRICS_FILE, summary)
+    return summary

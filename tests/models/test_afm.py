@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afm_dist.models import AFM, FM, init_from_fm
-from afm_dist.models.layers import AttentionPooling, ScratchPool, _EfficientAttentionPooling
+from afm_dist.models.attention import AttentionPooling, ScratchPool, _EfficientAttentionPooling
 
 N, M, K, T = 20, 6, 5, 3
 
@@ -49,6 +49,37 @@ def test_afm_equals_equations_2_to_6(make_batch, naive):
     scores, attention = model(ids, vals, mask, return_attention=True)
     torch.testing.assert_close(scores, expected_scores, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(attention, expected_attention, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("naive", [True, False])
+def test_pair_terms_split_the_scores_pair_by_pair(naive):
+    """pair_terms: forward's scores and attention, and p^T (v_i * v_j) x_i x_j of every pair from the
+    table and p directly; scores = linear part + sum_P attention * interaction (eq. 5)."""
+    ids = torch.tensor([[1, 4, 7, 9], [2, 5, 0, 8], [3, 6, 0, 0]])
+    vals = torch.tensor([[1.0, 0.5, -0.25, 1.5], [0.75, 1.0, 0.0, -0.5], [1.25, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, True], [True, False, False, False]])
+    vals[1, 2] = 0.8  # a value under a padded slot: the mask must drop it
+    torch.manual_seed(3)
+    model = AFM(10, 4, K, T, init_std=0.5, naive=naive).double().eval()
+    torch.nn.init.normal_(model.linear.weight.weight)
+    torch.nn.init.normal_(model.p)
+    with torch.no_grad():
+        scores, attention, interaction = model.pair_terms(ids, vals, mask)
+        forward_scores, forward_attention = model(ids, vals, mask, return_attention=True)
+    v, w = model.embedding.weight.detach(), model.linear.weight.weight.detach()[:, 0]
+    pairs = list(combinations(range(4), 2))  # torch.triu_indices(4, 4, 1) order
+    expected = torch.zeros(3, len(pairs), dtype=torch.float64)
+    for b in range(3):
+        for n, (i, j) in enumerate(pairs):
+            if mask[b, i] and mask[b, j]:
+                expected[b, n] = model.p.detach() @ (v[ids[b, i]] * v[ids[b, j]]) * vals[b, i] * vals[b, j]
+    assert interaction.shape == attention.shape == (3, 6) and scores.shape == (3,)
+    torch.testing.assert_close(interaction, expected, rtol=1e-12, atol=1e-12)
+    assert torch.all(interaction[1, [1, 3, 5]] == 0.0) and torch.all(interaction[2] == 0.0)  # padded slot 2; one slot
+    torch.testing.assert_close(scores, forward_scores, rtol=0, atol=0)
+    torch.testing.assert_close(attention, forward_attention, rtol=0, atol=0)
+    linear = model.linear.bias.detach() + (w[ids] * vals * mask).sum(1)  # (B,)
+    torch.testing.assert_close(scores, linear + (attention * interaction).sum(1), rtol=1e-12, atol=1e-12)
 
 
 def test_pair_index_is_triu_order():

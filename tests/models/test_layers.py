@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from afm_dist.models.layers import (AttentionPooling, BiInteraction, PairwiseInteraction, masked_softmax,
-                                    pair_index, pair_runs)
+from afm_dist.models.attention import AttentionPooling, pair_runs
+from afm_dist.models.layers import BiInteraction, PairwiseInteraction, masked_softmax, pair_index
 
 
 def test_pair_index_is_triu_indices():

@@ -6,10 +6,12 @@ import copy
 import pytest
 import yaml
 
-from afm_dist import preprocess
+from afm_dist import inputs
 from afm_dist.schema import SchemaError, load_schema, parse_schema, schema_from_dict
 
-from .util import REPO, job_module, write_lines
+from tests.conftest import job_module
+
+from .util import REPO, write_lines
 
 SHIPPED = ["frappe", "frappe_libfm", "movielens_tags", "movielens_ratings"]
 
@@ -137,27 +139,27 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
 def test_plan_checks_headers_against_the_schema(tmp_path):
     schema = parse_schema(BASE)
     good = write_lines(tmp_path / "a.csv", ["user,item,genres,age", "u1,i1,a|b,3"])
-    p = preprocess.plan(schema, [str(good)])
+    p = inputs.plan(schema, [str(good)])
     assert p.logs.columns == ("user", "item", "genres", "age") and p.logs.header_lines == ("user,item,genres,age",)
     bad = write_lines(tmp_path / "b.csv", ["user,item,genre,age", "u1,i1,a|b,3"])
-    with pytest.raises(preprocess.InputError,
+    with pytest.raises(inputs.InputError,
                        match=r"field 'genres': column 'genres' is not in the header of .*b\.csv"):
-        preprocess.plan(schema, [str(bad)])
+        inputs.plan(schema, [str(bad)])
     other = write_lines(tmp_path / "c.csv", ["item,user,genres,age"])
-    with pytest.raises(preprocess.InputError, match="all files of one input must share the header"):
-        preprocess.plan(schema, [str(good), str(other)])
-    with pytest.raises(preprocess.InputError, match="no such file or directory"):
-        preprocess.plan(schema, [str(tmp_path / "missing.csv")])
+    with pytest.raises(inputs.InputError, match="all files of one input must share the header"):
+        inputs.plan(schema, [str(good), str(other)])
+    with pytest.raises(inputs.InputError, match="no such file or directory"):
+        inputs.plan(schema, [str(tmp_path / "missing.csv")])
 
 
 def test_plan_needs_every_side_table(tmp_path):
     schema = load_schema(REPO / "schemas/movielens_ratings.yaml")
     logs = write_lines(tmp_path / "r.csv", ["userId,movieId,rating,timestamp"])
-    with pytest.raises(preprocess.InputError, match=r"table 'movies': pass its file\(s\) with --table movies=PATH"):
-        preprocess.plan(schema, [str(logs)])
+    with pytest.raises(inputs.InputError, match=r"table 'movies': pass its file\(s\) with --table movies=PATH"):
+        inputs.plan(schema, [str(logs)])
     movies = write_lines(tmp_path / "m.csv", ["movieId,title"])
-    with pytest.raises(preprocess.InputError, match="field 'genres': column 'genres' is not in the header"):
-        preprocess.plan(schema, [str(logs)], {"movies": [str(movies)]})
+    with pytest.raises(inputs.InputError, match="field 'genres': column 'genres' is not in the header"):
+        inputs.plan(schema, [str(logs)], {"movies": [str(movies)]})
 
 
 def test_job_fails_before_spark_starts(tmp_path, monkeypatch, capsys):
@@ -167,7 +169,7 @@ def test_job_fails_before_spark_starts(tmp_path, monkeypatch, capsys):
         raise AssertionError("Spark started for a job that had to fail first")
 
     monkeypatch.setattr(session, "build_session", no_spark)
-    job = job_module()
+    job = job_module("preprocess")
     schema = tmp_path / "s.yaml"
     schema.write_text(yaml.safe_dump(with_change(lambda d: d["fields"][1].update(kind="numerical"))))
     logs = write_lines(tmp_path / "a.csv", ["user,item,genres,age"])

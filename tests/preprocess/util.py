@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -10,20 +9,14 @@ from typing import Sequence
 import pyarrow.parquet as pq
 
 from afm_dist.dataset import SPLITS
+from tests import conftest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def job_module():
-    """jobs/preprocess.py as a module (jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("afm_jobs_preprocess", REPO / "jobs" / "preprocess.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def run_job(spark, *args: str) -> int:
-    return job_module().main([str(a) for a in args], spark=spark)
+    """Run jobs/preprocess.py in this process (``tests.conftest.run_job``)."""
+    return conftest.run_job("preprocess", list(args), spark)
 
 
 def read_split(out: Path, split: str) -> list[dict]:

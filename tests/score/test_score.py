@@ -9,22 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from afm_dist.checkpoint import load_trained_model
+from afm_dist.batch import to_batch
 from afm_dist.dataset import COMPLETE_MARKER
+from afm_dist.model_dir import TrainedModel
 from afm_dist.synthetic import PLANTED_PAIRS
 from tests.conftest import run_job
 
 
 def direct_rmse(model_dir, split_dir, clip) -> tuple[float, int]:
     """RMSE with the model in plain torch, no Spark and no Petastorm."""
-    model, _ = load_trained_model(model_dir)
-    t = pq.read_table(split_dir)
-    ids = torch.from_numpy(np.stack(t["ids"].to_numpy(zero_copy_only=False)).astype(np.int64))
-    vals = torch.from_numpy(np.stack(t["vals"].to_numpy(zero_copy_only=False)).astype(np.float32))
-    mask = torch.from_numpy(np.stack(t["mask"].to_numpy(zero_copy_only=False)).astype(bool))
-    y = t["label"].to_numpy().astype(np.float64)
+    model = TrainedModel.load(model_dir).build()
+    batch = to_batch(pq.read_table(split_dir))
+    y = batch.label.double().numpy()
     with torch.inference_mode():
-        pred = model(ids, vals, mask).double().numpy()
+        pred = model(*batch.inputs).double().numpy()
     pred = np.clip(pred, *clip)
     return float(np.sqrt(np.mean((pred - y) ** 2))), len(y)
 
@@ -117,7 +115,7 @@ def test_score_raw_logs_with_unseen_values_and_malformed_lines(spark, planted_mo
     preds = {r["raw_user"]: r["prediction"] for r in spark.read.parquet(str(out / "predictions")).collect()}
     assert set(preds) == {"u1", "u2", "u_never_seen"}
     # The unseen user is scored as the user field's out-of-vocabulary id (local id 0).
-    model, _ = load_trained_model(model_dir)
+    model = TrainedModel.load(model_dir).build()
     vocab = {(r["field"], r["value"]): r["id"] for r in spark.read.parquet(str(model_dir / "vocabulary")).collect()}
     ids = [fields["user"]["offset"]] + [vocab[(f, v)] for f, v in
                                         zip(["item", "daytime", "weekday", "city", "device"], ["i0", "d2", "w3", "c5", "v1"])]

@@ -14,7 +14,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from afm_dist.checkpoint import CHECKPOINT, load_checkpoint
+from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
 from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE
 from tests.conftest import REPO, SMALL_MODEL as SMALL, horovod_command, run_horovod
 
@@ -113,7 +113,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(
         "import sys, torch\n"
-        "from afm_dist.checkpoint import save_checkpoint\n"
+        "from afm_dist.training.checkpoint import save_checkpoint\n"
         "p = sys.argv[1]\n"
         "save_checkpoint({'epoch': 1, 'w': torch.arange(10.0)}, p)\n"
         "print('first', flush=True)\n"

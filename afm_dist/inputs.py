@@ -1,0 +1,151 @@
+"""The input plan: which files a job reads and what their headers say, checked against the dataset
+schema before any Spark session exists (no Spark here).
+
+``plan`` resolves the log files and the side tables' files (directories are expanded), reads the
+header of every delimited file and checks it against the schema: a missing column fails naming
+the field that reads it, so that such a mistake costs seconds, not a cluster job.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from afm_dist.io import strip_file_scheme
+from afm_dist.schema import InputFormat, Schema
+
+
+class InputError(ValueError):
+    """Input files that do not match the schema, or a bad job argument; the message says which."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning (driver only, before Spark)
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """Resolved input files of the logs or of one side table."""
+
+    paths: tuple[str, ...]
+    columns: tuple[str, ...] | None = None  # delimited input: the columns, in order
+    header_lines: tuple[str, ...] = ()  # delimited input with header: the exact header text(s)
+
+
+@dataclass(frozen=True)
+class Plan:
+    schema: Schema
+    logs: InputFiles
+    tables: Mapping[str, InputFiles] = field(default_factory=dict)
+
+    def inputs(self) -> list[str]:
+        return list(self.logs.paths) + [p for t in self.tables.values() for p in t.paths]
+
+
+def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[str]] | None = None) -> Plan:
+    """Check the input files against ``schema``; ``tables`` maps side-table names to files."""
+    tables = dict(tables or {})
+    for name in tables:
+        if name not in {t.name for t in schema.tables}:
+            raise InputError(f"--table {name}=...: the schema {schema.name!r} declares no table {name!r}")
+    users: dict[str, str] = {}
+    for f in schema.fields:
+        if f.table is None:
+            users.setdefault(f.column, f"field '{f.name}'")
+    if schema.target.column:
+        users.setdefault(schema.target.column, "target")
+    for t in schema.tables:
+        users.setdefault(t.log_key, f"table '{t.name}' (join column)")
+    logs = _resolve(schema.format, inputs, "--input", users)
+    resolved = {}
+    for t in schema.tables:
+        if t.name not in tables:
+            raise InputError(f"table '{t.name}': pass its file(s) with --table {t.name}=PATH")
+        t_users = {t.key: f"table '{t.name}' (key)"}
+        for f in schema.fields:
+            if f.table == t.name:
+                t_users.setdefault(f.column, f"field '{f.name}'")
+        resolved[t.name] = _resolve(t.format, tables[t.name], f"--table {t.name}", t_users)
+    return Plan(schema=schema, logs=logs, tables=resolved)
+
+
+def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
+    files: list[str] = []
+    for raw in paths:
+        p = Path(strip_file_scheme(raw)).expanduser()
+        if p.is_dir():
+            found = sorted(str(c.resolve()) for c in p.rglob("*")
+                           if c.is_file() and not any(part.startswith((".", "_")) for part in c.relative_to(p).parts))
+            if not found:
+                raise InputError(f"{what} {raw}: the directory holds no input file")
+            files.extend(found)
+        elif p.is_file():
+            files.append(str(p.resolve()))
+        else:
+            raise InputError(f"{what} {raw}: no such file or directory")
+    if not files:
+        raise InputError(f"{what}: no input given")
+    return tuple(dict.fromkeys(files))
+
+
+def _first_line(path: str) -> str | None:
+    with open(path, "rb") as f:
+        line = f.readline()
+    if not line:
+        return None
+    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _split_header(line: str, fmt: InputFormat) -> list[str]:
+    line = line.lstrip("\ufeff")
+    if fmt.quote is None:
+        return next(csv.reader([line], delimiter=fmt.delimiter, quoting=csv.QUOTE_NONE))
+    return next(csv.reader([line], delimiter=fmt.delimiter, quotechar=fmt.quote, doublequote=True))
+
+
+def _resolve(fmt: InputFormat, paths: Sequence[str], what: str, users: Mapping[str, str]) -> InputFiles:
+    files = _expand(paths, what)
+    if not fmt.delimited:
+        return InputFiles(paths=files)
+    if not fmt.header:
+        return InputFiles(paths=files, columns=fmt.columns)
+    columns: list[str] | None = None
+    lines: list[str] = []
+    first_file = ""
+    for path in files:
+        line = _first_line(path)
+        if line is None:
+            continue  # an empty file: no header, no rows
+        cols = [c.strip() for c in _split_header(line, fmt)]
+        if columns is None:
+            columns, first_file = cols, path
+            for col, user in users.items():
+                if col not in cols:
+                    raise InputError(f"{user}: column {col!r} is not in the header of {path} "
+                                     f"(columns: {', '.join(cols)})")
+                if cols.count(col) > 1:
+                    raise InputError(f"{user}: column {col!r} appears twice in the header of {path}")
+        elif cols != columns:
+            raise InputError(f"{what}: {path} has columns {cols}, but {first_file} has {columns}; "
+                             "all files of one input must share the header")
+        if line not in lines:
+            lines.append(line)
+    if columns is None:
+        raise InputError(f"{what}: every file is empty, so there is no header to read")
+    return InputFiles(paths=files, columns=tuple(columns), header_lines=tuple(lines))
+
+
+def parse_table_specs(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``--table NAME=PATH`` arguments (side tables of the schema) -> {name: [paths]}.
+
+    Raises:
+        InputError: a spec that is not NAME=PATH.
+    """
+    tables: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--table {spec!r}: expected NAME=PATH, e.g. movies=movies.csv")
+        tables.setdefault(name, []).append(path)
+    return tables

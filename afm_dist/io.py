@@ -1,0 +1,126 @@
+"""Files and directories written so that readers never see half of them, and output-path checks.
+
+One way to do each:
+
+- ``atomic_path``: write a file beside its destination, fsync, then rename it into place
+  (``write_text_atomic``, ``write_json_atomic``, and every weights, checkpoint and figure writer);
+- ``replace_directory``: copy a directory beside its destination, then swap it in;
+- ``publish_directory``: build a job's whole output directory aside and move it into place only
+  when the job succeeded;
+- ``validate_output_path``: refuse output paths that must not be (over)written, before any work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+FILE_SCHEME = "file://"
+
+
+class OutputPathError(ValueError):
+    """An output path that must not be written, with the reason and what to do."""
+
+
+def strip_file_scheme(path: str) -> str:
+    """``file:///a/b`` -> ``/a/b``; any other path unchanged."""
+    return path[len(FILE_SCHEME):] if path.startswith(FILE_SCHEME) else path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it to
+    ``path``, so that readers see either the old file or the whole new one. On failure the
+    temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` as indented, key-sorted JSON atomically (see ``atomic_path``)."""
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` a copy of the directory ``src``: copied beside ``dst`` first, then swapped in."""
+    dst = Path(dst)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+_FORBIDDEN = {Path("/"), Path.home(), Path("/usr"), Path("/etc"), Path("/bin"), Path("/tmp")}
+
+
+def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Check that ``path`` is a sane place to (re)create a job's output directory; return it resolved.
+
+    Raises:
+        OutputPathError: for an empty path, a URL other than file://, a system directory or the
+            current directory (an ``--overwrite`` there would delete far more than a job's
+            output), a file, or an existing non-empty directory unless ``overwrite`` is set.
+    """
+    raw = str(path).strip()
+    if not raw:
+        raise OutputPathError("the output path is empty; pass a directory such as out/frappe")
+    if "://" in raw and not raw.startswith(FILE_SCHEME):
+        raise OutputPathError(
+            f"{raw}: only local or shared-filesystem paths are supported for output "
+            "(mount HDFS/S3 through a filesystem path, e.g. /dbfs/...)"
+        )
+    p = Path(strip_file_scheme(raw)).expanduser().resolve()
+    if p in _FORBIDDEN or p == Path.cwd().resolve() or len(p.parts) < 3:
+        raise OutputPathError(f"{p}: refusing to write job output there; choose a dedicated directory")
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{p}: exists and is not a directory")
+    if p.exists() and any(p.iterdir()) and not overwrite:
+        raise OutputPathError(f"{p}: already exists; pass --overwrite to replace it")
+    return p
+
+
+@contextmanager
+def publish_directory(final: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a staging directory beside ``final``; move it into place only if the block succeeds.
+
+    A failure (or a kill) leaves ``final`` untouched and at most a ``.staging-*`` sibling that
+    nothing reads. The caller writes its completion marker inside the block, last.
+
+    Raises:
+        OutputPathError: ``final`` appeared while the block ran and ``overwrite`` is not set.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputPathError(f"{final}: appeared while the job ran; pass --overwrite to replace it")
+        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)

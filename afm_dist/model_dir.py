@@ -1,0 +1,179 @@
+"""A trained model directory (``--output`` of afm_dist.train) as one typed object: ``TrainedModel``.
+
+The directory holds::
+
+    model.safetensors  the best epoch's weights (safetensors: loading runs no code)
+    model.json         TrainedModel.to_json(): model name and ModelConfig, feature layout, the data
+                       set's metadata, training configuration and best validation metrics
+    vocabulary/        the training data set's vocabulary, for encoding raw logs at scoring time
+    metrics.jsonl      one JSON line per epoch
+    curves.png         train and validation RMSE per epoch
+    checkpoint.pt      the last epoch's training state, for --resume (afm_dist.training.checkpoint)
+    _AFM_COMPLETE      written last, when training finished
+
+The trainer saves it, and scoring, explanation and ``--init-from`` load it; nobody else reads
+``model.json`` by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors, save_file
+
+from afm_dist.dataset import COMPLETE_MARKER, VOCABULARY, DatasetError, DatasetMetadata
+from afm_dist.io import atomic_path, strip_file_scheme, write_text_atomic
+from afm_dist.models import ModelConfig, ScoringModel, build_model
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_INFO = "model.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+@dataclass
+class TrainedModel:
+    """What a trained model directory says about its model (the content of ``model.json``).
+
+    Attributes:
+        name: model name, one of ``afm_dist.models.MODEL_NAMES``.
+        config: the model's hyperparameters.
+        dataset: metadata of the data set it was trained on (feature layout, target, schema).
+        num_parameters: trainable parameters.
+        train_config: the training settings (``afm_dist.training.TrainConfig`` as a dict, plus
+            ``global_batch``).
+        best: the best epoch: ``{"epoch", "val_rmse", "metrics"}``.
+        finished: training ended (the last epoch ran or early stopping triggered).
+        path: the directory it was loaded from or saved to (not written to model.json).
+    """
+
+    name: str
+    config: ModelConfig
+    dataset: DatasetMetadata
+    num_parameters: int = 0
+    train_config: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    path: Path | None = None
+
+    @property
+    def num_features(self) -> int:
+        """N, rows of the embedding tables."""
+        return self.dataset.num_features
+
+    @property
+    def num_slots(self) -> int:
+        """M, columns of ids / vals / mask."""
+        return self.dataset.num_slots
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """(min, max) of the training target that predictions are clipped to for RMSE and MAE."""
+        return self.dataset.target_range()
+
+    @property
+    def field_names(self) -> list[str]:
+        """The data set's fields, in slot order."""
+        return [f.name for f in self.dataset.fields]
+
+    @property
+    def slot_fields(self) -> list[int]:
+        """Index (into ``field_names``) of the field of each of the M slots."""
+        return [i for i, f in enumerate(self.dataset.fields) for _ in range(f.width)]
+
+    @property
+    def vocabulary_path(self) -> Path | None:
+        """The model directory's ``vocabulary/``, or None (a libFM data set has no vocabulary)."""
+        if self.path is None or not (self.path / VOCABULARY).is_dir():
+            return None
+        return self.path / VOCABULARY
+
+    @property
+    def weights_path(self) -> Path:
+        if self.path is None:
+            raise DatasetError(f"the {self.name} model was not loaded from a directory: no {MODEL_WEIGHTS}")
+        return self.path / MODEL_WEIGHTS
+
+    # -- model.json -----------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "model": self.name,
+            "model_config": dataclasses.asdict(self.config),
+            "num_features": self.num_features,
+            "num_slots": self.num_slots,
+            "num_parameters": self.num_parameters,
+            "dataset": dataclasses.asdict(self.dataset),
+            "train_config": self.train_config,
+            "best": self.best,
+            "finished": self.finished,
+        }, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | None = None) -> "TrainedModel":
+        """Parse ``model.json`` content.
+
+        Raises:
+            DatasetError: not the JSON of a trained model, naming ``path``.
+        """
+        try:
+            d = json.loads(text)
+            config = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model_config"].items()}
+            return cls(name=d["model"], config=ModelConfig(**config), dataset=DatasetMetadata.from_dict(d["dataset"]),
+                       num_parameters=int(d.get("num_parameters", 0)), train_config=d.get("train_config", {}),
+                       best=d.get("best", {}), finished=bool(d.get("finished", False)), path=path)
+        except (ValueError, TypeError, KeyError) as e:
+            raise DatasetError(f"{path / MODEL_INFO if path else MODEL_INFO}: not a model description ({e}); "
+                               "train the model again with afm_dist.train") from e
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "TrainedModel":
+        """The description of a finished training run (its weights are read by ``build``).
+
+        Raises:
+            DatasetError: no such directory, training did not finish (no completion marker), or
+                ``model.json`` is unreadable.
+        """
+        d = Path(strip_file_scheme(str(directory))).expanduser().resolve()
+        if not (d / COMPLETE_MARKER).exists():
+            raise DatasetError(
+                f"{d}: not a finished model directory (no {COMPLETE_MARKER}); train with afm_dist.train "
+                "or finish the run with --resume."
+            )
+        try:
+            text = (d / MODEL_INFO).read_text(encoding="utf-8")
+        except OSError as e:
+            raise DatasetError(f"{d}: no readable {MODEL_INFO} ({e}); train the model again") from e
+        return cls.from_json(text, path=d)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``model.json`` into ``directory`` atomically."""
+        write_text_atomic(Path(directory) / MODEL_INFO, self.to_json())
+
+    # -- weights --------------------------------------------------------------------------------
+
+    def new_model(self) -> ScoringModel:
+        """A freshly initialised model of this name, configuration and feature layout."""
+        return build_model(self.name, self.num_features, self.num_slots, self.config)
+
+    def weights_bytes(self) -> bytes:
+        """The safetensors file's bytes (what scoring broadcasts to executors)."""
+        return self.weights_path.read_bytes()
+
+    def build(self, weights: bytes | None = None) -> ScoringModel:
+        """The trained model in eval mode, with ``weights`` (safetensors bytes; default: read from
+        the directory)."""
+        model = self.new_model()
+        model.load_state_dict(load_safetensors(self.weights_bytes() if weights is None else weights))
+        return model.eval()
+
+
+def save_weights(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write ``model``'s parameters and buffers as ``directory/model.safetensors`` atomically."""
+    with atomic_path(Path(directory) / MODEL_WEIGHTS) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))

@@ -1,0 +1,41 @@
+"""``ScoringModel``, the base class of every model of this package.
+
+Notation: B batch size, M slots, N features, k embedding size; x_i the value of slot i (0 for a
+padded slot), v_i the embedding of its feature, e_i = v_i x_i.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from afm_dist.models.layers import FeaturesEmbedding, FeaturesLinear
+
+
+class ScoringModel(nn.Module):
+    """What every model of this package offers besides ``forward(ids, vals, mask) -> (B,)``.
+
+    Every model has the linear part w0 + sum_i w_i x_i (``linear``) and the embedding table of the
+    pair terms, e_i = v_i x_i (``embedding``), built here before anything a subclass adds; an FM
+    can initialise the others through them (``init_from_fm``). The constructor arguments every
+    model shares, documented here once (each model's Args list only its own):
+
+    Args:
+        num_features: N.
+        embedding_dim: k.
+        init_std: standard deviation of the embeddings' normal initialisation.
+        sparse_embeddings: sparse gradients for the embedding table(s).
+    """
+
+    def __init__(self, num_features: int, embedding_dim: int, init_std: float = 0.01,
+                 sparse_embeddings: bool = False) -> None:
+        super().__init__()
+        self.linear = FeaturesLinear(num_features)
+        self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def l2_penalty(self) -> torch.Tensor:
+        """The regularised squared norm the trainer multiplies by lambda; 0 unless a model says otherwise."""
+        return next(self.parameters()).new_zeros(())

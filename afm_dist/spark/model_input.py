@@ -1,0 +1,149 @@
+"""What scoring and explanation read: a preprocessed split, or raw logs encoded with the model's
+own schema and vocabulary.
+
+Raw logs are read and parsed exactly as preprocessing reads them (afm_dist/spark/records.py: same
+schema, same reasons for malformed rows) and encoded with the vocabulary the model was trained
+with: a value never seen in training takes its field's out-of-vocabulary id. A field declared
+without one (``oov: false``) cannot represent an unseen value, so such a row is set aside with a
+reason naming the field. Numeric fields are standardised with the training statistics recorded
+in the data set metadata.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from afm_dist.dataset import IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, VALS, DatasetError, read_metadata
+from afm_dist.inputs import plan
+from afm_dist.io import strip_file_scheme
+from afm_dist.model_dir import TrainedModel
+from afm_dist.schema import Field, schema_from_dict
+from afm_dist.spark import encode, parse, records as raw_records
+
+RAW_PREFIX = "raw_"  # prefix of the raw value columns kept beside a raw log's predictions
+
+
+def is_encoded_split(paths: Sequence[str]) -> bool:
+    """True when ``paths`` is one directory of Parquet written by jobs/preprocess.py (a split)."""
+    if len(paths) != 1:
+        return False
+    d = Path(strip_file_scheme(paths[0]))
+    return d.is_dir() and any(d.glob("*.parquet")) and not any(d.glob("*.csv"))
+
+
+def check_encoded_split(path: str, model: TrainedModel) -> Path:
+    """The split directory, after refusing one without the preprocessed columns or one of another
+    data set than the model's (its feature ids would mean other values).
+
+    Raises:
+        DatasetError: naming the split and what to score instead.
+    """
+    split_dir = Path(strip_file_scheme(path))
+    columns = pq.read_schema(next(iter(sorted(split_dir.glob("*.parquet"))))).names  # one footer
+    missing = {ROW_ID, IDS, VALS, MASK} - set(columns)
+    if missing:
+        raise DatasetError(f"{path}: Parquet without the columns {sorted(missing)} of a preprocessed split")
+    meta_path = split_dir.parent / METADATA_FILE
+    if meta_path.exists():
+        meta = read_metadata(meta_path)
+        if meta.schema_hash != model.dataset.schema_hash or meta.num_features != model.num_features:
+            raise DatasetError(
+                f"{split_dir}: this split was preprocessed with another schema or vocabulary than the model "
+                f"was trained on ({meta_path}); score raw logs instead, or the split the model was trained with")
+    return split_dir
+
+
+def load_encoded(spark: SparkSession, paths: Sequence[str], model: TrainedModel, staging: Path, *,
+                 max_rejected_fraction: float,
+                 tables: Mapping[str, Sequence[str]] | None = None) -> tuple[DataFrame, list[str], int]:
+    """Return (encoded rows, key columns to keep, number of rejected raw rows).
+
+    A preprocessed split is read as it is (keys: row_id). Raw logs are parsed with the model's
+    dataset schema and encoded with the model's vocabulary (``encode_raw_logs``).
+    """
+    if is_encoded_split(paths):
+        return spark.read.parquet(str(check_encoded_split(paths[0], model))), [ROW_ID], 0
+    return encode_raw_logs(spark, paths, model, staging, max_rejected_fraction=max_rejected_fraction, tables=tables)
+
+
+def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, staging: Path, *,
+                    max_rejected_fraction: float,
+                    tables: Mapping[str, Sequence[str]] | None = None) -> tuple[DataFrame, list[str], int]:
+    """Return (encoded rows, key columns, rejected count); write malformed rows to staging/rejected.
+
+    Raises:
+        DatasetError: a libFM model, a model directory without vocabulary, or input files that do
+            not match the schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
+    """
+    dataset = model.dataset
+    schema = schema_from_dict(dataset.schema)
+    if schema.format.type == "libfm":
+        raise DatasetError("a libFM model scores libFM files through jobs/preprocess.py splits, not raw logs")
+    records = raw_records.read_records(spark, plan(schema, list(paths), tables or {}))
+    fields = list(schema.fields)
+    vocabulary = _model_vocabulary(spark, model) if any(f.indexed for f in fields) else None
+    for f in fields:
+        if f.indexed and not f.oov:
+            records = _reject_unseen(records, vocabulary, f)
+
+    summary = raw_records.summarize_input(records, schema)
+    raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
+    raw_records.write_rejected(spark, records, summary, staging / REJECTED)
+
+    accepted = records.filter(raw_records.accepted_row())
+    raw_keys = [f"{RAW_PREFIX}{f.name}" for f in fields]
+    for f in fields:
+        accepted = accepted.withColumn(f"{RAW_PREFIX}{f.name}", F.col(f.name))
+    has_label = schema.target.kind == "explicit"
+    value_columns = [f.name for f in fields] + raw_keys + ([parse.LABEL] if has_label else [])
+    keyed = encode.with_row_ids(accepted, value_columns)
+    sizes = {lay.name: lay.size for lay in dataset.fields}
+    encoded = encode.encode_fields(keyed, fields, vocabulary, sizes)
+    stats = dataset.extra.get("numeric_statistics")
+    if stats:
+        encoded = encode.standardize(encoded, stats)
+    if not has_label:
+        encoded = encode.with_label(encoded, None)
+    encoded = encoded.withColumn(encode.SPLIT, F.lit("score"))
+    assembled = encode.assemble(encoded, fields, dataset.fields)
+    # assemble keeps only the data columns: bring the raw values back by row id.
+    keys = encoded.select(encode.ROW_ID, *raw_keys)
+    table = assembled.drop(encode.SPLIT).join(keys, encode.ROW_ID)
+    if not has_label:
+        table = table.drop(LABEL)
+    return table, [encode.ROW_ID, *raw_keys], summary.rejected
+
+
+def _model_vocabulary(spark: SparkSession, model: TrainedModel) -> DataFrame:
+    """The model's vocabulary as (field, value, local_id): ids relative to the field's offset."""
+    if model.vocabulary_path is None:
+        raise DatasetError(f"{model.path}: no vocabulary/ to encode raw logs with; retrain with this afm-dist")
+    offsets = spark.createDataFrame([(lay.name, lay.offset) for lay in model.dataset.fields],
+                                    "field string, offset int")
+    return (spark.read.parquet(str(model.vocabulary_path)).filter(F.col("value").isNotNull())
+            .join(F.broadcast(offsets), "field")
+            .select("field", "value", (F.col("id") - F.col("offset")).cast("int").alias("local_id")))
+
+
+def _reject_unseen(records: DataFrame, vocabulary: DataFrame, f: Field) -> DataFrame:
+    """Set aside rows with a value of field ``f`` (which has no out-of-vocabulary id) that
+    training never saw, with a reason naming the field and the value."""
+    known_col = f"_known_{f.name}"
+    known = vocabulary.filter(F.col("field") == f.name).select(F.col("value").alias(known_col))
+    if f.kind == "categorical":
+        records = records.join(F.broadcast(known), records[f.name] == known[known_col], "left")
+        unseen = F.col(f.name).isNotNull() & F.col(known_col).isNull()
+        shown = F.col(f.name)
+    else:
+        records = records.crossJoin(F.broadcast(known.agg(F.collect_set(known_col).alias(known_col))))
+        missing = F.array_except(F.coalesce(F.col(f.name), F.array().cast("array<string>")), F.col(known_col))
+        unseen = F.size(missing) > 0
+        shown = F.element_at(missing, 1)
+    reason = F.concat(F.lit(f"field '{f.name}': value '"), shown,
+                      F.lit("' was not seen in training and the field has no out-of-vocabulary id"))
+    return records.withColumn(parse.REASON, F.when(F.col(parse.REASON).isNull() & unseen, reason)
+                              .otherwise(F.col(parse.REASON))).drop(known_col)

@@ -1,0 +1,151 @@
+"""Raw input records: one path for preprocessing and for scoring raw logs.
+
+``read_records`` reads the files of an input plan (afm_dist/inputs.py) in any format, joins the
+side tables and parses every field (afm_dist/spark/parse.py); ``summarize_input`` counts rows,
+headers and malformed rows in one pass (and keeps what line numbers need); ``check_rejected``
+refuses an input with too many malformed rows, showing examples with file and line;
+``write_rejected`` writes them all (source, line, raw text, reason). Rows are accepted or
+rejected by ``accepted_row`` / ``rejected_row``: a header line is neither.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from afm_dist.dataset import REJECTED_COLUMNS, DatasetError
+from afm_dist.inputs import InputError, InputFiles, Plan
+from afm_dist.schema import InputFormat, Schema
+from afm_dist.spark import parse, readers
+
+
+class RejectedRowsError(DatasetError):
+    """More malformed rows than the job accepts (or no usable row); the message shows examples."""
+
+
+def read_records(spark: SparkSession, plan: Plan) -> DataFrame:
+    """Every input row with its source, ``_header``, typed field values and ``_reason``."""
+    schema = plan.schema
+    fmt = schema.format
+    if fmt.type == "libfm":
+        return parse.parse_libfm(readers.read_lines(spark, plan.logs.paths), fmt)
+    needed = schema.log_columns()
+    lines = _read(spark, fmt, plan.logs, needed, schema, None)
+    records = parse.split_columns(lines, fmt, plan.logs.columns, needed, plan.logs.header_lines)
+    joined = []
+    for t in schema.tables:
+        files = plan.tables[t.name]
+        cols = schema.table_columns(t.name)
+        t_lines = _read(spark, t.format, files, cols, schema, t.name)
+        t_rows = parse.split_columns(t_lines, t.format, files.columns, cols, files.header_lines)
+        joined.append((t, parse.side_table(t_rows, t, [c for c in cols if c != t.key])))
+    return parse.parse_fields(parse.join_tables(records, joined), schema)
+
+
+def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Sequence[str], schema: Schema,
+          table: str | None) -> DataFrame:
+    if fmt.type == "parquet":
+        seps = {f.column: f.delimiter for f in schema.fields if f.kind == "multi_categorical" and f.table == table}
+        try:
+            return readers.read_parquet_rows(spark, files.paths, columns, seps)
+        except ValueError as e:
+            raise InputError(f"{'table ' + repr(table) if table else 'input'}: {e}") from e
+    return readers.read_lines(spark, files.paths)
+
+
+def accepted_row() -> Column:
+    """An input row (not a header) with no reason to reject it."""
+    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNull()
+
+
+def rejected_row() -> Column:
+    """An input row (not a header) with a reason to reject it."""
+    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNotNull()
+
+
+@dataclass
+class InputSummary:
+    """Totals of one pass over the records, and the (cached) line blocks for line numbers.
+
+    ``totals`` has the label range (``label_min``, ``label_max``) of an explicit target's
+    accepted rows, and for libFM input the widest row (``width``) and largest id (``max_id``).
+    """
+
+    blocks: DataFrame
+    rows: int  # input rows, headers excluded
+    rejected: int
+    totals: dict[str, Any]
+
+    @property
+    def accepted(self) -> int:
+        return self.rows - self.rejected
+
+
+def summarize_input(records: DataFrame, schema: Schema) -> InputSummary:
+    """One pass over the records: rows, headers, rejected rows, and the per-format extras of
+    ``InputSummary.totals``; the line blocks stay cached (``unpersist`` them when done)."""
+    extras = [F.sum(F.col(parse.HEADER).cast("long")).alias("headers"),
+              F.sum(rejected_row().cast("long")).alias("rejected")]
+    if schema.format.type == "libfm":
+        extras += [F.max(F.when(accepted_row(), F.size(parse.LIBFM_IDS))).alias("width"),
+                   F.max(F.when(accepted_row(), F.array_max(parse.LIBFM_IDS))).alias("max_id")]
+    if schema.target.kind == "explicit":
+        extras += [F.min(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_min"),
+                   F.max(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_max")]
+    blocks = readers.line_blocks(records, *extras).cache()
+    totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
+                        *[(F.min if c.endswith("min") else F.max)(c).alias(c)
+                          for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
+    totals = totals.asDict()
+    return InputSummary(blocks=blocks, rows=int(totals["_n"] or 0) - int(totals["headers"] or 0),
+                        rejected=int(totals["rejected"] or 0), totals=totals)
+
+
+def check_rejected(records: DataFrame, summary: InputSummary, max_fraction: float, *, require_rows: bool) -> None:
+    """Refuse the input when more than ``max_fraction`` of its rows are malformed or, with
+    ``require_rows``, when no row is usable.
+
+    Raises:
+        RejectedRowsError: with counts, what to do, and up to five rejected rows (file:line).
+    """
+    rejected = records.filter(rejected_row())
+    if require_rows and summary.accepted == 0:
+        raise RejectedRowsError(f"no usable input row ({summary.rows} rows, {summary.rejected} malformed)"
+                                + _examples(rejected, summary.blocks))
+    if summary.rejected > max_fraction * summary.rows:
+        raise RejectedRowsError(
+            f"{summary.rejected} of {summary.rows} input rows ({summary.rejected / summary.rows:.2%}) are malformed, "
+            f"more than --max-rejected-fraction {max_fraction:g}; fix the input or the schema, or raise "
+            f"the limit." + _examples(rejected, summary.blocks))
+
+
+def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummary, path: Path) -> None:
+    """Write the malformed rows (``source, line, raw, reason``: the file as a path, the 1-based
+    line) as one Parquet file sorted by source and line; an empty file when there are none
+    (without reading the input again)."""
+    if not summary.rejected:
+        spark.createDataFrame([], REJECTED_COLUMNS).write.parquet(str(path))
+        return
+    (_located(records.filter(rejected_row()), summary.blocks)
+     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
+             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason"))
+     .repartition(1).sortWithinPartitions("source", "line")
+     .write.parquet(str(path)))
+
+
+def _located(rows: DataFrame, blocks: DataFrame) -> DataFrame:
+    """``rows`` with their 1-based ``_line`` and ``_source`` as a plain path."""
+    return (readers.with_line_numbers(rows, blocks)
+            .withColumn(readers.SOURCE, readers.source_path(F.col(readers.SOURCE))))
+
+
+def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
+    rows = _located(rejected.limit(n), blocks).select(readers.SOURCE, readers.LINE, readers.TEXT, parse.REASON).collect()
+    if not rows:
+        return ""
+    shown = "\n".join(f"  {r[readers.SOURCE]}:{r[readers.LINE]}: {r[parse.REASON]}: {r[readers.TEXT][:120]!r}"
+                      for r in rows)
+    return f"\nExamples:\n{shown}"

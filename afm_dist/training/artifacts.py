@@ -1,0 +1,93 @@
+"""What rank 0 writes into the model directory (afm_dist/model_dir.py describes its layout)."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from afm_dist.dataset import VOCABULARY, DatasetMetadata, mark_complete
+from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
+from afm_dist.model_dir import CURVES, METRICS, TrainedModel, save_weights
+from afm_dist.plots import plot_training_curves
+from afm_dist.training.checkpoint import CHECKPOINT, rng_state, save_checkpoint
+from afm_dist.training.config import TrainConfig
+
+
+@dataclass
+class RunState:
+    """Where a run stands after an epoch: what a checkpoint holds besides the weights."""
+
+    epoch: int = 0  # the last finished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    best: dict[str, Any] = field(default_factory=lambda: {"val_rmse": float("inf"), "epoch": 0})
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+
+    def record(self, record: dict[str, Any]) -> bool:
+        """Add an epoch's record; True when it is the best so far."""
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        if record["val_rmse"] < self.best["val_rmse"]:
+            self.best, self.bad_epochs = {"val_rmse": record["val_rmse"], "epoch": record["epoch"],
+                                          "metrics": record}, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+def prepare_output(cfg: TrainConfig) -> Path:
+    """The model directory, checked and created (rank 0, before any work).
+
+    Raises:
+        OutputPathError: no checkpoint to ``--resume`` from, or an output that must not be written.
+    """
+    out = Path(cfg.output)
+    if cfg.resume:
+        if not (out / CHECKPOINT).exists():
+            raise OutputPathError(f"{out}: no {CHECKPOINT} to resume from; run without --resume to start")
+        return out.resolve()
+    out = validate_output_path(cfg.output, overwrite=cfg.overwrite)
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def describe(cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState, global_batch: int,
+             *, finished: bool = False) -> TrainedModel:
+    """The model directory's ``model.json`` for this run."""
+    return TrainedModel(name=cfg.model, config=cfg.model_config, dataset=meta, num_parameters=model.num_parameters(),
+                        train_config={**cfg.to_dict(), "global_batch": global_batch}, best=state.best,
+                        finished=finished)
+
+
+def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, state: RunState, *, improved: bool, global_batch: int) -> None:
+    """After each epoch: metrics.jsonl, the best weights and model.json when ``improved``, the
+    checkpoint, and the curves; every file replaced atomically."""
+    # Rewritten whole from the history, so a resumed run never repeats or loses a line.
+    write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
+    if improved:
+        save_weights(model, out)
+        describe(cfg, meta, model, state, global_batch).save(out)
+    save_checkpoint({
+        "model": cfg.model, "schema_hash": meta.schema_hash, "num_features": meta.num_features,
+        "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
+        "bad_epochs": state.bad_epochs, "rng": rng_state(),
+    }, out / CHECKPOINT)
+    plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
+
+
+def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
+                global_batch: int) -> None:
+    """At the end: model.json marked finished, the data set's vocabulary (scoring raw logs needs
+    it), then the completion marker, last."""
+    describe(cfg, meta, model, state, global_batch, finished=True).save(out)
+    vocabulary = Path(cfg.data) / VOCABULARY
+    if vocabulary.is_dir():
+        replace_directory(vocabulary, out / VOCABULARY)
+    mark_complete(out)

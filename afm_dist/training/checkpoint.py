@@ -1,0 +1,63 @@
+"""The training state of a run (``checkpoint.pt`` in its model directory), for ``--resume``.
+
+Written atomically every epoch by rank 0 and loaded weights-only (tensors and plain values; no
+pickled code): model and optimizer state, the history of epochs, early-stopping state and the
+random number generators' states.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from afm_dist.dataset import DatasetError, DatasetMetadata
+from afm_dist.io import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a training state so that an interrupted write leaves the previous file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training state written by save_checkpoint; tensors and plain values only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, Python and numpy generators' states, as tensors and lists (weights-only safe)."""
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+
+
+def check_resume_compatible(state: dict[str, Any], model: str, data: str, meta: DatasetMetadata,
+                            where: str) -> None:
+    """Refuse to resume a run with another model or data set than it was trained with.
+
+    Raises:
+        DatasetError: naming ``where`` (the checkpoint) and every difference.
+    """
+    problems = []
+    if state["model"] != model:
+        problems.append(f"model {state['model']!r} in the checkpoint, {model!r} asked for")
+    if state["schema_hash"] != meta.schema_hash:
+        problems.append("the data set's schema hash differs from the one the run was trained on")
+    if state["num_features"] != meta.num_features or state["num_slots"] != meta.num_slots:
+        problems.append(f"feature layout differs ({state['num_features']} features / {state['num_slots']} slots "
+                        f"in the checkpoint, {meta.num_features} / {meta.num_slots} in {data})")
+    if problems:
+        raise DatasetError(f"{where}: cannot resume: " + "; ".join(problems)
+                           + ". Resume with the same --data and --model, or start a new --output.")

@@ -1,0 +1,223 @@
+"""Data-parallel training with Horovod over Petastorm shards, in the order of Horovod's examples:
+initialise and pin the device, build the model and optimizer (``--init-from``, ``--resume``),
+broadcast from rank 0, wrap the optimizer, then per epoch ``train_epoch`` and ``evaluate``, and
+rank 0 writes the model directory (afm_dist/training/artifacts.py).
+
+The model knows nothing of distribution: every distribution-specific line here says so with a
+``# Horovod:`` comment.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import horovod.torch as hvd
+import torch
+import torch.nn.functional as F
+
+from afm_dist import metrics as M
+from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
+from afm_dist.io import OutputPathError
+from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
+from afm_dist.model_dir import TrainedModel
+from afm_dist.models import ScoringModel, build_model, init_from_fm
+from afm_dist.training import artifacts
+from afm_dist.training.artifacts import RunState
+from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, set_rng_state
+from afm_dist.training.config import TrainConfig
+
+
+def log(msg: str) -> None:
+    print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Rank 0's progress lines: epoch, step, examples/s, loss, ETA."""
+
+    def __init__(self, enabled: bool, every: float, steps: int, global_batch: int, epochs: int):
+        self.enabled, self.every, self.steps, self.global_batch, self.epochs = enabled, every, steps, global_batch, epochs
+        self.last = time.time()
+
+    def step(self, epoch: int, step: int, loss: float, epoch_start: float) -> None:
+        now = time.time()
+        if not self.enabled or (now - self.last < self.every and step != self.steps):
+            return
+        self.last = now
+        elapsed = now - epoch_start
+        rate = step * self.global_batch / max(elapsed, 1e-9)
+        eta = (self.steps - step) * elapsed / max(step, 1)
+        log(f"epoch {epoch}/{self.epochs} step {step}/{self.steps} ({100 * step / self.steps:.0f}%) "
+            f"{rate:,.0f} examples/s loss {loss:.4f} epoch ETA {_hms(eta)}")
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def loss_fn(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean squared error (the paper's), or binary log loss of sigmoid(scores) against label > 0."""
+    if kind == "squared":
+        return F.mse_loss(scores, labels)
+    return F.binary_cross_entropy_with_logits(scores, (labels > 0).float())
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one model; every Horovod rank calls this. Returns the best epoch's metrics.
+
+    Raises:
+        DatasetError, OutputPathError, ValueError: unusable data, output or settings (all ranks).
+        FloatingPointError: a non-finite loss, naming the epoch, step and rank.
+    """
+    # Horovod: initialise, then pin one GPU per local rank when there are GPUs.
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(hvd.local_rank())
+        device = torch.device("cuda", hvd.local_rank())
+    # Horovod: the cores are shared by the local ranks.
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+
+    meta = load_metadata(cfg.data)
+    global_batch = cfg.batch_size or int(meta.schema.get("training", {}).get("batch_size", 128))
+    if global_batch % size:
+        raise ValueError(f"--batch-size {global_batch} is not divisible by the {size} workers")
+    steps = steps_per_epoch(meta.split_rows(TRAIN), global_batch)
+
+    # Horovod: rank 0 checks and prepares the output; the others learn its verdict, so all fail together.
+    out, problem = Path(cfg.output).resolve(), None
+    if rank == 0:
+        try:
+            out = artifacts.prepare_output(cfg)
+        except OutputPathError as e:
+            problem = str(e)
+    problem = hvd.broadcast_object(problem, root_rank=0, name="output-check")
+    if problem:
+        raise OutputPathError(problem)
+
+    model, optimizer, state = build(cfg, meta, out, device)
+    if rank == 0 and state.epoch:
+        log(f"resuming {out} after epoch {state.epoch} (best epoch {state.best['epoch']}, "
+            f"val RMSE {state.best['val_rmse']:.4f})")
+    # Horovod: every rank starts from rank 0's parameters and optimizer state.
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    # Horovod: gradients are averaged across ranks by the wrapped optimizer.
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    # Horovod: dropout draws differ per rank, as they would across the rows of one large batch.
+    torch.manual_seed(cfg.seed * 7919 + rank + 1000 * (state.epoch + 1))
+
+    if rank == 0:
+        log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
+            f"{size} worker(s) on {device.type}; global batch {global_batch}; {steps} steps/epoch; "
+            f"{meta.split_rows(TRAIN):,} train rows")
+    progress = Progress(rank == 0, cfg.log_every, steps, global_batch, cfg.epochs)
+    clip = meta.target_range() if cfg.clip_predictions else None
+    binary = meta.target.get("kind") == "implicit" or cfg.loss == "logistic"
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        epoch_start = time.time()
+        train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
+                              device=device, progress=progress)
+        val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
+        if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
+            raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
+                               f"says {meta.split_rows(VALIDATION)}; the split changed since preprocessing")
+        seconds = time.time() - epoch_start
+        improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
+                                 **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
+                                 "seconds": seconds, "examples_per_s": steps * global_batch / seconds})
+        if rank == 0:
+            log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
+                + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s")
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=improved, global_batch=global_batch)
+        if state.bad_epochs >= cfg.patience:
+            if rank == 0:
+                log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
+            break
+    if rank == 0:
+        artifacts.write_final(out, cfg, meta, model, state, global_batch)
+        log(f"done: best epoch {state.best['epoch']}, validation RMSE {state.best['val_rmse']:.4f} -> {out}")
+    # Horovod: no rank leaves before rank 0 has published the model directory.
+    hvd.barrier()
+    return state.best
+
+
+def build(cfg: TrainConfig, meta: DatasetMetadata, out: Path,
+          device: torch.device) -> tuple[ScoringModel, torch.optim.Optimizer, RunState]:
+    """The model (initialised from ``--init-from``'s FM, or from the checkpoint on ``--resume``),
+    its optimizer and the run's state so far (epoch 0 for a new run).
+
+    Raises:
+        DatasetError: ``--init-from`` is not an FM directory, or the checkpoint is of another run.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config)
+    if cfg.init_from:
+        fm = TrainedModel.load(cfg.init_from)
+        if fm.name != "fm":
+            raise DatasetError(f"{cfg.init_from}: --init-from needs an FM model directory, it holds {fm.name!r}")
+        init_from_fm(model, fm.build())
+    model.to(device)
+    opt_cls = torch.optim.Adagrad if cfg.optimizer == "adagrad" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=cfg.lr)
+    state = RunState()
+    if cfg.resume:
+        saved = load_checkpoint(out / CHECKPOINT)
+        check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        state = RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
+                         bad_epochs=saved["bad_epochs"])
+        set_rng_state(saved["rng"])
+    return model, optimizer, state
+
+
+def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,
+                local_batch: int, device: torch.device, progress: Progress) -> dict[str, float]:
+    """One epoch: exactly ``steps`` batches of ``local_batch`` rows from this rank's shard.
+
+    Returns the epoch's training metrics over every rank (unclipped RMSE of the scores).
+
+    Raises:
+        FloatingPointError: a non-finite loss, naming the epoch, step and rank.
+    """
+    model.train()
+    epoch_start = time.time()
+    sums = M.new_sums(device)
+    for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=hvd.rank(), size=hvd.size(),
+                                               batch_size=local_batch, steps=steps, seed=cfg.seed + epoch,
+                                               shuffle_buffer=cfg.shuffle_buffer), start=1):
+        batch = batch.to(device)
+        optimizer.zero_grad()
+        scores = model(*batch.inputs)
+        loss = loss_fn(scores, batch.label, cfg.loss)
+        if cfg.attention_l2 > 0:
+            loss = loss + cfg.attention_l2 * model.l2_penalty()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {hvd.rank()}; "
+                "lower --lr or check the data for extreme values")
+        loss.backward()
+        optimizer.step()  # Horovod: the wrapped optimizer allreduces the gradients first.
+        M.accumulate(sums, scores, batch.label, clip=None, binary=False)
+        progress.step(epoch, step, loss.item(), epoch_start)
+    # Horovod: add every rank's sums.
+    return M.finish(hvd.allreduce(sums, op=hvd.Sum, name="train-sums"), binary=False)
+
+
+@torch.no_grad()
+def evaluate(model: ScoringModel, split_dir: Path, *, device: torch.device, clip: tuple[float, float] | None,
+             binary: bool) -> dict[str, float]:
+    """Metrics of ``model`` over a whole split, each rank scoring its shard; one allreduce."""
+    model.eval()
+    sums = M.new_sums(device)
+    # Horovod: each rank reads its own row groups of the split.
+    for batch in eval_batches(split_dir, rank=hvd.rank(), size=hvd.size()):
+        batch = batch.to(device)
+        M.accumulate(sums, model(*batch.inputs), batch.label, clip=clip, binary=binary)
+    # Horovod: add every rank's sums.
+    return M.finish(hvd.allreduce(sums, op=hvd.Sum, name="eval-sums"), binary=binary)
