@@ -16,6 +16,12 @@ _N, _SSE, _SAE, _LOGLOSS = range(4)
 _HEAD = 4
 
 
+def is_binary(target: dict, loss: str) -> bool:
+    """Whether log loss and AUC apply: an implicit target (labels +1 / -1), or training with the
+    logistic loss (positive means label > 0)."""
+    return target.get("kind") == "implicit" or loss == "logistic"
+
+
 def new_sums(device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.zeros(_HEAD + 2 * AUC_BINS, dtype=torch.float64, device=device)
 
@@ -44,7 +50,8 @@ def accumulate(sums: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *
 
 
 def finish(sums: torch.Tensor, *, binary: bool) -> dict[str, float]:
-    """Turn (allreduced) sums into metrics."""
+    """Turn (allreduced) sums into metrics: ``rows``, and when there are rows ``rmse``, ``mae``
+    and, with ``binary``, ``logloss`` and ``auc`` (when both classes occur)."""
     s = sums.cpu()
     n = float(s[_N])
     if n == 0:
@@ -52,7 +59,9 @@ def finish(sums: torch.Tensor, *, binary: bool) -> dict[str, float]:
     out = {"rows": int(n), "rmse": math.sqrt(float(s[_SSE]) / n), "mae": float(s[_SAE]) / n}
     if binary:
         out["logloss"] = float(s[_LOGLOSS]) / n
-        out["auc"] = auc_from_histograms(s[_HEAD:_HEAD + AUC_BINS], s[_HEAD + AUC_BINS:])
+        auc = auc_from_histograms(s[_HEAD:_HEAD + AUC_BINS], s[_HEAD + AUC_BINS:])
+        if auc == auc:  # AUC needs rows of both classes: not reported otherwise (never NaN)
+            out["auc"] = auc
     return out
 
 

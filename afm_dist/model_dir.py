@@ -28,6 +28,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from afm_dist.dataset import COMPLETE_MARKER, VOCABULARY, DatasetError, DatasetMetadata
 from afm_dist.io import atomic_path, strip_file_scheme, write_text_atomic
+from afm_dist.metrics import is_binary
 from afm_dist.models import ModelConfig, ScoringModel, build_model
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -75,6 +76,11 @@ class TrainedModel:
     def clip_range(self) -> tuple[float, float] | None:
         """(min, max) of the training target that predictions are clipped to for RMSE and MAE."""
         return self.dataset.target_range()
+
+    @property
+    def binary_target(self) -> bool:
+        """Log loss and AUC apply: implicit feedback, or a model trained with the logistic loss."""
+        return is_binary(self.dataset.target, self.train_config.get("loss", "squared"))
 
     @property
     def field_names(self) -> list[str]:

@@ -26,7 +26,7 @@ import sys
 from afm_dist.dataset import DatasetError
 from afm_dist.io import OutputPathError
 from afm_dist.models import MODEL_NAMES, ModelConfig
-from afm_dist.training import TrainConfig, train
+from afm_dist.training import TrainConfig, check_run, train
 from afm_dist.training.loop import log
 
 
@@ -66,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_ints, default=value, metavar="N,N,...")
     ns = vars(p.parse_args(argv))
     model_config = ModelConfig(**{f.name: ns.pop(f.name) for f in dataclasses.fields(ModelConfig) if f.name in ns})
-    return TrainConfig(**ns, model_config=model_config)
+    cfg = TrainConfig(**ns, model_config=model_config)
+    try:
+        cfg.check()  # combinations that cannot work: refused before Horovod starts (exit 2, usage)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg
 
 
 def _parse_bool(s: str) -> bool:
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     settings (the error on stderr, no traceback)."""
     cfg = parse_args(argv)
     try:
+        check_run(cfg)  # the data set and the model's layout, before Horovod starts
         train(cfg)
     except (DatasetError, OutputPathError, FloatingPointError, ValueError) as e:
         log(f"error: {e}")

@@ -19,7 +19,7 @@ from afm_dist.models.afm import AFM
 from afm_dist.models.base import ScoringModel
 from afm_dist.models.deep import DeepCross, WideDeep
 from afm_dist.models.fm import FM, HOFM
-from afm_dist.models.registry import MODEL_NAMES, ModelConfig, build_model, init_from_fm
+from afm_dist.models.registry import MODEL_NAMES, ModelConfig, build_model, check_layout, init_from_fm
 
 __all__ = ["AFM", "FM", "HOFM", "WideDeep", "DeepCross", "ScoringModel", "ModelConfig", "MODEL_NAMES",
-           "build_model", "init_from_fm"]
+           "build_model", "check_layout", "init_from_fm"]

@@ -52,8 +52,33 @@ class ModelConfig:
 MODEL_NAMES = ("fm", "afm", "hofm", "wide_deep", "deep_cross")
 
 
+# Slots a model needs at least: AFM's attention is a softmax over feature pairs, so it needs two.
+MIN_SLOTS = {"fm": 1, "afm": 2, "hofm": 1, "wide_deep": 1, "deep_cross": 1}
+
+
+def check_layout(name: str, num_features: int, num_slots: int) -> None:
+    """Refuse a model that cannot work on a data set's feature layout, before it is built.
+
+    Raises:
+        ValueError: an unknown model, no features, or fewer slots than the model needs (saying
+            which model to use instead).
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+    if num_features < 1 or num_slots < 1:
+        raise ValueError(f"the data set has {num_features} features and {num_slots} slots: nothing to learn from")
+    if num_slots < MIN_SLOTS[name]:
+        raise ValueError(f"{name.upper()} needs at least {MIN_SLOTS[name]} slots (its attention weighs pairs of "
+                         f"features) and this data set has {num_slots}: use --model fm, or add fields to the schema")
+
+
 def build_model(name: str, num_features: int, num_slots: int, config: ModelConfig) -> ScoringModel:
-    """The model called ``name`` for N = ``num_features`` features and M = ``num_slots`` slots."""
+    """The model called ``name`` for N = ``num_features`` features and M = ``num_slots`` slots.
+
+    Raises:
+        ValueError: see ``check_layout``.
+    """
+    check_layout(name, num_features, num_slots)
     c = config
     if name == "fm":
         return FM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings)
@@ -69,7 +94,7 @@ def build_model(name: str, num_features: int, num_slots: int, config: ModelConfi
     if name == "deep_cross":
         return DeepCross(num_features, num_slots, c.embedding_dim, c.residual_sizes, c.deep_dropout, c.init_std,
                          c.sparse_embeddings)
-    raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+    raise AssertionError(name)  # check_layout knows every name
 
 
 @torch.no_grad()

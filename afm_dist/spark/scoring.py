@@ -18,13 +18,15 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from afm_dist import metrics as M
 from afm_dist.batch import to_batch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 from afm_dist.io import write_json_atomic
 from afm_dist.model_dir import TrainedModel
 from afm_dist.spark.model_input import check_encoded_split, is_encoded_split, load_encoded
 
-PREDICTION = "prediction"
+SCORE = "score"  # the model's raw output: log loss and AUC read it (sigmoid(score) for implicit targets)
+PREDICTION = "prediction"  # the score clipped to the training target's range: RMSE and MAE read it
 PREDICTIONS, METRICS_FILE = "predictions", "metrics.json"  # what a scoring output directory holds
 
 # Executor-side cache: one rebuilt model per (model hash) per Python worker process.
@@ -59,26 +61,28 @@ def executor_model(payload: Broadcast, threads: int):
     return model
 
 
-def _predict(model, batch, clip: tuple[float, float] | None) -> np.ndarray:
-    """The model's predictions (float64, clipped to ``clip``) for an Arrow batch of encoded rows."""
+def _predict(model, batch, clip: tuple[float, float] | None) -> list:
+    """[score, prediction] Arrow arrays (float64) for an Arrow batch of encoded rows: the model's
+    raw scores, and the same clipped to ``clip``."""
+    import pyarrow as pa
     import torch
 
     with torch.inference_mode():
-        pred = model(*to_batch(batch).inputs).double().numpy()
-    return pred if clip is None else np.clip(pred, *clip)
+        score = model(*to_batch(batch).inputs).double().numpy()
+    return [pa.array(score), pa.array(score if clip is None else np.clip(score, *clip))]
 
 
 def score(spark: SparkSession, encoded: DataFrame, payload: Broadcast, *, keep: list[str],
           clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Add ``prediction`` to an encoded DataFrame (ids, vals, mask [, label]); keep ``keep`` columns.
 
-    Returns ``keep`` columns, ``label`` where the input has it, and ``prediction``
-    (clipped to ``clip`` when given, as the paper's evaluation does).
+    Returns ``keep`` columns, ``label`` where the input has it, ``score`` (the raw model output)
+    and ``prediction`` (clipped to ``clip`` when given, as the paper's evaluation does).
     """
     has_label = LABEL in encoded.columns
     in_cols = keep + [IDS, VALS, MASK] + ([LABEL] if has_label else [])
     out_cols = keep + ([LABEL] if has_label else [])
-    out_schema = encoded.select(*out_cols).schema.add(PREDICTION, "double")
+    out_schema = encoded.select(*out_cols).schema.add(SCORE, "double").add(PREDICTION, "double")
 
     def predict(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
         import pyarrow as pa
@@ -87,8 +91,8 @@ def score(spark: SparkSession, encoded: DataFrame, payload: Broadcast, *, keep: 
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
-                columns = [part.column(c) for c in out_cols] + [pa.array(_predict(model, part, clip))]
-                yield pa.RecordBatch.from_arrays(columns, names=out_cols + [PREDICTION])
+                columns = [part.column(c) for c in out_cols] + _predict(model, part, clip)
+                yield pa.RecordBatch.from_arrays(columns, names=out_cols + [SCORE, PREDICTION])
 
     # Arrow batches straight into torch (no pandas): the list columns become (B, M) arrays by a
     # reshape of their flat values instead of a per-row stack.
@@ -98,7 +102,7 @@ def score(spark: SparkSession, encoded: DataFrame, payload: Broadcast, *, keep: 
 
 def score_split(spark: SparkSession, split_dir: str | Path, payload: Broadcast, *,
                 clip: tuple[float, float] | None, batch_size: int = 8192, threads: int = 1) -> DataFrame:
-    """Score a split written by jobs/preprocess.py: ``row_id``, ``label`` and ``prediction``.
+    """Score a split written by jobs/preprocess.py: ``row_id``, ``label``, ``score`` and ``prediction``.
 
     Spark schedules the split's Parquet row groups as tasks and each Python worker reads its row
     groups itself with pyarrow, straight into torch: the fixed-width list columns never pass
@@ -129,41 +133,53 @@ def score_split(spark: SparkSession, split_dir: str | Path, payload: Broadcast, 
                     yield pa.RecordBatch.from_arrays(
                         [part.column(ROW_ID).cast(pa.int64())]
                         + ([part.column(LABEL).cast(pa.float32())] if has_label else [])
-                        + [pa.array(_predict(model, part, clip))],
-                        names=out_cols + [PREDICTION])
+                        + _predict(model, part, clip),
+                        names=out_cols + [SCORE, PREDICTION])
 
     # Task i scores row group tasks[i]; spark.range makes the indices in the JVM (no Python RDD).
     slices = max(1, min(len(tasks), spark.sparkContext.defaultParallelism * 4))
-    out_schema = f"{ROW_ID} long, " + (f"{LABEL} float, " if has_label else "") + f"{PREDICTION} double"
+    out_schema = f"{ROW_ID} long, " + (f"{LABEL} float, " if has_label else "") + f"{SCORE} double, {PREDICTION} double"
     return spark.range(0, len(tasks), numPartitions=slices).mapInArrow(predict, schema=out_schema)
 
 
-def regression_metrics(scored: DataFrame) -> dict[str, float]:
-    """Row count, RMSE and MAE of ``prediction`` against ``label``, computed by Spark."""
-    err = F.col(PREDICTION) - F.col(LABEL)
-    row = scored.agg(F.count(F.lit(1)).alias("rows"), F.sqrt(F.avg(err * err)).alias("rmse"),
-                     F.avg(F.abs(err)).alias("mae")).first()
-    return {"rows": int(row["rows"]), "rmse": float(row["rmse"] or 0.0), "mae": float(row["mae"] or 0.0)}
+def prediction_metrics(scored: DataFrame, *, clip: tuple[float, float] | None, binary: bool) -> dict[str, float]:
+    """Metrics of ``score`` against ``label`` with the trainer's own definitions (afm_dist/metrics.py):
+    rows, RMSE and MAE of the scores clipped to ``clip``; for ``binary`` targets, log loss and AUC
+    of the raw scores. Each task sums its rows (``metrics.accumulate``); Spark adds the sums.
 
+    Raises:
+        DatasetError: no row to compute metrics on (never a metric of zero rows).
+    """
+    def partial(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
+        import pyarrow as pa
+        import torch
 
-def binary_metrics(scored: DataFrame) -> dict[str, float]:
-    """Log loss of sigmoid(prediction) and AUC, for targets where positive means label > 0."""
-    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+        sums = M.new_sums()
+        for batch in batches:
+            M.accumulate(sums, torch.from_numpy(batch.column(SCORE).to_numpy(zero_copy_only=False)),
+                         torch.from_numpy(batch.column(LABEL).to_numpy(zero_copy_only=False)), clip=clip,
+                         binary=binary)
+        index = sums.nonzero().squeeze(1)  # sparse: most histogram bins are empty
+        yield pa.RecordBatch.from_pydict({"i": index.numpy(), "v": sums[index].numpy()})
 
-    y = (F.col(LABEL) > 0).cast("double")
-    z = F.when(F.col(LABEL) > 0, F.col(PREDICTION)).otherwise(-F.col(PREDICTION))
-    softplus_neg = F.greatest(-z, F.lit(0.0)) + F.log1p(F.exp(-F.abs(z)))  # log(1 + e^-z), stable
-    logloss = scored.agg(F.avg(softplus_neg)).first()[0]
-    auc = BinaryClassificationEvaluator(rawPredictionCol=PREDICTION, labelCol="y01",
-                                        metricName="areaUnderROC").evaluate(scored.withColumn("y01", y))
-    return {"logloss": float(logloss), "auc": float(auc)}
+    totals = (scored.select(SCORE, LABEL).mapInArrow(partial, schema="i long, v double")
+              .groupBy("i").agg(F.sum("v").alias("v")).collect())
+    sums = M.new_sums()
+    for r in totals:
+        sums[r["i"]] = r["v"]
+    metrics = M.finish(sums, binary=binary)
+    if not metrics["rows"]:
+        raise DatasetError("no row to score: the input holds no row with a label (an empty split, or every raw "
+                           "row rejected); check the input or the schema's split fractions")
+    return metrics
 
 
 def score_input(spark: SparkSession, inputs: Sequence[str], model: TrainedModel, out: Path, *, clip: bool,
                 batch_size: int, threads: int, tables: Mapping[str, Sequence[str]],
                 max_rejected_fraction: float) -> dict[str, Any]:
     """Score a preprocessed split or raw logs into ``out``: ``predictions/``, ``rejected/`` (raw
-    logs) and ``metrics.json`` (rows, RMSE, MAE; log loss and AUC for implicit targets).
+    logs) and ``metrics.json`` (rows, RMSE, MAE; log loss and AUC for binary targets: implicit
+    feedback or a model trained with the logistic loss), the trainer's definitions of each.
     Returns the metrics summary.
 
     Raises:
@@ -187,11 +203,11 @@ def score_input(spark: SparkSession, inputs: Sequence[str], model: TrainedModel,
     summary: dict[str, Any] = {"model": str(model.path), "inputs": list(inputs), "clipped_to": clip_range,
                                "rejected_rows": rejected}
     if LABEL in predictions.columns:
-        summary.update(regression_metrics(predictions))
-        if model.dataset.target.get("kind") == "implicit":
-            summary.update(binary_metrics(predictions))
+        summary.update(prediction_metrics(predictions, clip=clip_range, binary=model.binary_target))
     else:
         summary["rows"] = predictions.count()
+        if not summary["rows"]:
+            raise DatasetError(f"{', '.join(inputs)}: no row to score (every raw row was rejected or the input is empty)")
     summary["seconds"] = round(time.time() - start, 2)
     write_json_atomic(out / METRICS_FILE, summary)
     return summary

@@ -2,6 +2,6 @@
 ``evaluate`` are its steps; ``artifacts`` writes the model directory and ``checkpoint`` the state
 that ``--resume`` reads. The launcher is ``python -m afm_dist.train`` (afm_dist/train.py)."""
 from afm_dist.training.config import TrainConfig
-from afm_dist.training.loop import evaluate, train, train_epoch
+from afm_dist.training.loop import check_run, evaluate, train, train_epoch
 
-__all__ = ["TrainConfig", "evaluate", "train", "train_epoch"]
+__all__ = ["TrainConfig", "check_run", "evaluate", "train", "train_epoch"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch
 
 from afm_dist.dataset import VOCABULARY, DatasetMetadata, mark_complete
 from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
-from afm_dist.model_dir import CURVES, METRICS, TrainedModel, save_weights
+from afm_dist.model_dir import CURVES, METRICS, MODEL_WEIGHTS, TrainedModel, save_weights
 from afm_dist.plots import plot_training_curves
-from afm_dist.training.checkpoint import CHECKPOINT, rng_state, save_checkpoint
+from afm_dist.training.checkpoint import CHECKPOINT, save_checkpoint
 from afm_dist.training.config import TrainConfig
 
 
@@ -77,7 +78,7 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         "model": cfg.model, "schema_hash": meta.schema_hash, "num_features": meta.num_features,
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
-        "bad_epochs": state.bad_epochs, "rng": rng_state(),
+        "bad_epochs": state.bad_epochs,
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
@@ -85,7 +86,17 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
 def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
                 global_batch: int) -> None:
     """At the end: model.json marked finished, the data set's vocabulary (scoring raw logs needs
-    it), then the completion marker, last."""
+    it), then the completion marker, last: only when the best epoch's weights are there and
+    every metric it reports is finite.
+
+    Raises:
+        FloatingPointError: no epoch gave weights with finite metrics; nothing is marked complete.
+    """
+    best = state.best.get("metrics", {})
+    finite = all(math.isfinite(v) for k, v in best.items() if isinstance(v, float) and k != "seconds")
+    if not (out / MODEL_WEIGHTS).exists() or not best or not finite:
+        raise FloatingPointError(f"{out}: no epoch produced weights with finite validation metrics "
+                                 f"(best: {best or 'none'}); the model directory is not marked complete")
     describe(cfg, meta, model, state, global_batch, finished=True).save(out)
     vocabulary = Path(cfg.data) / VOCABULARY
     if vocabulary.is_dir():

@@ -1,16 +1,15 @@
 """The training state of a run (``checkpoint.pt`` in its model directory), for ``--resume``.
 
 Written atomically every epoch by rank 0 and loaded weights-only (tensors and plain values; no
-pickled code): model and optimizer state, the history of epochs, early-stopping state and the
-random number generators' states.
+pickled code): model and optimizer state (Adagrad's accumulators), the history of epochs and the
+early-stopping state. No random number generator state: the trainer seeds dropout and the data
+order by epoch, so a resumed epoch draws what it would have drawn in one uninterrupted run.
 """
 from __future__ import annotations
 
 import os
-import random
 from typing import Any
 
-import numpy as np
 import torch
 
 from afm_dist.dataset import DatasetError, DatasetMetadata
@@ -28,19 +27,6 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a training state written by save_checkpoint; tensors and plain values only."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch, Python and numpy generators' states, as tensors and lists (weights-only safe)."""
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
 
 
 def check_resume_compatible(state: dict[str, Any], model: str, data: str, meta: DatasetMetadata,

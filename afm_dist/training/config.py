@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from afm_dist.models import ModelConfig
 
+INIT_FROM_FM = ("fm", "afm", "wide_deep", "deep_cross")  # the models init_from_fm accepts
+
 
 @dataclass
 class TrainConfig:
@@ -32,6 +34,44 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     model_config: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+    def check(self) -> None:
+        """Refuse settings and combinations of settings that cannot work, before any work.
+
+        Raises:
+            ValueError: naming the flags and what works instead.
+        """
+        c = self.model_config
+        positive = {"--epochs": self.epochs, "--lr": self.lr, "--patience": self.patience,
+                    "--shuffle-buffer": self.shuffle_buffer, "--log-every": self.log_every,
+                    "--embedding-dim": c.embedding_dim, "--attention-factor": c.attention_factor,
+                    "--attention-chunk-elements": c.attention_chunk_elements, "--init-std": c.init_std}
+        if self.batch_size is not None:
+            positive["--batch-size"] = self.batch_size
+        if self.threads is not None:
+            positive["--threads"] = self.threads
+        for flag, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{flag} must be positive, got {value}")
+        if any(size < 1 for size in (*c.mlp_sizes, *c.residual_sizes)):
+            raise ValueError("--mlp-sizes and --residual-sizes take positive widths")
+        for flag, p in {"--interaction-dropout": c.interaction_dropout, "--attention-dropout": c.attention_dropout,
+                        "--deep-dropout": c.deep_dropout}.items():
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{flag} is a probability in [0, 1), got {p}")
+        if self.attention_l2 < 0:
+            raise ValueError(f"--attention-l2 must be 0 or more, got {self.attention_l2}")
+        if c.sparse_embeddings and self.optimizer != "adagrad":
+            raise ValueError(f"--sparse-embeddings true works with --optimizer adagrad only (torch's {self.optimizer} "
+                             "takes no sparse gradients); use --optimizer adagrad, or --sparse-embeddings false")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --output and --overwrite would delete it: pass one of them")
+        if self.resume and self.init_from:
+            raise ValueError("--init-from initialises a new run; --resume continues from the run's own checkpoint: "
+                             "drop --init-from")
+        if self.init_from and self.model not in INIT_FROM_FM:
+            raise ValueError(f"--init-from (a trained FM) initialises --model {', '.join(INIT_FROM_FM)}, "
+                             f"not {self.model}")
 
     def to_dict(self) -> dict:
         """The settings without the model's hyperparameters (those are the model's own)."""

@@ -8,6 +8,7 @@ The model knows nothing of distribution: every distribution-specific line here s
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -23,10 +24,10 @@ from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, l
 from afm_dist.io import OutputPathError
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
 from afm_dist.model_dir import TrainedModel
-from afm_dist.models import ScoringModel, build_model, init_from_fm
+from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
-from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, set_rng_state
+from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint
 from afm_dist.training.config import TrainConfig
 
 
@@ -65,6 +66,47 @@ def loss_fn(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tens
     return F.binary_cross_entropy_with_logits(scores, (labels > 0).float())
 
 
+# An epoch whose (unclipped) train RMSE exceeds this many times the target's range has diverged: a
+# model that predicts the mean is within one range of every label.
+DIVERGED_FACTOR = 1e3
+
+
+def check_run(cfg: TrainConfig) -> DatasetMetadata:
+    """What can be refused before Horovod starts: the data set, and the model against its layout.
+
+    Raises:
+        DatasetError: the data set is unusable, or its train or validation split is empty.
+        ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot).
+    """
+    meta = load_metadata(cfg.data)
+    check_layout(cfg.model, meta.num_features, meta.num_slots)
+    for split, why in ((TRAIN, "nothing to train on"),
+                       (VALIDATION, "training needs it to keep the best epoch and stop early")):
+        if meta.split_rows(split) == 0:
+            raise DatasetError(f"{cfg.data}/{split}: the split is empty ({why}); preprocess again with a "
+                               f"{split} fraction above 0 in the schema's split section, or with more rows")
+    return meta
+
+
+def check_diverged(epoch: int, train_m: dict[str, float], val_m: dict[str, float], meta: DatasetMetadata) -> None:
+    """Stop a run whose model has diverged, before it is published.
+
+    Raises:
+        FloatingPointError: a metric is not finite, or the train RMSE is over ``DIVERGED_FACTOR``
+            times the target's range; the message says what to change.
+    """
+    lo, hi = meta.target_range() or (0.0, 1.0)
+    limit = DIVERGED_FACTOR * max(1.0, hi - lo)
+    bad = {f"train {k}": v for k, v in train_m.items() if k != "rows" and not math.isfinite(v)}
+    bad |= {f"validation {k}": v for k, v in val_m.items() if k != "rows" and not math.isfinite(v)}
+    if not bad and train_m["rmse"] <= limit:
+        return
+    shown = ", ".join(f"{k} {v}" for k, v in bad.items()) or f"train RMSE {train_m['rmse']:.4g} (over {limit:g})"
+    raise FloatingPointError(
+        f"training diverged at epoch {epoch}: {shown}, for targets in [{lo:g}, {hi:g}]. Numeric fields with "
+        "large raw values need 'standardize: true' or 'transform: log1p' in the schema; else lower --lr")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one model; every Horovod rank calls this. Returns the best epoch's metrics.
 
@@ -82,7 +124,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Horovod: the cores are shared by the local ranks.
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
 
-    meta = load_metadata(cfg.data)
+    meta = check_run(cfg)
     global_batch = cfg.batch_size or int(meta.schema.get("training", {}).get("batch_size", 128))
     if global_batch % size:
         raise ValueError(f"--batch-size {global_batch} is not divisible by the {size} workers")
@@ -99,17 +141,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if problem:
         raise OutputPathError(problem)
 
-    model, optimizer, state = build(cfg, meta, out, device)
+    torch.manual_seed(cfg.seed)  # the same initial parameters on every rank (rank 0's are broadcast anyway)
+    model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config)
+    if cfg.init_from:
+        init_from(model, cfg.init_from)
+    model.to(device)
+    opt_cls = torch.optim.Adagrad if cfg.optimizer == "adagrad" else torch.optim.Adam
+    # Horovod: the wrapped optimizer averages the gradients across ranks before each step. It is a
+    # new optimizer over the same parameters, so a checkpoint's state is loaded into it, not before.
+    optimizer = hvd.DistributedOptimizer(opt_cls(model.parameters(), lr=cfg.lr),
+                                         named_parameters=model.named_parameters())
+    state = resume(out, cfg, meta, model, optimizer) if cfg.resume else RunState()
     if rank == 0 and state.epoch:
         log(f"resuming {out} after epoch {state.epoch} (best epoch {state.best['epoch']}, "
             f"val RMSE {state.best['val_rmse']:.4f})")
     # Horovod: every rank starts from rank 0's parameters and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    # Horovod: gradients are averaged across ranks by the wrapped optimizer.
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
-    # Horovod: dropout draws differ per rank, as they would across the rows of one large batch.
-    torch.manual_seed(cfg.seed * 7919 + rank + 1000 * (state.epoch + 1))
 
     if rank == 0:
         log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
@@ -117,15 +165,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             f"{meta.split_rows(TRAIN):,} train rows")
     progress = Progress(rank == 0, cfg.log_every, steps, global_batch, cfg.epochs)
     clip = meta.target_range() if cfg.clip_predictions else None
-    binary = meta.target.get("kind") == "implicit" or cfg.loss == "logistic"
+    binary = M.is_binary(meta.target, cfg.loss)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         epoch_start = time.time()
+        # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by
+        # epoch, so that a resumed run draws what the uninterrupted run drew.
+        torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
                               device=device, progress=progress)
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
                                f"says {meta.split_rows(VALIDATION)}; the split changed since preprocessing")
+        check_diverged(epoch, train_m, val_m, meta)
         seconds = time.time() - epoch_start
         improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                                  **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
@@ -146,34 +198,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return state.best
 
 
-def build(cfg: TrainConfig, meta: DatasetMetadata, out: Path,
-          device: torch.device) -> tuple[ScoringModel, torch.optim.Optimizer, RunState]:
-    """The model (initialised from ``--init-from``'s FM, or from the checkpoint on ``--resume``),
-    its optimizer and the run's state so far (epoch 0 for a new run).
+def init_from(model: ScoringModel, fm_dir: str) -> None:
+    """Copy a trained FM's embeddings and linear part into ``model`` (the paper's pre-training).
 
     Raises:
-        DatasetError: ``--init-from`` is not an FM directory, or the checkpoint is of another run.
+        DatasetError: ``fm_dir`` is not a finished FM model directory.
     """
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config)
-    if cfg.init_from:
-        fm = TrainedModel.load(cfg.init_from)
-        if fm.name != "fm":
-            raise DatasetError(f"{cfg.init_from}: --init-from needs an FM model directory, it holds {fm.name!r}")
-        init_from_fm(model, fm.build())
-    model.to(device)
-    opt_cls = torch.optim.Adagrad if cfg.optimizer == "adagrad" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=cfg.lr)
-    state = RunState()
-    if cfg.resume:
-        saved = load_checkpoint(out / CHECKPOINT)
-        check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
-        model.load_state_dict(saved["model_state"])
-        optimizer.load_state_dict(saved["optimizer_state"])
-        state = RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"],
-                         bad_epochs=saved["bad_epochs"])
-        set_rng_state(saved["rng"])
-    return model, optimizer, state
+    fm = TrainedModel.load(fm_dir)
+    if fm.name != "fm":
+        raise DatasetError(f"{fm_dir}: --init-from needs an FM model directory, it holds {fm.name!r}")
+    init_from_fm(model, fm.build())
+
+
+def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringModel,
+           optimizer: torch.optim.Optimizer) -> RunState:
+    """Load the run's checkpoint into ``model`` and the (wrapped) ``optimizer``; its state so far.
+
+    Raises:
+        DatasetError: the checkpoint is of another model or data set.
+    """
+    saved = load_checkpoint(out / CHECKPOINT)
+    check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
+    model.load_state_dict(saved["model_state"])
+    optimizer.load_state_dict(saved["optimizer_state"])  # Adagrad's accumulators, Adam's moments
+    return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"])
 
 
 def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,
@@ -200,7 +248,8 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {hvd.rank()}; "
-                "lower --lr or check the data for extreme values")
+                "lower --lr, or give numeric fields with large raw values 'standardize: true' or "
+                "'transform: log1p' in the schema")
         loss.backward()
         optimizer.step()  # Horovod: the wrapped optimizer allreduces the gradients first.
         M.accumulate(sums, scores, batch.label, clip=None, binary=False)

@@ -43,7 +43,7 @@ def test_score_rmse_equals_torch_and_training(spark, planted_data, planted_model
     # Training evaluated the same best weights on the same split.
     assert summary["rmse"] == pytest.approx(info["best"]["val_rmse"], abs=1e-6)
     preds = spark.read.parquet(str(out / "predictions"))
-    assert set(preds.columns) == {"row_id", "label", "prediction"}
+    assert set(preds.columns) == {"row_id", "label", "score", "prediction"}
     assert preds.count() == rows
 
 

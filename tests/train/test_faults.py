@@ -1,0 +1,142 @@
+"""Faults of issue 14 on the training and scoring side, each with its own small input: option
+combinations and data layouts refused before Horovod starts, empty splits, a diverging model that
+is never published, a resumed run equal to the uninterrupted one, and one definition of each
+metric for the trainer and the scoring job."""
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afm_dist import metrics as M
+from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, TEST
+from afm_dist.model_dir import MODEL_WEIGHTS
+from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
+from tests.conftest import run_horovod, run_job
+from tests.train.test_train import check, metrics, train_args
+
+RATINGS = ["u1\ti1\t4.0", "u2\ti2\t3.0", "u3\ti1\t5.0", "u1\ti3\t2.0", "u2\ti1\t3.5", "u4\ti2\t1.0",
+           "u3\ti3\t4.5", "u4\ti1\t2.5", "u5\ti2\t3.0", "u5\ti3\t4.0"] * 6  # 60 rows, ratings 1 to 5
+
+
+def preprocess(spark, tmp_path, name: str, header: str, lines: list[str], fields: list[str], *,
+               split: str = "{train: 0.6, validation: 0.2, test: 0.2}", numeric: tuple[str, ...] = ()):
+    """A data set of its own: the lines as a TSV, the schema written here, jobs/preprocess.py."""
+    logs = tmp_path / f"{name}.tsv"
+    logs.write_text("\n".join([header, *lines]) + "\n")
+    kinds = [f"  - {{name: {f}, kind: {'numeric' if f in numeric else 'categorical'}}}" for f in fields]
+    schema = tmp_path / f"{name}.yaml"
+    schema.write_text("\n".join([f"name: {name}", "format: {type: tsv, header: true}", "fields:", *kinds,
+                                 "target: {kind: explicit, column: rating}", f"split: {split}", "seed: 3"]) + "\n")
+    out = tmp_path / f"{name}-data"
+    assert run_job("preprocess", ["--schema", schema, "--input", logs, "--output", out, "--min-row-groups", "2"],
+                   spark) == 0
+    return out
+
+
+def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
+    from afm_dist.train import parse_args
+
+    base = ["--data", str(tmp_path / "none"), "--output", str(tmp_path / "m")]
+    cases = [
+        (["--model", "fm", "--sparse-embeddings", "true", "--optimizer", "adam"],
+         "--sparse-embeddings true works with --optimizer adagrad only"),
+        (["--model", "fm", "--resume", "--overwrite"], "--resume continues the run in --output"),
+        (["--model", "afm", "--resume", "--init-from", "x"], "drop --init-from"),
+        (["--model", "hofm", "--init-from", "x"], "not hofm"),
+        (["--model", "fm", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--model", "afm", "--interaction-dropout", "1.0"], "--interaction-dropout is a probability"),
+    ]
+    for flags, words in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(base + flags)
+        assert exit_info.value.code == 2
+        assert words in capsys.readouterr().err, flags
+    assert parse_args(base + ["--model", "fm", "--sparse-embeddings", "true"]).model_config.sparse_embeddings
+
+
+def test_afm_on_one_field_refused_before_training(spark, tmp_path, capsys):
+    from afm_dist.train import main
+
+    data = preprocess(spark, tmp_path, "one_field", "user\trating", [r.split("\t")[0] + "\t" + r.split("\t")[2]
+                                                                    for r in RATINGS], ["user"])
+    assert main(["--data", str(data), "--model", "afm", "--output", str(tmp_path / "afm")]) == 2
+    err = capsys.readouterr().err
+    assert "AFM needs at least 2 slots" in err and "this data set has 1: use --model fm" in err
+    assert not (tmp_path / "afm").exists()  # refused before the output was made
+
+
+def test_empty_validation_split_refused_up_front(spark, tmp_path, capsys):
+    from afm_dist.train import main
+
+    data = preprocess(spark, tmp_path, "no_val", "user\titem\trating", RATINGS, ["user", "item"],
+                      split="{train: 0.8, validation: 0.0, test: 0.2}")
+    assert main(["--data", str(data), "--model", "fm", "--output", str(tmp_path / "fm")]) == 2
+    assert "validation: the split is empty" in capsys.readouterr().err
+    assert not (tmp_path / "fm").exists()
+
+
+def test_scoring_an_empty_split_is_an_error_not_rmse_zero(spark, planted_data, planted_models, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / TEST).mkdir(parents=True)
+    (empty / METADATA_FILE).write_bytes((planted_data / METADATA_FILE).read_bytes())  # the model's data set
+    schema = pq.read_schema(next((planted_data / TEST).glob("*.parquet")))
+    pq.write_table(schema.empty_table(), empty / TEST / "part-0.parquet")
+    out = tmp_path / "scores"
+    assert run_job("score", ["--model", planted_models["fm"], "--input", empty / TEST, "--output", out], spark) == 2
+    assert "no row to score" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_scoring_metrics_are_the_trainers(spark):
+    """Clipping applies to RMSE and MAE only; log loss and AUC read the raw scores (as training)."""
+    from afm_dist.spark.scoring import LABEL, SCORE, prediction_metrics
+
+    scores, labels = [3.0, -2.0, 0.5, -0.25], [1.0, -1.0, -1.0, 1.0]
+    df = spark.createDataFrame(list(zip(scores, labels)), f"{SCORE} double, {LABEL} float")
+    got = prediction_metrics(df, clip=(-1.0, 1.0), binary=True)
+    clipped = [min(max(s, -1.0), 1.0) for s in scores]
+    assert got["rows"] == 4
+    assert got["rmse"] == pytest.approx(math.sqrt(sum((p - y) ** 2 for p, y in zip(clipped, labels)) / 4))
+    assert got["mae"] == pytest.approx(sum(abs(p - y) for p, y in zip(clipped, labels)) / 4)
+    # log(1 + exp(-z)), z = score for a positive and -score for a negative: unclipped scores.
+    expected_logloss = sum(math.log1p(math.exp(-(s if y > 0 else -s))) for s, y in zip(scores, labels)) / 4
+    assert got["logloss"] == pytest.approx(expected_logloss, rel=1e-9)
+    assert got["auc"] == pytest.approx(0.75)  # positives 3.0, -0.25 against negatives -2.0, 0.5: 3 of 4 pairs
+    sums = M.new_sums()
+    M.accumulate(sums, torch.tensor(scores), torch.tensor(labels), clip=(-1.0, 1.0), binary=True)
+    assert got == pytest.approx(M.finish(sums, binary=True))
+
+
+def test_diverging_model_stops_and_is_never_published(spark, tmp_path):
+    lines = [f"{r.split(chr(9))[0]}\t{r.split(chr(9))[1]}\t{5_000_000 + 137_000 * i:.2f}\t{r.split(chr(9))[2]}"
+             for i, r in enumerate(RATINGS)]
+    data = preprocess(spark, tmp_path, "raw_price", "user\titem\tprice\trating", lines, ["user", "item", "price"],
+                      numeric=("price",))
+    out = tmp_path / "fm"
+    proc = run_horovod(train_args(data, "fm", out, "--epochs", "2", "--batch-size", "8"), np=2)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "'standardize: true' or" in text and "'transform: log1p'" in text, text[-3000:]
+    assert not (out / COMPLETE_MARKER).exists()
+
+
+def test_resumed_run_equals_the_uninterrupted_run(planted_data, tmp_path):
+    common = ["--batch-size", "128", "--interaction-dropout", "0", "--patience", "5", "--seed", "9"]
+    check(run_horovod(train_args(planted_data, "fm", tmp_path / "whole", "--epochs", "3", *common), np=2))
+    check(run_horovod(train_args(planted_data, "fm", tmp_path / "parts", "--epochs", "1", *common), np=2))
+    check(run_horovod(train_args(planted_data, "fm", tmp_path / "parts", "--epochs", "3", "--resume", *common), np=2))
+    whole, parts = load_checkpoint(tmp_path / "whole" / CHECKPOINT), load_checkpoint(tmp_path / "parts" / CHECKPOINT)
+    assert parts["epoch"] == whole["epoch"] == 3
+    for name, tensor in whole["model_state"].items():
+        torch.testing.assert_close(parts["model_state"][name], tensor, rtol=1e-5, atol=1e-6)
+    accumulators = [s["sum"] for s in whole["optimizer_state"]["state"].values()]  # Adagrad's, restored too
+    for got, want in zip([s["sum"] for s in parts["optimizer_state"]["state"].values()], accumulators):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert [h["val_rmse"] for h in metrics(tmp_path / "parts")] == pytest.approx(
+        [h["val_rmse"] for h in metrics(tmp_path / "whole")], rel=1e-5)
+    best = load_file(str(tmp_path / "whole" / MODEL_WEIGHTS))
+    assert set(best) == set(whole["model_state"])
