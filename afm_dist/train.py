@@ -27,6 +27,7 @@ from afm_dist.dataset import DatasetError
 from afm_dist.io import OutputPathError
 from afm_dist.models import MODEL_NAMES, ModelConfig
 from afm_dist.training import TrainConfig, check_run, train
+from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 from afm_dist.training.loop import log
 
 
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--init-from", help="a trained FM model directory whose embeddings and linear part initialise this model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the schema's, else 128)")
-    p.add_argument("--optimizer", choices=["adagrad", "adam"], default=TrainConfig.optimizer)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
+                   help="adagrad (the paper's; lazy on sparse tables), rowwise_adagrad (one accumulator per table "
+                        "row: k times less optimizer memory), adam (dense tables only)")
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--loss", choices=["squared", "logistic"], default=TrainConfig.loss)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
@@ -56,8 +59,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     defaults = ModelConfig()
+    p.add_argument("--sparse-embeddings", type=_parse_bool, default=None, metavar="BOOL",
+                   help="sparse gradients for the feature tables, so that a step touches only its batch's rows "
+                        "(default: true, false with --optimizer adam, which takes no sparse gradients)")
     for f in dataclasses.fields(ModelConfig):
         value = getattr(defaults, f.name)
+        if f.name == "sparse_embeddings":
+            continue
         if isinstance(value, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool, default=value, metavar="BOOL")
         elif isinstance(value, (int, float)):
@@ -65,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         elif isinstance(value, tuple):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_ints, default=value, metavar="N,N,...")
     ns = vars(p.parse_args(argv))
+    if ns["sparse_embeddings"] is None:
+        ns["sparse_embeddings"] = ns["optimizer"] in SPARSE_OPTIMIZERS
     model_config = ModelConfig(**{f.name: ns.pop(f.name) for f in dataclasses.fields(ModelConfig) if f.name in ns})
     cfg = TrainConfig(**ns, model_config=model_config)
     try:

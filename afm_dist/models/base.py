@@ -23,13 +23,14 @@ class ScoringModel(nn.Module):
         num_features: N.
         embedding_dim: k.
         init_std: standard deviation of the embeddings' normal initialisation.
-        sparse_embeddings: sparse gradients for the embedding table(s).
+        sparse_embeddings: sparse gradients for the embedding table(s) and the linear weights w_i:
+            a training step then reads and updates only the rows of its batch's feature ids.
     """
 
     def __init__(self, num_features: int, embedding_dim: int, init_std: float = 0.01,
                  sparse_embeddings: bool = False) -> None:
         super().__init__()
-        self.linear = FeaturesLinear(num_features)
+        self.linear = FeaturesLinear(num_features, sparse_embeddings)
         self.embedding = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)
 
     def num_parameters(self) -> int:

@@ -38,11 +38,12 @@ class FeaturesLinear(nn.Module):
 
     Args:
         num_features: N, rows of the weight table (global feature ids are 0..N-1).
+        sparse: sparse gradients for the table: a step touches only the rows of its batch.
     """
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(self, num_features: int, sparse: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Embedding(num_features, 1)  # w_i, (N, 1)
+        self.weight = nn.Embedding(num_features, 1, sparse=sparse)  # w_i, (N, 1)
         self.bias = nn.Parameter(torch.zeros(1))  # w0
         # Zeros, as the reference implementation: the linear part starts as the constant 0.
         nn.init.zeros_(self.weight.weight)
@@ -60,7 +61,8 @@ class FeaturesEmbedding(nn.Module):
         num_features: N, rows of the table.
         embedding_dim: k.
         init_std: standard deviation of the normal initialisation.
-        sparse: sparse gradients for the table (only optimizers that accept them: SGD, Adagrad).
+        sparse: sparse gradients for the table: a step touches only the rows of its batch (only
+            optimizers that accept them: SGD, Adagrad, afm_dist.training.optimizers.RowWiseAdagrad).
     """
 
     def __init__(self, num_features: int, embedding_dim: int, init_std: float = 0.01, sparse: bool = False) -> None:

@@ -44,9 +44,10 @@ class ModelConfig:
     # Elements of one (B C, max(k, t)) chunk of the efficient attention: 4 Mi floats = 16 MiB, small
     # next to a (B, P, k) tensor at the paper's batch 4096, large enough that matmuls stay efficient.
     attention_chunk_elements: int = 1 << 22
-    # Dense embedding gradients work with every optimizer and with Horovod's allreduce; sparse ones
-    # only with SGD / Adagrad, and pay off for very large tables.
-    sparse_embeddings: bool = False
+    # Sparse gradients for the feature tables (embeddings and linear weights): a step costs the same
+    # whatever the number of features, and Horovod exchanges only the batch's rows. Dense ones are
+    # needed by optimizers without sparse support (Adam); the trainer picks dense for those.
+    sparse_embeddings: bool = True
 
 
 MODEL_NAMES = ("fm", "afm", "hofm", "wide_deep", "deep_cross")

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from afm_dist.models import ModelConfig
+from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 
 INIT_FROM_FM = ("fm", "afm", "wide_deep", "deep_cross")  # the models init_from_fm accepts
 
@@ -20,7 +21,7 @@ class TrainConfig:
     epochs: int = 20
     # Paper: Frappe 128, MovieLens 4096; a dataset schema may set its own (training.batch_size).
     batch_size: int | None = None
-    optimizer: str = "adagrad"  # the paper's mini-batch Adagrad; adam as an option
+    optimizer: str = "adagrad"  # the paper's mini-batch Adagrad; rowwise_adagrad, adam as options
     lr: float = 0.05
     loss: str = "squared"  # the paper's squared loss; "logistic" for binary log loss
     patience: int = 3  # early stopping on validation RMSE
@@ -61,9 +62,12 @@ class TrainConfig:
                 raise ValueError(f"{flag} is a probability in [0, 1), got {p}")
         if self.attention_l2 < 0:
             raise ValueError(f"--attention-l2 must be 0 or more, got {self.attention_l2}")
-        if c.sparse_embeddings and self.optimizer != "adagrad":
-            raise ValueError(f"--sparse-embeddings true works with --optimizer adagrad only (torch's {self.optimizer} "
-                             "takes no sparse gradients); use --optimizer adagrad, or --sparse-embeddings false")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer {self.optimizer}: expected one of {', '.join(OPTIMIZERS)}")
+        if c.sparse_embeddings and self.optimizer not in SPARSE_OPTIMIZERS:
+            raise ValueError(f"--sparse-embeddings true works with --optimizer {' or '.join(SPARSE_OPTIMIZERS)} "
+                             f"(torch's {self.optimizer} takes no sparse gradients); use one of those, or "
+                             "--sparse-embeddings false")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --output and --overwrite would delete it: pass one of them")
         if self.resume and self.init_from:

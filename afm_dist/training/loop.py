@@ -29,6 +29,7 @@ from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint
 from afm_dist.training.config import TrainConfig
+from afm_dist.training.optimizers import build_optimizer
 
 
 def log(msg: str) -> None:
@@ -146,10 +147,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.init_from:
         init_from(model, cfg.init_from)
     model.to(device)
-    opt_cls = torch.optim.Adagrad if cfg.optimizer == "adagrad" else torch.optim.Adam
-    # Horovod: the wrapped optimizer averages the gradients across ranks before each step. It is a
-    # new optimizer over the same parameters, so a checkpoint's state is loaded into it, not before.
-    optimizer = hvd.DistributedOptimizer(opt_cls(model.parameters(), lr=cfg.lr),
+    # Horovod: the wrapped optimizer averages the gradients across ranks before each step: the
+    # dense ones by allreduce, the sparse feature-table ones by an allgather of the batch's rows
+    # (ids and values), never the whole table. It is a new optimizer over the same parameters, so
+    # a checkpoint's state is loaded into it, not before.
+    optimizer = hvd.DistributedOptimizer(build_optimizer(cfg.optimizer, model, cfg.lr),
                                          named_parameters=model.named_parameters())
     state = resume(out, cfg, meta, model, optimizer) if cfg.resume else RunState()
     if rank == 0 and state.epoch:

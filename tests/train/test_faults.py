@@ -43,7 +43,7 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
     base = ["--data", str(tmp_path / "none"), "--output", str(tmp_path / "m")]
     cases = [
         (["--model", "fm", "--sparse-embeddings", "true", "--optimizer", "adam"],
-         "--sparse-embeddings true works with --optimizer adagrad only"),
+         "--sparse-embeddings true works with --optimizer adagrad or rowwise_adagrad"),
         (["--model", "fm", "--resume", "--overwrite"], "--resume continues the run in --output"),
         (["--model", "afm", "--resume", "--init-from", "x"], "drop --init-from"),
         (["--model", "hofm", "--init-from", "x"], "not hofm"),

@@ -1,0 +1,118 @@
+"""Optimizers for models whose feature tables are large: a step updates only the rows its batch
+touched, and the optimizer state of a table can be one number per row.
+
+``adagrad``          torch's Adagrad, the paper's optimizer. With sparse table gradients it is
+                     lazy: only the touched rows' accumulators and parameters change (for Adagrad
+                     that is exactly what the dense update computes, as an untouched row's
+                     gradient is 0).
+``rowwise_adagrad``  ``RowWiseAdagrad``: one accumulator per row of each feature table (the mean
+                     of the row's squared gradient), as TorchRec's and FBGEMM's row-wise Adagrad;
+                     k times less optimizer memory for an (N, k) table. Other parameters keep
+                     elementwise Adagrad.
+``adam``             torch's Adam, dense tables only (it takes no sparse gradients).
+
+Sparse gradients of a table are coalesced as soon as backward produces them (one entry per
+distinct feature id of the batch, not one per occurrence), so that Horovod's exchange of them
+(an allgather of ids and rows) carries each row once per rank.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adagrad", "rowwise_adagrad", "adam")
+SPARSE_OPTIMIZERS = ("adagrad", "rowwise_adagrad")  # those that take sparse table gradients
+
+
+def feature_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of every ``nn.Embedding`` of ``model``: its (N, k) and (N, 1) feature tables."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per row for the parameter groups marked ``rowwise``.
+
+    For a table W (N, k) and a step's gradient g, per touched row i:
+
+        s_i += mean_f g_if^2          W_i -= lr * g_i / (sqrt(s_i) + eps)
+
+    Groups without ``rowwise`` get elementwise Adagrad (torch's update, no lr decay). Sparse
+    gradients update only their rows (lazily); dense ones every row.
+
+    Args:
+        params: parameters or parameter groups; a group with ``"rowwise": True`` holds 2-D tables.
+        lr: learning rate.
+        eps: added to the root of the accumulator.
+        initial_accumulator_value: starting value of every accumulator.
+
+    Raises:
+        ValueError: a ``rowwise`` group holding a parameter that is not 2-D.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.01, eps: float = 1e-10,
+                 initial_accumulator_value: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps, "rowwise": False,
+                                  "initial_accumulator_value": initial_accumulator_value})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if group["rowwise"] and p.dim() != 2:
+                    raise ValueError(f"a row-wise group needs (N, k) tables, got a parameter of shape {tuple(p.shape)}")
+                shape = p.shape[:1] if group["rowwise"] else p.shape
+                self.state[p]["sum"] = torch.full(shape, float(group["initial_accumulator_value"]), dtype=p.dtype,
+                                                  device=p.device)  # (N,) or the parameter's shape
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, eps, rowwise = group["lr"], group["eps"], group["rowwise"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                acc = self.state[p]["sum"]
+                if p.grad.is_sparse:
+                    g = p.grad.coalesce()
+                    rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
+                    squares = values.square().mean(dim=1) if rowwise else values.square()
+                    acc.index_add_(0, rows, squares)
+                    std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,) or (R, k)
+                    p.index_add_(0, rows, values / (std.unsqueeze(1) if rowwise else std), alpha=-lr)
+                else:
+                    g = p.grad
+                    acc.add_(g.square().mean(dim=1) if rowwise else g.square())
+                    std = acc.sqrt().add_(eps)
+                    p.addcdiv_(g, std.unsqueeze(1) if rowwise else std, value=-lr)
+        return loss
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimizer ``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters.
+
+    Tables with sparse gradients get their gradients coalesced in backward (see the module).
+
+    Raises:
+        ValueError: an unknown name, or ``adam`` with sparse table gradients.
+    """
+    tables = feature_tables(model)
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    if sparse and name not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"--optimizer {name} takes no sparse gradients; use --optimizer adagrad or rowwise_adagrad, "
+                         "or --sparse-embeddings false")
+    for table in sparse:
+        table.register_hook(lambda grad: grad.coalesce() if grad.is_sparse else grad)
+    if name == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "rowwise_adagrad":
+        table_ids = {id(t) for t in tables if t.dim() == 2 and t.shape[1] > 1}
+        rowwise = [p for p in model.parameters() if id(p) in table_ids]
+        rest = [p for p in model.parameters() if id(p) not in table_ids]
+        groups = [{"params": rowwise, "rowwise": True}, {"params": rest}]
+        return RowWiseAdagrad([g for g in groups if g["params"]], lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
