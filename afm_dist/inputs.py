@@ -4,6 +4,10 @@ schema before any Spark session exists (no Spark here).
 ``plan`` resolves the log files and the side tables' files (directories are expanded), reads the
 header of every delimited file and checks it against the schema: a missing column fails naming
 the field that reads it, so that such a mistake costs seconds, not a cluster job.
+
+Text input is UTF-8. A UTF-8 byte-order mark is ignored (here and when Spark reads the lines); a
+file that starts with a UTF-16 or UTF-32 one is refused, naming it and how to convert it. A
+header is the first line of the file that is not blank.
 """
 from __future__ import annotations
 
@@ -18,6 +22,14 @@ from afm_dist.schema import InputFormat, Schema
 
 class InputError(ValueError):
     """Input files that do not match the schema, or a bad job argument; the message says which."""
+
+
+BOM = "\ufeff"  # a byte-order mark, as text
+# The characters of a blank line: a line holding nothing else is not a row, in any format.
+BLANK_CHARS = " \t\r\f\u000b" + BOM
+# Byte-order marks of the encodings afm-dist does not read (longest first).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+               (b"\xfe\xff", "UTF-16"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,16 +101,30 @@ def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(files))
 
 
-def _first_line(path: str) -> str | None:
+def _check_encoding(path: str, what: str) -> None:
+    """Refuse a text file that starts with the byte-order mark of another encoding than UTF-8."""
     with open(path, "rb") as f:
-        line = f.readline()
-    if not line:
-        return None
-    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+        start = f.read(4)
+    for mark, encoding in _OTHER_BOMS:
+        if start.startswith(mark):
+            raise InputError(f"{what} {path}: the file is {encoding} (it starts with a {encoding} byte-order mark); "
+                             f"afm-dist reads UTF-8 text: convert it, e.g. iconv -f {encoding} -t UTF-8")
+
+
+def _first_line(path: str) -> str | None:
+    """The file's first line that is not blank, without byte-order mark and line end (\\n, \\r\\n
+    and \\r all end a line, as for Spark); None when there is none."""
+    with open(path, encoding="utf-8", errors="replace", newline=None) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith(BOM):
+                line = line[1:]
+            if line.strip(BLANK_CHARS):
+                return line
+    return None
 
 
 def _split_header(line: str, fmt: InputFormat) -> list[str]:
-    line = line.lstrip("\ufeff")
     if fmt.quote is None:
         return next(csv.reader([line], delimiter=fmt.delimiter, quoting=csv.QUOTE_NONE))
     return next(csv.reader([line], delimiter=fmt.delimiter, quotechar=fmt.quote, doublequote=True))
@@ -106,6 +132,9 @@ def _split_header(line: str, fmt: InputFormat) -> list[str]:
 
 def _resolve(fmt: InputFormat, paths: Sequence[str], what: str, users: Mapping[str, str]) -> InputFiles:
     files = _expand(paths, what)
+    if fmt.type != "parquet":
+        for path in files:
+            _check_encoding(path, what)
     if not fmt.delimited:
         return InputFiles(paths=files)
     if not fmt.header:
@@ -116,7 +145,7 @@ def _resolve(fmt: InputFormat, paths: Sequence[str], what: str, users: Mapping[s
     for path in files:
         line = _first_line(path)
         if line is None:
-            continue  # an empty file: no header, no rows
+            continue  # an empty (or blank) file: no header, no rows
         cols = [c.strip() for c in _split_header(line, fmt)]
         if columns is None:
             columns, first_file = cols, path

@@ -13,6 +13,11 @@ Two steps, so that every mistake that can be found without Spark is found before
 Only counts, sizes (vocabulary sizes, libFM width and id range), the explicit target's range
 and numeric fields' training mean and standard deviation are collected to the driver; a failure
 on too many malformed rows also brings a few examples for its message.
+
+Costs paid only by the input that needs them: logs with a row holding an odd number of quotes
+(a quoted value with line breaks, or an unbalanced quote) are read again with the lines of such
+records joined; a libFM id space of over ``SPARSE_IDS`` ids (with ``ids: keep`` and no
+``num_features``) has its distinct ids counted, and is refused when most are unused.
 """
 from __future__ import annotations
 
@@ -27,13 +32,19 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, VOCABULARY, DatasetMetadata, FieldLayout)
+from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, VOCABULARY, DatasetError, DatasetMetadata,
+                              FieldLayout)
 from afm_dist.inputs import Plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.schema import LIBFM_FIELD, Schema
 from afm_dist.spark import encode, parse, records as raw_records
 
 log = logging.getLogger(__name__)
+
+# A libFM id space (largest id + 1) above SPARSE_IDS with fewer than 1/SPARSE_RATIO of its ids used
+# is refused unless the schema remaps the ids or declares num_features: its tables would be
+# mostly unused rows (hashed ids up to 2^27 make a 137 GB embedding table at dimension 256).
+SPARSE_IDS, SPARSE_RATIO = 1 << 20, 4
 
 
 @dataclass(frozen=True)
@@ -59,14 +70,21 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     schema = plan_.schema.with_seed(options.seed)
     is_libfm = schema.format.type == "libfm"
     started = _stage(f"read and parse {len(plan_.logs.paths)} input file(s), format {schema.format.type}")
-    records = raw_records.read_records(spark, plan_)
+    records = raw_records.read_records(spark, plan_, quoted_line_breaks=False)
 
     # -- counts, line numbers, fail fast on malformed rows --------------------------------------
     summary = raw_records.summarize_input(records, schema)
+    if summary.odd_quotes:
+        _stage(f"{summary.odd_quotes} row(s) with an odd number of quotes: read again, joining the lines of "
+               "quoted values that hold line breaks")
+        summary.blocks.unpersist()
+        records = raw_records.read_records(spark, plan_, quoted_line_breaks=True)
+        summary = raw_records.summarize_input(records, schema)
     totals = summary.totals
     cached = [summary.blocks]
     n_input, n_rejected, n_accepted = summary.rows, summary.rejected, summary.accepted
-    log.info("input rows: %d, rejected: %d, accepted: %d", n_input, n_rejected, n_accepted)
+    log.info("input rows: %d, rejected: %d, accepted: %d (blank lines: %d, lines joined into multi-line records: %d)",
+             n_input, n_rejected, n_accepted, summary.blank, summary.continued)
     raw_records.check_rejected(records, summary, options.max_rejected_fraction, require_rows=True)
 
     _stage("write rejected rows")
@@ -80,13 +98,17 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     tasks = max(options.min_row_groups, math.ceil(n_expected * schema.split.train / options.rows_per_group))
     if is_libfm:
         width = schema.format.max_features or int(totals["width"])
-        num_features = schema.format.num_features or int(totals["max_id"]) + 1
+        if schema.format.ids == "remap":
+            keyed, num_features = _remap_libfm(accepted, out_dir, options, tasks, cached)
+        else:
+            num_features = schema.format.num_features or _dense_id_space(accepted, int(totals["max_id"]))
+            keyed = encode.explicit_instances(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS], tasks)
+            _write_empty_vocabulary(spark, out_dir)
         layouts = [FieldLayout(name=LIBFM_FIELD, kind="multi_categorical", offset=0, size=num_features,
                                slot=0, width=width)]
-        keyed = encode.explicit_instances(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS], tasks)
         table = encode.assemble_libfm(encode.assign_splits(keyed, schema.split, schema.seed), width)
-        _write_empty_vocabulary(spark, out_dir)
         extra["source_format"] = "libfm"
+        extra["libfm_ids"] = schema.format.ids
     else:
         table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks, cached)
         extra.update(more)
@@ -94,7 +116,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
     # Explicit targets come partitioned by text already (one partition per output file).
     write_splits(table, out_dir, tasks, repartition=schema.target.kind == "implicit" and per_positive > 0)
-    counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted}
+    counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
+                    "blank_lines": summary.blank, "continuation_lines": summary.continued}
     counts.update(split_counts(spark, out_dir))
     for s in SPLITS:
         log.info("%s: %d rows (%d positive, %d negative)", s, counts[s]["rows"], counts[s]["positive"],
@@ -114,6 +137,44 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         num_features=sum(lay.size for lay in layouts), num_slots=sum(lay.width for lay in layouts),
         target=target, counts=counts, seed=schema.seed, inputs=plan_.inputs(), extra=extra,
     )
+
+
+def _dense_id_space(accepted: DataFrame, max_id: int) -> int:
+    """The libFM id space kept as it is, largest id + 1, after refusing one that is mostly unused
+    (above ``SPARSE_IDS`` ids, the distinct ids are counted first).
+
+    Raises:
+        DatasetError: with the table size it would make and what to do.
+    """
+    size = max_id + 1
+    if size <= SPARSE_IDS:
+        return size
+    _stage(f"count the distinct libFM ids (largest id {max_id})")
+    used = encode.libfm_id_counts(accepted).count()
+    if size <= SPARSE_RATIO * used:
+        return size
+    gb = size * 257 * 4 / 1e9
+    raise DatasetError(
+        f"libfm: the largest feature id is {max_id:,}, so the feature tables would have {size:,} rows "
+        f"({gb:,.1f} GB of float32 weights at --embedding-dim 256, {size * 4 / 1e9:,.2f} GB per dimension), "
+        f"but only {used:,} distinct ids occur; set format.ids: remap in the schema to number the ids used "
+        f"0..{used - 1:,}, or format.num_features: {size} to accept the table")
+
+
+def _remap_libfm(accepted: DataFrame, out_dir: Path, options: Options, tasks: int,
+                 cached: list[DataFrame]) -> tuple[DataFrame, int]:
+    """Number the libFM ids used 0, 1, ... (written as the vocabulary of field ``features``, the
+    value being the file's id) and return the instances with those ids, and their number."""
+    _stage("number the libFM ids used (format.ids: remap)")
+    mapping = encode.libfm_mapping(encode.libfm_id_counts(accepted)).cache()
+    cached.append(mapping)
+    size = mapping.count()
+    (mapping.select(F.lit(LIBFM_FIELD).alias("field"), F.col("_v").cast("string").alias("value"),
+                    F.col("_id").alias("id"), F.col("count").cast("bigint").alias("count"))
+     .repartition(1).sortWithinPartitions("id").write.parquet(str(out_dir / VOCABULARY)))
+    log.info("libfm: %d distinct ids, numbered 0..%d", size, size - 1)
+    keyed = encode.remapped_libfm_instances(accepted, mapping, tasks, broadcast=size <= options.broadcast_limit)
+    return keyed, size
 
 
 def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: Path, options: Options,

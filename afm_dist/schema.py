@@ -26,13 +26,24 @@ Sections
     columns     csv/tsv without header: the column names, in order
     delimiter   csv/tsv: one character (default "," for csv, tab for tsv)
     quote       csv/tsv: quote character or null (default '"' for csv, none for tsv); a quote
-                inside a quoted value is doubled, as in RFC 4180
+                inside a quoted value is doubled, as in RFC 4180, and a quoted value may hold
+                line breaks (a record spans at most 100 lines)
     num_features, max_features
                 libfm only: the feature-id space (default: largest id + 1) and the widest line
                 accepted (default: the widest line seen)
+    ids         libfm only: keep (default) | remap. keep: ids are the feature ids as they are;
+                remap: the ids used are numbered 0, 1, ... in increasing order, and vocabulary/
+                records each one (value: the id in the file), for id spaces that are mostly unused
+                (hashed ids). With keep and no num_features, preprocessing refuses an id space of
+                over 2^20 ids of which fewer than a quarter are used, stating the table's size.
 
-    libFM lines are ``label id:value id:value ...``; ids are kept as they are, so a libfm
-    schema declares no fields and no tables, and its target is explicit (the first token).
+    libFM lines are ``label id:value id:value ...``; a line that gives an id twice is rejected
+    (file, line and id). A libfm schema declares no fields and no tables, and its target is
+    explicit (the first token).
+
+    Every text format is UTF-8 (a byte-order mark is ignored). Blank lines (empty or white space
+    only) are not rows, in every format. Numeric values (after their transform), labels and
+    libFM values beyond float32's range (+-3.4e38) are rejected rows.
 
 ``tables``  optional side tables joined to the logs: ``{name, format, key, log_key}``, where
     ``key`` is the table's key column and ``log_key`` the log column holding it. A field with ``table: NAME``
@@ -80,6 +91,7 @@ import yaml
 from afm_dist.dataset import SPLITS, TRAIN
 
 FORMAT_TYPES = ("csv", "tsv", "json", "parquet", "libfm")
+LIBFM_IDS = ("keep", "remap")  # format.ids of a libfm schema
 FIELD_KINDS = ("categorical", "multi_categorical", "numeric")
 TARGET_KINDS = ("explicit", "implicit")
 TRANSFORMS = ("none", "log", "log1p")
@@ -101,6 +113,7 @@ class InputFormat:
     quote: str | None = None
     num_features: int | None = None
     max_features: int | None = None
+    ids: str = "keep"  # libfm: keep | remap
 
     @property
     def delimited(self) -> bool:
@@ -351,7 +364,7 @@ class _Parser:
 
     def input_format(self, value: Any, where: str, *, allow_libfm: bool) -> InputFormat:
         d = self.mapping(value, where, ("type", "header", "columns", "delimiter", "quote",
-                                        "num_features", "max_features"), ("type",))
+                                        "num_features", "max_features", "ids"), ("type",))
         kind = d["type"]
         types = FORMAT_TYPES if allow_libfm else tuple(t for t in FORMAT_TYPES if t != "libfm")
         if kind not in types:
@@ -360,9 +373,12 @@ class _Parser:
         for key in ("header", "columns", "delimiter", "quote"):
             if key in d and not delimited:
                 raise self.fail(f"{where}.{key}", f"only applies to csv and tsv input, not {kind}")
-        for key in ("num_features", "max_features"):
+        for key in ("num_features", "max_features", "ids"):
             if key in d and kind != "libfm":
                 raise self.fail(f"{where}.{key}", f"only applies to libfm input, not {kind}")
+        ids = d.get("ids", "keep")
+        if ids not in LIBFM_IDS:
+            raise self.fail(f"{where}.ids", f"unknown value {ids!r} (expected one of: {', '.join(LIBFM_IDS)})")
         if not delimited:
             return InputFormat(
                 type=kind, header=False,
@@ -370,6 +386,7 @@ class _Parser:
                 else self.integer(d["num_features"], f"{where}.num_features", minimum=1),
                 max_features=None if d.get("max_features") is None
                 else self.integer(d["max_features"], f"{where}.max_features", minimum=1),
+                ids=ids,
             )
         header = self.boolean(d.get("header", True), f"{where}.header")
         delimiter = self.char(d.get("delimiter", "," if kind == "csv" else "\t"), f"{where}.delimiter")

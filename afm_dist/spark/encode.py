@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from afm_dist.dataset import IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS, FieldLayout
 from afm_dist.schema import Field, Split
 from afm_dist.spark.parse import LABEL, LIBFM_IDS, LIBFM_VALS
-from afm_dist.spark.readers import TEXT
+from afm_dist.spark.readers import POS, TEXT
 
 # Vocabularies (and a multi-valued field's distinct lists) up to this many rows are broadcast for
 # encoding (a map-side join); larger ones are joined with a shuffle.
@@ -405,6 +405,41 @@ def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[Fi
             vals.append(_padded(F.array_repeat(value, n), lay.width, F.lit(0.0)))
             mask.append(_padded(F.array_repeat(one, n), lay.width, zero))
     return instances.select(*_final(F.concat(*ids), F.concat(*vals), F.concat(*mask)))
+
+
+def libfm_id_counts(records: DataFrame) -> DataFrame:
+    """``_v`` (a feature id of the file) and ``count``: every id the libFM rows use."""
+    return records.select(F.explode(LIBFM_IDS).alias("_v")).groupBy("_v").agg(F.count(F.lit(1)).alias("count"))
+
+
+def libfm_mapping(id_counts: DataFrame) -> DataFrame:
+    """The ids used (``libfm_id_counts``) numbered 0, 1, ... in increasing order: ``_v`` (the
+    file's id), ``_id`` (the data set's) and ``count``. The order keeps the file's order of ids;
+    one partition holds the distinct ids, as a field's vocabulary."""
+    return id_counts.select("_v", (F.row_number().over(Window.orderBy("_v")) - 1).cast("int").alias("_id"), "count")
+
+
+def remapped_libfm_instances(records: DataFrame, mapping: DataFrame, partitions: int, *,
+                             broadcast: bool) -> DataFrame:
+    """libFM rows -> ``row_id``, ``_label``, ``_fids`` (the ids of ``mapping``, in the line's
+    order), ``_fvals``: as ``explicit_instances`` (same row ids, hash-partitioned by text into
+    ``partitions``) in the same single shuffle, of the rows' features rather than of the rows.
+
+    A row's features are exploded, mapped (``broadcast``: by a broadcast join) and gathered back
+    per line (``_pos`` identifies a line within the scan) after the shuffle by text, which is
+    also the partitioning that numbers identical lines.
+    """
+    lookup = F.broadcast(mapping) if broadcast else mapping
+    features = with_text_key(records).select(*TEXT_KEY, POS, LABEL, LIBFM_VALS,
+                                             F.posexplode(LIBFM_IDS).alias("_p", "_v"))
+    mapped = (features.select(*TEXT_KEY, POS, LABEL, "_p", "_v",
+                              F.element_at(LIBFM_VALS, F.col("_p") + 1).alias("_x"))
+              .join(lookup.select("_v", "_id"), "_v")
+              .repartition(partitions, *TEXT_KEY))
+    lines = mapped.groupBy(*TEXT_KEY, POS).agg(
+        F.first(LABEL).alias(LABEL), F.sort_array(F.collect_list(F.struct("_p", "_id", "_x"))).alias("_fs"))
+    lines = lines.select(*TEXT_KEY, LABEL, F.col("_fs._id").alias(LIBFM_IDS), F.col("_fs._x").alias(LIBFM_VALS))
+    return with_row_ids(lines, [LABEL, LIBFM_IDS, LIBFM_VALS])
 
 
 def assemble_libfm(instances: DataFrame, width: int) -> DataFrame:

@@ -11,9 +11,15 @@ after it:
 
 plus ``_label`` (double, explicit targets) and ``_reason`` (string; null for a good row).
 A row is malformed when its column count is wrong, a quote is unbalanced, a JSON line is not
-an object, a numeric field or the label is not a (finite) number, a required value is empty,
-or a required side-table field finds no row for its key. The reason names the field and shows
-the offending value.
+an object, a numeric field (after its transform) or the label is not a number float32 can hold,
+a required value is empty, a required side-table field finds no row for its key, or a libFM line
+is not ``label id:value ...`` or names an id twice. The reason names the field and shows the
+offending value.
+
+A line that is not an input row has ``_skip`` set (null for a row): ``header`` (the exact text
+of the files' header), ``blank`` (empty or only white space, in every format) or
+``continuation`` (a later line of a record whose quoted value holds line breaks, joined into
+the record's first line by ``afm_dist.spark.readers.join_quoted_lines``).
 """
 from __future__ import annotations
 
@@ -24,19 +30,20 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from afm_dist.schema import Field, InputFormat, Schema, SideTable
-from afm_dist.spark.readers import TEXT
+from afm_dist.spark.readers import CONT, MAX_RECORD_LINES, TEXT, blank, quoted_value, regex_char
 
-HEADER, COLS, REASON, LABEL, PROBLEM = "_header", "_cols", "_reason", "_label", "_problem"
+SKIP, COLS, REASON, LABEL, PROBLEM = "_skip", "_cols", "_reason", "_label", "_problem"
+HEADER, BLANK, CONTINUATION = "header", "blank", "continuation"  # the values of ``_skip``
 LIBFM_IDS, LIBFM_VALS = "_fids", "_fvals"
 
 # A decimal number as text: what a numeric field or a label may hold (no NaN, no Infinity).
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _SHOWN = 60  # characters of an offending value quoted in a reason
-
-
-def _regex_char(c: str) -> str:
-    """``c`` as a Java regex matching that one character literally."""
-    return c if c.isalnum() else "\\" + c
+# The largest magnitude a float32 holds: data sets store values and labels as float32.
+FLOAT32_MAX = 3.4028234663852886e38
+BEYOND_FLOAT32 = "beyond the float32 range (+-3.4e38) of the data set"
+UNBALANCED_QUOTE = (f"unbalanced quote: a quoted value is not closed within {MAX_RECORD_LINES} lines, or is "
+                    "closed without being opened (a quote inside a quoted value is written twice)")
 
 
 def _shown(value: Column) -> Column:
@@ -47,30 +54,44 @@ def _table_column(name: str) -> str:
     return f"_t_{name}"
 
 
+def skip_line(lines: DataFrame, header_lines: Sequence[str] = ()) -> Column:
+    """Why a line is not an input row (``_skip``), or null: see the module's docstring."""
+    text = F.col(TEXT)
+    skip = F.when(blank(text), F.lit(BLANK))
+    if header_lines:
+        skip = skip.when(text.isin(list(header_lines)), F.lit(HEADER))
+    if CONT in lines.columns:
+        skip = F.when(F.col(CONT), F.lit(CONTINUATION)).otherwise(skip)
+    return skip
+
+
 def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | None,
                   needed: Sequence[str], header_lines: Sequence[str] = ()) -> DataFrame:
-    """Add ``_header`` (the line is a header), ``_problem`` (a structural problem, or null) and
-    ``_cols``, a struct with the ``needed`` columns as strings.
+    """Add ``_skip`` (why the line is not an input row, or null), ``_problem`` (a structural
+    problem, or null) and ``_cols``, a struct with the ``needed`` columns as strings.
 
     ``columns`` are the delimited file's columns in order; ``header_lines`` the exact text of
-    the files' header: a line equal to it is a header, wherever it is (files concatenated with
-    their headers are common), and is not an input row. Parquet rows already have ``_cols``.
+    the files' header (without byte-order mark): a line equal to it is a header, wherever it is
+    (files concatenated with their headers are common), and is not an input row. Parquet rows
+    already have ``_cols``.
     """
     text = F.col(TEXT)
-    header = text.isin(list(header_lines)) if header_lines else F.lit(False)
     if fmt.type == "parquet":
-        return lines.withColumn(HEADER, F.lit(False)).withColumn(PROBLEM, F.lit(None).cast("string"))
+        return lines.withColumn(SKIP, F.lit(None).cast("string")).withColumn(PROBLEM, F.lit(None).cast("string"))
+    skip = skip_line(lines, header_lines)
     if fmt.type == "json":
         ddl = T.StructType([T.StructField(c, T.StringType()) for c in needed]
                            + [T.StructField("_corrupt", T.StringType())])
-        parsed = F.from_json(text, ddl, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
-        problem = (F.when(F.trim(text) == "", F.lit("empty line"))
-                   .when(parsed.getField("_corrupt").isNotNull(), F.lit("not a JSON object")))
+        # A blank line (not a row) parses as an empty object: from_json gives null for it, which
+        # the struct below would dereference.
+        parsed = F.from_json(F.when(blank(text), F.lit("{}")).otherwise(text), ddl,
+                             {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+        problem = F.when(parsed.getField("_corrupt").isNotNull(), F.lit("not a JSON object"))
         cols = F.struct(*[parsed.getField(c).alias(c) for c in needed])
     elif fmt.delimited:
         assert columns is not None
         index = {c: i for i, c in enumerate(columns)}
-        delim = _regex_char(fmt.delimiter)
+        delim = regex_char(fmt.delimiter)
         # Intermediate columns are their own projection, so that Spark computes them once.
         if fmt.quote is None:
             lines = lines.withColumn("_parts", F.split(text, delim, -1))
@@ -79,26 +100,25 @@ def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | N
             cols = F.struct(*[parts.getItem(index[c]).alias(c) for c in needed])
             unbalanced = F.lit(False)
         else:
-            q = _regex_char(fmt.quote)
             ddl = ", ".join(f"`_c{i}` STRING" for i in range(len(columns)))
             lines = lines.select(
                 "*",
                 # Quoted values (a doubled quote inside one is a quote) hide their delimiters.
-                F.when(F.instr(text, fmt.quote) > 0, F.regexp_replace(text, f"{q}([^{q}]|{q}{q})*{q}", ""))
+                F.when(F.instr(text, fmt.quote) > 0, F.regexp_replace(text, quoted_value(fmt.quote), ""))
                 .otherwise(text).alias("_unquoted"),
                 F.from_csv(text, ddl, {"sep": fmt.delimiter, "quote": fmt.quote, "escape": fmt.quote,
                                        "mode": "PERMISSIVE"}).alias("_csv"))
             count = F.size(F.split(F.col("_unquoted"), delim, -1))
             unbalanced = F.instr(F.col("_unquoted"), fmt.quote) > 0
             cols = F.struct(*[F.col("_csv").getField(f"_c{index[c]}").alias(c) for c in needed])
-        problem = (F.when(unbalanced, F.lit("unbalanced quote"))
+        problem = (F.when(unbalanced, F.lit(UNBALANCED_QUOTE))
                    .when(count != len(columns),
                          F.concat(F.lit("found "), count.cast("string"),
                                   F.lit(f" columns, expected {len(columns)}"))))
     else:
         raise ValueError(f"split_columns does not read {fmt.type} input")
-    return lines.select(*[c for c in lines.columns if c not in ("_parts", "_unquoted", "_csv")],
-                        header.alias(HEADER), problem.alias(PROBLEM), cols.alias(COLS))
+    return lines.select(*[c for c in lines.columns if c not in ("_parts", "_unquoted", "_csv", CONT)],
+                        skip.alias(SKIP), problem.alias(PROBLEM), cols.alias(COLS))
 
 
 def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) -> DataFrame:
@@ -106,7 +126,7 @@ def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) 
     key) and ``_t_NAME`` (a struct of ``value_columns``). Headers and malformed rows are left
     out; a key listed twice keeps its smallest row, so the choice does not depend on order."""
     key = F.trim(F.col(COLS).getField(table.key))
-    good = rows.filter(~F.col(HEADER) & F.col(PROBLEM).isNull() & key.isNotNull() & (key != ""))
+    good = rows.filter(F.col(SKIP).isNull() & F.col(PROBLEM).isNull() & key.isNotNull() & (key != ""))
     values = F.struct(*[F.col(COLS).getField(c).alias(c) for c in value_columns])
     return (good.select(key.alias(f"_k_{table.name}"), values.alias("_row"))
             .groupBy(f"_k_{table.name}").agg(F.min("_row").alias(_table_column(table.name))))
@@ -138,6 +158,17 @@ def _number_problem(value: Column, what: str) -> Column:
                   F.concat(F.lit(f"{what}: '"), _shown(value), F.lit("' is out of range"))))
 
 
+def _float32_problem(number: Column, value: Column, what: str, advice: str) -> Column:
+    """Why ``number`` (the double stored for ``value``, its text) does not fit in a float32, or
+    null: beyond +-3.4e38 it would be stored as infinity."""
+    return F.when(F.abs(number) > FLOAT32_MAX, F.concat(
+        F.lit(f"{what}: '"), _shown(value), F.lit(f"' is {BEYOND_FLOAT32}; {advice}")))
+
+
+_SCALE_FIELD = "scale the column, or add transform: log"
+_SCALE_LABEL = "rescale the labels"
+
+
 def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
     """Add a typed column per field, ``_label`` for an explicit target, and ``_reason``."""
     # The trimmed text of every field (null when missing or empty), computed once.
@@ -167,9 +198,9 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
             fmt = schema.format if f.table is None else schema.table(f.table).format
             if fmt.type == "json":  # a JSON array, or a delimited string
                 items = F.when(text.startswith("["), F.from_json(text, T.ArrayType(T.StringType()))).otherwise(
-                    F.split(text, _regex_char(f.delimiter), -1))
+                    F.split(text, regex_char(f.delimiter), -1))
             else:
-                items = F.split(text, _regex_char(f.delimiter), -1)
+                items = F.split(text, regex_char(f.delimiter), -1)
             items = F.slice(F.array_distinct(F.filter(F.transform(items, F.trim), lambda v: v.isNotNull() & (v != ""))),
                             1, f.max_values)
             values.append(F.when(F.size(items) > 0, items).alias(f.name))
@@ -187,12 +218,14 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
                 problems.append(F.when(x <= -1, F.concat(F.lit(f"{what}: log1p needs a value above -1, got '"),
                                                          _shown(text), F.lit("'"))))
                 x = F.when(x > -1, F.log1p(x))
+            problems.append(_float32_problem(x, text, what, _SCALE_FIELD))
             values.append(x.alias(f.name))
     if schema.target.kind == "explicit":
         trimmed = F.trim(F.col(COLS).getField(schema.target.column))
         what = f"label '{schema.target.column}'"
         problems.append(F.when(trimmed.isNull() | (trimmed == ""), F.lit(f"{what}: empty value"))
-                        .otherwise(_number_problem(trimmed, what)))
+                        .otherwise(F.coalesce(_number_problem(trimmed, what),
+                                              _float32_problem(_to_double(trimmed), trimmed, what, _SCALE_LABEL))))
         values.append(_to_double(trimmed).alias(LABEL))
     kept = [c for c in records.columns if not c.startswith("_s_")]
     return records.select(*kept, *values, F.coalesce(*problems).alias(REASON))
@@ -202,8 +235,9 @@ _LIBFM_TOKEN = r"^[0-9]{1,9}:[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
-    """libFM lines ``label id:value ...`` -> ``_label``, ``_fids`` (array<int>, kept as they
-    are), ``_fvals`` (array<double>) and ``_reason``; ``_header`` is always false."""
+    """libFM lines ``label id:value ...`` -> ``_label``, ``_fids`` (array<int>, as in the file),
+    ``_fvals`` (array<double>), ``_skip`` (blank lines) and ``_reason``. A line that gives an id
+    twice is rejected: the id would take two slots and interact with itself."""
     text = F.regexp_replace(F.col(TEXT), r"^\s+|\s+$", "")
     tokens = F.split(text, r"\s+", -1)
     label = tokens.getItem(0)
@@ -212,11 +246,21 @@ def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
     bad = F.filter(feats, lambda t: ~t.rlike(_LIBFM_TOKEN))
     ids = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", 1).cast("int")))
     vals = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", -1).cast("double")))
-    problem = (F.when(text == "", F.lit("empty line"))
-               .when(F.size(bad) > 0, F.concat(F.lit("libfm: token '"), _shown(bad.getItem(0)),
-                                               F.lit("' is not id:value")))
+    huge = F.filter(feats, lambda t: F.abs(_to_double(F.substring_index(t, ":", -1))) > FLOAT32_MAX)
+    ordered = F.array_sort(ids)
+    repeated = F.filter(F.sequence(F.lit(2), F.greatest(F.size(ids), F.lit(2))),
+                        lambda i: F.element_at(ordered, i) == F.element_at(ordered, i - 1))
+    problem = (F.when(F.size(bad) > 0, F.concat(F.lit("libfm: token '"), _shown(bad.getItem(0)),
+                                                F.lit("' is not id:value")))
                .when(F.size(feats) == 0, F.lit("libfm: no features"))
-               .otherwise(_number_problem(label, "label")))
+               .when(F.size(F.array_distinct(ids)) < F.size(ids),
+                     F.concat(F.lit("libfm: feature id "),
+                              F.element_at(ordered, F.element_at(repeated, 1)).cast("string"),
+                              F.lit(" appears more than once on the line; give each id once (sum its values)")))
+               .when(F.size(huge) > 0, F.concat(F.lit("libfm: token '"), _shown(huge.getItem(0)),
+                                                F.lit(f"' has a value {BEYOND_FLOAT32}; scale the values")))
+               .otherwise(F.coalesce(_number_problem(label, "label"),
+                                     _float32_problem(_to_double(label), label, "label", _SCALE_LABEL))))
     if fmt.max_features is not None:
         problem = F.coalesce(problem, F.when(
             F.size(feats) > fmt.max_features,
@@ -229,7 +273,7 @@ def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
                      F.lit(f" is not below num_features {fmt.num_features}"))))
     return lines.select(
         "*",
-        F.lit(False).alias(HEADER),
+        skip_line(lines).alias(SKIP),
         _to_double(label).alias(LABEL),
         ids.alias(LIBFM_IDS),
         vals.alias(LIBFM_VALS),

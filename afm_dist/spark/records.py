@@ -5,7 +5,14 @@ side tables and parses every field (afm_dist/spark/parse.py); ``summarize_input`
 headers and malformed rows in one pass (and keeps what line numbers need); ``check_rejected``
 refuses an input with too many malformed rows, showing examples with file and line;
 ``write_rejected`` writes them all (source, line, raw text, reason). Rows are accepted or
-rejected by ``accepted_row`` / ``rejected_row``: a header line is neither.
+rejected by ``accepted_row`` / ``rejected_row``: a line that is not an input row (a header, a
+blank line, a later line of a record whose quoted value holds line breaks) is neither.
+
+A quoted value may hold line breaks (csv and tsv with a quote character): the lines of such a
+record are joined into one (``afm_dist.spark.readers.join_quoted_lines``). Finding them takes a
+pass over the lines, so ``read_records`` makes it only when asked or when the input may hold
+them: preprocessing reads without joining, and reads again with joining only when the one-pass
+``summarize_input`` found a row with an odd number of quotes (``InputSummary.odd_quotes``).
 """
 from __future__ import annotations
 
@@ -26,44 +33,55 @@ class RejectedRowsError(DatasetError):
     """More malformed rows than the job accepts (or no usable row); the message shows examples."""
 
 
-def read_records(spark: SparkSession, plan: Plan) -> DataFrame:
-    """Every input row with its source, ``_header``, typed field values and ``_reason``."""
+def read_records(spark: SparkSession, plan: Plan, *, quoted_line_breaks: bool | None = None) -> DataFrame:
+    """Every input line with its source, ``_skip``, typed field values and ``_reason``.
+
+    ``quoted_line_breaks``: whether to join the lines of the logs' records whose quoted values
+    hold line breaks: True joins them, False reads one record per line, None (default) joins
+    them when a pass over the logs finds a line with an odd number of quotes. Side tables (small)
+    are always checked with such a pass. Only csv and tsv with a quote character have them.
+    """
     schema = plan.schema
     fmt = schema.format
     if fmt.type == "libfm":
         return parse.parse_libfm(readers.read_lines(spark, plan.logs.paths), fmt)
     needed = schema.log_columns()
-    lines = _read(spark, fmt, plan.logs, needed, schema, None)
+    lines = _read(spark, fmt, plan.logs, needed, schema, None, quoted_line_breaks)
     records = parse.split_columns(lines, fmt, plan.logs.columns, needed, plan.logs.header_lines)
     joined = []
     for t in schema.tables:
         files = plan.tables[t.name]
         cols = schema.table_columns(t.name)
-        t_lines = _read(spark, t.format, files, cols, schema, t.name)
+        t_lines = _read(spark, t.format, files, cols, schema, t.name, None)
         t_rows = parse.split_columns(t_lines, t.format, files.columns, cols, files.header_lines)
         joined.append((t, parse.side_table(t_rows, t, [c for c in cols if c != t.key])))
     return parse.parse_fields(parse.join_tables(records, joined), schema)
 
 
 def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Sequence[str], schema: Schema,
-          table: str | None) -> DataFrame:
+          table: str | None, quoted_line_breaks: bool | None) -> DataFrame:
     if fmt.type == "parquet":
         seps = {f.column: f.delimiter for f in schema.fields if f.kind == "multi_categorical" and f.table == table}
         try:
             return readers.read_parquet_rows(spark, files.paths, columns, seps)
         except ValueError as e:
             raise InputError(f"{'table ' + repr(table) if table else 'input'}: {e}") from e
-    return readers.read_lines(spark, files.paths)
+    lines = readers.read_lines(spark, files.paths)
+    if not (fmt.delimited and fmt.quote) or quoted_line_breaks is False:
+        return lines
+    if quoted_line_breaks or readers.has_odd_quote_lines(lines, fmt.quote):
+        return readers.join_quoted_lines(lines, fmt.quote, fmt.delimiter)
+    return lines
 
 
 def accepted_row() -> Column:
-    """An input row (not a header) with no reason to reject it."""
-    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNull()
+    """An input row (not a header, blank or continued line) with no reason to reject it."""
+    return F.col(parse.SKIP).isNull() & F.col(parse.REASON).isNull()
 
 
 def rejected_row() -> Column:
-    """An input row (not a header) with a reason to reject it."""
-    return ~F.col(parse.HEADER) & F.col(parse.REASON).isNotNull()
+    """An input row (not a header, blank or continued line) with a reason to reject it."""
+    return F.col(parse.SKIP).isNull() & F.col(parse.REASON).isNotNull()
 
 
 @dataclass
@@ -75,9 +93,12 @@ class InputSummary:
     """
 
     blocks: DataFrame
-    rows: int  # input rows, headers excluded
+    rows: int  # input rows: lines that are not headers, blank or continued lines
     rejected: int
     totals: dict[str, Any]
+    blank: int = 0  # blank lines (not rows)
+    continued: int = 0  # lines joined into the record of an earlier line (not rows)
+    odd_quotes: int = 0  # rows with an odd number of quotes: records may hold quoted line breaks
 
     @property
     def accepted(self) -> int:
@@ -87,8 +108,14 @@ class InputSummary:
 def summarize_input(records: DataFrame, schema: Schema) -> InputSummary:
     """One pass over the records: rows, headers, rejected rows, and the per-format extras of
     ``InputSummary.totals``; the line blocks stay cached (``unpersist`` them when done)."""
-    extras = [F.sum(F.col(parse.HEADER).cast("long")).alias("headers"),
+    skip = F.col(parse.SKIP)
+    extras = [F.count(skip).alias("skipped"), F.count(F.when(skip == parse.BLANK, 1)).alias("blank"),
+              F.count(F.when(skip == parse.CONTINUATION, 1)).alias("continued"),
               F.sum(rejected_row().cast("long")).alias("rejected")]
+    fmt = schema.format
+    if fmt.delimited and fmt.quote:
+        extras.append(F.count(F.when(skip.isNull() & readers.odd_quotes(F.col(readers.TEXT), fmt.quote), 1))
+                      .alias("odd_quotes"))
     if schema.format.type == "libfm":
         extras += [F.max(F.when(accepted_row(), F.size(parse.LIBFM_IDS))).alias("width"),
                    F.max(F.when(accepted_row(), F.array_max(parse.LIBFM_IDS))).alias("max_id")]
@@ -96,12 +123,14 @@ def summarize_input(records: DataFrame, schema: Schema) -> InputSummary:
         extras += [F.min(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_min"),
                    F.max(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_max")]
     blocks = readers.line_blocks(records, *extras).cache()
-    totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "headers", "rejected")],
+    counted = ("_n", "skipped", "blank", "continued", "rejected", "odd_quotes")
+    totals = blocks.agg(*[F.sum(c).alias(c) for c in counted if c in blocks.columns],
                         *[(F.min if c.endswith("min") else F.max)(c).alias(c)
                           for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
     totals = totals.asDict()
-    return InputSummary(blocks=blocks, rows=int(totals["_n"] or 0) - int(totals["headers"] or 0),
-                        rejected=int(totals["rejected"] or 0), totals=totals)
+    n = {c: int(totals.get(c) or 0) for c in counted}
+    return InputSummary(blocks=blocks, rows=n["_n"] - n["skipped"], rejected=n["rejected"], totals=totals,
+                        blank=n["blank"], continued=n["continued"], odd_quotes=n["odd_quotes"])
 
 
 def check_rejected(records: DataFrame, summary: InputSummary, max_fraction: float, *, require_rows: bool) -> None:

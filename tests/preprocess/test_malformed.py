@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from afm_dist.dataset import SPLITS, load_metadata
+from afm_dist.spark.parse import UNBALANCED_QUOTE
 
 from .util import run_job, write_lines
 
@@ -29,19 +30,19 @@ BAD = {
     5: ("u4,i2,25", "found 3 columns, expected 4"),
     6: ("u5,,40,1", "field 'item': empty value"),
     7: ("u6,i3,22,x", "label 'rating': 'x' is not a number"),
-    8: ('"u7,i1,22,1', "unbalanced quote"),
+    8: ('"u7,i1,22,1', UNBALANCED_QUOTE),
     9: ("u8,i9,22,1", "field 'tags': item 'i9' not found in table 'items'"),
     10: ("u9,i1,-5,1", "field 'age': log1p needs a value above -1, got '-5'"),
     11: ("u10,i1,22,1,extra", "found 5 columns, expected 4"),
     12: ("u11,i2,1e999,3", "field 'age': '1e999' is out of range"),
-    13: ("", "found 1 columns, expected 4"),
     14: ("u12,i1,  ,4", "field 'age': empty value"),
 }
 GOOD = {2: "u1,i1,20,4.5", 3: "u2,i2,30,3", 15: '"u,13",i2,35,5', 16: 'u14,"i3",7,2'}
+BLANK = {13: ""}  # not a row: neither accepted nor rejected
 
 
 def write_inputs(tmp_path, n_filler: int = 0):
-    lines = {1: "user,item,age,rating", **{k: v for k, (v, _) in BAD.items()}, **GOOD}
+    lines = {1: "user,item,age,rating", **{k: v for k, (v, _) in BAD.items()}, **GOOD, **BLANK}
     body = [lines[i] for i in sorted(lines)]
     body += [f"f{i},i{i % 3 + 1},{i % 50},{i % 5 + 1}" for i in range(n_filler)]
     logs = write_lines(tmp_path / "logs.csv", body)
@@ -71,7 +72,7 @@ def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
     meta = load_metadata(out)
     n_input = len(BAD) + len(GOOD) + 200
     assert meta.counts["input"] == n_input and meta.counts["rejected"] == len(BAD)
-    assert meta.counts["accepted"] == len(GOOD) + 200
+    assert meta.counts["accepted"] == len(GOOD) + 200 and meta.counts["blank_lines"] == 1
     assert sum(meta.counts[s]["rows"] for s in SPLITS) == meta.counts["accepted"]  # input = accepted + rejected
     rows = [r for s in SPLITS for r in pq.read_table(out / s).to_pylist()]
     assert len(rows) == len(GOOD) + 200
