@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors, save_file
+from safetensors.torch import load_file, save_file
 
 from afm_dist.dataset import COMPLETE_MARKER, VOCABULARY, DatasetError, DatasetMetadata
 from afm_dist.io import atomic_path, strip_file_scheme, write_text_atomic
@@ -167,15 +167,12 @@ class TrainedModel:
         """A freshly initialised model of this name, configuration and feature layout."""
         return build_model(self.name, self.num_features, self.num_slots, self.config)
 
-    def weights_bytes(self) -> bytes:
-        """The safetensors file's bytes (what scoring broadcasts to executors)."""
-        return self.weights_path.read_bytes()
-
-    def build(self, weights: bytes | None = None) -> ScoringModel:
-        """The trained model in eval mode, with ``weights`` (safetensors bytes; default: read from
-        the directory)."""
+    def build(self) -> ScoringModel:
+        """The trained model in eval mode, its weights read from the directory's safetensors file
+        (loading runs no code). The file's tensors become the model's parameters (``assign``): no
+        second copy of a large table."""
         model = self.new_model()
-        model.load_state_dict(load_safetensors(self.weights_bytes() if weights is None else weights))
+        model.load_state_dict(load_file(str(self.weights_path)), assign=True)
         return model.eval()
 
 

@@ -4,10 +4,11 @@ Every value is a pure function of (seed, row number, field), computed by Spark S
 expressions on executors: the same seed gives the same logs on any cluster, any partitioning,
 and nothing is generated on the driver.
 
-Fields (cardinalities scale with the number of rows, popularity is Zipf-like):
+Fields (cardinalities scale with the number of rows unless given, popularity is Zipf-like unless
+``uniform``):
 
-    user      max(1000, rows / 40)     heavy-tailed activity
-    item      max(500, rows / 100)     heavy-tailed popularity
+    user      max(1000, rows / 40)     heavy-tailed activity     (``users``: any cardinality)
+    item      max(500, rows / 100)     heavy-tailed popularity   (``items``: any cardinality)
     daytime   7
     weekday   7
     city      200                      heavy-tailed
@@ -46,11 +47,14 @@ class FieldSpec:
     prefix: str
 
 
-def field_specs(rows: int) -> list[FieldSpec]:
-    """Cardinalities grow with the log, as real user and item counts do."""
+def field_specs(rows: int, users: int | None = None, items: int | None = None,
+                uniform: bool = False) -> list[FieldSpec]:
+    """Cardinalities grow with the log, as real user and item counts do, unless ``users`` /
+    ``items`` say otherwise; ``uniform``: every user and item equally likely (the most distinct
+    values for a number of rows: about ``n (1 - exp(-rows / n))`` of ``n`` occur)."""
     return [
-        FieldSpec("user", max(1000, rows // 40), 2.0, "u"),
-        FieldSpec("item", max(500, rows // 100), 3.0, "i"),
+        FieldSpec("user", users or max(1000, rows // 40), 1.0 if uniform else 2.0, "u"),
+        FieldSpec("item", items or max(500, rows // 100), 1.0 if uniform else 3.0, "i"),
         FieldSpec("daytime", 7, 1.0, "d"),
         FieldSpec("weekday", 7, 1.0, "w"),
         FieldSpec("city", 200, 2.5, "c"),
@@ -70,15 +74,20 @@ def _signed(*parts: Column | str | int) -> Column:
 
 
 def generate_logs(spark: SparkSession, rows: int, *, seed: int = 2017, partitions: int | None = None,
-                  noise: float = 0.1, malformed_fraction: float = 0.0) -> DataFrame:
+                  noise: float = 0.1, malformed_fraction: float = 0.0, users: int | None = None,
+                  items: int | None = None, uniform: bool = False) -> DataFrame:
     """Return a DataFrame of ``rows`` synthetic logs with string columns FIELDS and TARGET.
 
     ``malformed_fraction`` replaces that share of ratings by a non-number, for exercising
-    the preprocessing job's rejected-row handling.
+    the preprocessing job's rejected-row handling; ``users``, ``items`` and ``uniform``: see
+    ``field_specs``.
+
+    Raises:
+        ValueError: rows, users or items below 1.
     """
-    if rows <= 0:
-        raise ValueError(f"rows must be positive, got {rows}")
-    specs = field_specs(rows)
+    if rows <= 0 or (users is not None and users <= 0) or (items is not None and items <= 0):
+        raise ValueError(f"rows, users and items must be positive, got {rows}, {users}, {items}")
+    specs = field_specs(rows, users, items, uniform)
     parts = partitions or max(2, min(2000, rows // 250_000 + 2))
     df = spark.range(0, rows, numPartitions=parts).withColumnRenamed("id", "row")
     for i, spec in enumerate(specs):

@@ -23,13 +23,18 @@ BENCHES = {
     "preprocess": ["bench/bench_preprocess.py"],
     "train": ["bench/bench_train.py"],
     "score": ["bench/bench_score.py"],
+    "sparse": ["bench/bench_sparse.py"],
+    "large_pipeline": ["bench/bench_large_pipeline.py"],
 }
 TITLES = {
     "models": "Models: AFM throughput against DeepCTR-Torch and FuxiCTR, and peak training memory (issue: models)",
     "preprocess": "Spark preprocessing rows/s at 1M and 10M rows on local[2] (issue: preprocessing)",
     "train": "Training examples/s with 1 and 2 Horovod workers, and the Petastorm loader alone (issue: training)",
     "score": "Spark batch scoring rows/s against raw torch inference (issue: scoring)",
+    "sparse": "Training-step examples/s against the number of features, sparse and dense tables (issue: large vocabularies)",
+    "large_pipeline": "The whole pipeline on a log with millions of distinct features (issue: large vocabularies)",
 }
+
 
 
 def run(names: list[str]) -> None:
@@ -104,7 +109,45 @@ def headline(name: str, r: dict) -> list[str]:
         return [f"- Spark local[2] {r['spark_rows_per_s']:,.0f} rows/s (job), raw torch {r['raw_torch_rows_per_s']:,.0f} rows/s "
                 f"over {r['rows']:,} rows",
                 "- Spark / raw torch: " + _verdict(r["spark_over_raw"], 0.5, True)]
+    if name == "sparse":
+        ratios = r.get("ratios", {})
+        sizes = sorted({run["features"] for run in r.get("runs", [])})
+        out = []
+        for np_ in sorted({run["np"] for run in r.get("runs", [])}):
+            out.append(f"- {np_} process(es), sparse (default), N = {sizes[-1]:,} / N = {sizes[0]:,}: "
+                       + _verdict(ratios.get(f"np{np_}_sparse_largest_over_smallest"), 0.8, True))
+            out.append(f"- {np_} process(es), N = {sizes[0]:,}, sparse / dense: "
+                       + _verdict(ratios.get(f"np{np_}_smallest_sparse_over_dense"), 1.0, True))
+            out.append(f"- {np_} process(es), N = {sizes[-1]:,}, sparse peak memory / (parameters + optimizer state): "
+                       + _verdict(ratios.get(f"np{np_}_largest_sparse_peak_over_params_and_state"), 1.3, False))
+        return out
+    if name == "large_pipeline":
+        return [f"- {r['num_features']:,} features ({r['rows']:,} generated logs, {r['train_rows']:,} training rows), "
+                f"model {r['model_bytes'] / 2**30:.2f} GiB; one epoch at {r['train_examples_per_s']:,.0f} examples/s "
+                f"(horovodrun -np 2), validation RMSE {r['val_rmse']:.4f}, test RMSE {r['score']['rmse']:.4f}"]
     return []
+
+
+def table(name: str, r: dict) -> list[str]:
+    """A readable table of a benchmark's runs."""
+    gib = 2 ** 30
+    if name == "sparse":
+        lines = ["| features N | processes | path | examples/s | peak memory (GiB, largest rank) | "
+                 "parameters + optimizer state (GiB) |", "| ---: | ---: | --- | ---: | ---: | ---: |"]
+        for run in r.get("runs", []):
+            if "skipped" in run:
+                lines.append(f"| {run['features']:,} | {run['np']} | {run['path']} | not run: {run['skipped']} | | |")
+                continue
+            lines.append(f"| {run['features']:,} | {run['np']} | {run['path']} | {run['examples_per_s']:,.0f} | "
+                         f"{run['peak_rss_bytes'] / gib:.2f} | "
+                         f"{(run['param_bytes'] + run['optimizer_state_bytes']) / gib:.2f} |")
+        return lines
+    if name == "large_pipeline":
+        lines = ["| step | seconds | peak memory (GiB) |", "| --- | ---: | ---: |"]
+        for step, seconds in r.get("seconds", {}).items():
+            lines.append(f"| {step} | {seconds:,.0f} | {r['peak_rss_bytes'][step] / gib:.2f} |")
+        return lines
+    return ["| figure | value |", "| --- | --- |"] + [f"| {k} | {_fmt(v)} |" for k, v in _flatten(r)]
 
 
 def report() -> Path:
@@ -126,9 +169,7 @@ def report() -> Path:
         lines += [f"Command: `{result.get('command', ' '.join(BENCHES[name]))}`  ",
                   f"Run: {result.get('date', '?')}; machine: "
                   + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
-                  *headline(name, result), "", "| figure | value |", "| --- | --- |"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(result)]
-        lines.append("")
+                  *headline(name, result), "", *table(name, result), ""]
     out = REPO / "BENCHMARKS.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out

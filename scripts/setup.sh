@@ -41,6 +41,7 @@ fi
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+[ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory in bench/bench_large_pipeline.py
 [ ${#need[@]} -gt 0 ] && apt_install "${need[@]}"
 
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"

@@ -1,13 +1,13 @@
 """Batch scoring on Spark executors (pure DataFrame -> DataFrame), and the scoring job's steps.
 
-The trained model travels once per job as a broadcast (``ModelPayload``: model.json content and
-safetensors bytes, read once) and is rebuilt once per executor Python process, then reused by
+The trained model travels once per job as a broadcast of its description (``ModelPayload``:
+model.json content and the weights' path) and is rebuilt once per executor Python process from
+the model directory's safetensors file, then reused by
 every task that process runs; each task scores its partition in Arrow batches with torch, so
 memory stays bounded by the batch size whatever the size of the log.
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -34,29 +34,35 @@ _MODELS: dict[str, Any] = {}
 
 
 class ModelPayload:
-    """What executors need to rebuild a trained model: its model.json and its weights' bytes."""
+    """What executors need to rebuild a trained model: its model.json and where its weights are.
+
+    The weights are not shipped: each executor process reads the safetensors file from the model
+    directory (which, like the inputs, must be at the same path on every node), so that a table of
+    millions of rows is never pickled, broadcast or copied on the driver.
+    """
 
     def __init__(self, model: TrainedModel):
         self.info_json = model.to_json()
-        self.weights = model.weights_bytes()
-        self.key = hashlib.sha256(self.weights).hexdigest()[:16]
+        self.directory = str(model.path)
+        stat = model.weights_path.stat()
+        self.key = f"{self.directory}:{stat.st_size}:{stat.st_mtime_ns}"  # a retrained model is another key
 
 
 def broadcast_model(spark: SparkSession, model: TrainedModel) -> Broadcast:
-    """The model as a broadcast ``ModelPayload``: its weights read once, sent once per executor."""
+    """The model's description as a broadcast ``ModelPayload`` (a few kilobytes)."""
     return spark.sparkContext.broadcast(ModelPayload(model))
 
 
 def executor_model(payload: Broadcast, threads: int):
-    """The broadcast model, rebuilt once per executor process (eval mode)."""
+    """The broadcast model, rebuilt once per executor process (eval mode) from its directory."""
     p: ModelPayload = payload.value
     model = _MODELS.get(p.key)
     if model is None:
         import torch
 
         torch.set_num_threads(threads)
-        model = TrainedModel.from_json(p.info_json).build(p.weights)
-        _MODELS.clear()  # one model per process: a new job's model replaces the last
+        _MODELS.clear()  # one model per process: a new job's model replaces the last (and frees it first)
+        model = TrainedModel.from_json(p.info_json, path=Path(p.directory)).build()
         _MODELS[p.key] = model
     return model
 

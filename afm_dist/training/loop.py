@@ -159,7 +159,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             f"val RMSE {state.best['val_rmse']:.4f})")
     # Horovod: every rank starts from rank 0's parameters and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    broadcast_optimizer_tensors(optimizer)
 
     if rank == 0:
         log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
@@ -198,6 +198,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Horovod: no rank leaves before rank 0 has published the model directory.
     hvd.barrier()
     return state.best
+
+
+def broadcast_optimizer_tensors(optimizer: torch.optim.Optimizer) -> None:
+    """Horovod: rank 0's optimizer state (Adagrad's accumulators) on every rank, broadcast in place.
+
+    ``hvd.broadcast_optimizer_state`` reloads the whole state through ``load_state_dict``, which
+    deep-copies it: a second copy of a large table's accumulators. The state here exists from the
+    optimizer's construction on (or from the checkpoint), so its tensors are broadcast where they are.
+    """
+    tensors = [(f"optimizer.{i}.{key}", value) for i, state in enumerate(optimizer.state.values())
+               for key, value in sorted(state.items()) if torch.is_tensor(value)]
+    hvd.broadcast_parameters(tensors, root_rank=0)
 
 
 def init_from(model: ScoringModel, fm_dir: str) -> None:

@@ -1,10 +1,12 @@
 """Optimizers for models whose feature tables are large: a step updates only the rows its batch
 touched, and the optimizer state of a table can be one number per row.
 
-``adagrad``          torch's Adagrad, the paper's optimizer. With sparse table gradients it is
+``adagrad``          Adagrad, the paper's optimizer (``RowWiseAdagrad`` without row-wise groups:
+                     torch's Adagrad update, without lr decay). With sparse table gradients it is
                      lazy: only the touched rows' accumulators and parameters change (for Adagrad
                      that is exactly what the dense update computes, as an untouched row's
-                     gradient is 0).
+                     gradient is 0), with index_add over the rows rather than sparse tensor
+                     arithmetic, and its accumulators are made at the first step.
 ``rowwise_adagrad``  ``RowWiseAdagrad``: one accumulator per row of each feature table (the mean
                      of the row's squared gradient), as TorchRec's and FBGEMM's row-wise Adagrad;
                      k times less optimizer memory for an (N, k) table. Other parameters keep
@@ -39,7 +41,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         s_i += mean_f g_if^2          W_i -= lr * g_i / (sqrt(s_i) + eps)
 
     Groups without ``rowwise`` get elementwise Adagrad (torch's update, no lr decay). Sparse
-    gradients update only their rows (lazily); dense ones every row.
+    gradients update only their rows (lazily); dense ones every row. Accumulators are made at a
+    parameter's first step.
 
     Args:
         params: parameters or parameter groups; a group with ``"rowwise": True`` holds 2-D tables.
@@ -59,9 +62,18 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if group["rowwise"] and p.dim() != 2:
                     raise ValueError(f"a row-wise group needs (N, k) tables, got a parameter of shape {tuple(p.shape)}")
-                shape = p.shape[:1] if group["rowwise"] else p.shape
-                self.state[p]["sum"] = torch.full(shape, float(group["initial_accumulator_value"]), dtype=p.dtype,
-                                                  device=p.device)  # (N,) or the parameter's shape
+
+    def _accumulator(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """The parameter's accumulator, made at its first step: (N,) row-wise, else p's shape.
+
+        Made lazily, not in the constructor: Horovod's DistributedOptimizer builds a second
+        optimizer over the same parameters, and two sets of accumulators of a large table would
+        exist at once."""
+        state = self.state[p]
+        if "sum" not in state:
+            shape = p.shape[:1] if group["rowwise"] else p.shape
+            state["sum"] = torch.full(shape, float(group["initial_accumulator_value"]), dtype=p.dtype, device=p.device)
+        return state["sum"]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -74,7 +86,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                acc = self.state[p]["sum"]
+                acc = self._accumulator(p, group)
                 if p.grad.is_sparse:
                     g = p.grad.coalesce()
                     rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
@@ -106,7 +118,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optim
     for table in sparse:
         table.register_hook(lambda grad: grad.coalesce() if grad.is_sparse else grad)
     if name == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=lr)
+        return RowWiseAdagrad(model.parameters(), lr=lr)
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
     if name == "rowwise_adagrad":

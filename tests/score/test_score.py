@@ -132,3 +132,28 @@ def test_score_refuses_too_many_malformed_raw_rows(spark, planted_models, tmp_pa
     assert run_job("score", ["--model", str(planted_models["afm"]), "--input", str(raw), "--output", str(out)],
                    spark) == 2
     assert not out.exists()
+
+
+def test_executors_get_the_models_description_not_its_weights(planted_models):
+    """A table of millions of rows is read by each executor from the model directory, never
+    pickled into the broadcast."""
+    import pickle
+
+    from afm_dist.spark.scoring import ModelPayload
+
+    model = TrainedModel.load(planted_models["afm"])
+    payload = pickle.dumps(ModelPayload(model))
+    assert len(payload) < 32_000 < model.weights_path.stat().st_size
+    rebuilt = TrainedModel.from_json(pickle.loads(payload).info_json, path=model.path).build()
+    for (name, a), b in zip(model.build().state_dict().items(), rebuilt.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_generator_cardinalities(spark):
+    from afm_dist.synthetic import generate_logs
+
+    logs = generate_logs(spark, 3000, seed=5, users=20, items=100_000, uniform=True)
+    users = {r["user"] for r in logs.select("user").distinct().collect()}
+    items = logs.select("item").distinct().count()
+    assert users == {f"u{i}" for i in range(20)}  # 3000 uniform draws over 20 users: every one occurs
+    assert 2900 <= items <= 3000  # 3000 draws over 100,000 items: almost all distinct

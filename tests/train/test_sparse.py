@@ -73,13 +73,14 @@ def test_rowwise_adagrad_by_hand():
     w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
     bias = torch.nn.Parameter(torch.tensor([0.5]))
     opt = RowWiseAdagrad([{"params": [w], "rowwise": True}, {"params": [bias]}], lr=0.1)
-    assert opt.state[w]["sum"].shape == (3,)  # one accumulator per row
+    assert "sum" not in opt.state[w]  # made at the first step
     # Row 1 occurs twice in the batch: its gradient rows are summed.
     w.grad = torch.sparse_coo_tensor([[1, 2, 1]], [[1.0, 1.0], [2.0, 0.0], [1.0, 3.0]], (3, 2))
     bias.grad = torch.tensor([2.0])
     opt.step()
     g1, g2 = torch.tensor([2.0, 4.0]), torch.tensor([2.0, 0.0])
     s1, s2 = float((g1 ** 2).mean()), float((g2 ** 2).mean())  # 10 and 2
+    assert opt.state[w]["sum"].shape == (3,)  # one accumulator per row
     assert opt.state[w]["sum"].tolist() == pytest.approx([0.0, s1, s2])
     torch.testing.assert_close(w.detach(), torch.stack([torch.tensor([1.0, 2.0]),
                                                         torch.tensor([3.0, 4.0]) - 0.1 * g1 / s1 ** 0.5,
@@ -109,3 +110,22 @@ def test_rowwise_adagrad_trains_under_horovod(planted_data, tmp_path):
     assert any(len(shape) == 1 and shape[0] > 1000 for shape in shapes)  # the (N, k) table's accumulator is (N,)
     history = metrics(out)
     assert history[-1]["val_rmse"] < history[0]["train_rmse"]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("name", ["fm", "wide_deep"])
+def test_adagrad_is_torchs_update(name, sparse):
+    """``--optimizer adagrad`` (our lazy implementation) computes torch.optim.Adagrad's steps.
+    (Not AFM over several steps: Adagrad divides its attention's ~1e-12 gradients by their own
+    size, so rounding in the last bit of either implementation flips their sign.)"""
+    _, model = pair(name)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = sparse
+    reference = copy.deepcopy(model)
+    ours, torchs = build_optimizer("adagrad", model, 0.05), torch.optim.Adagrad(reference.parameters(), lr=0.05)
+    for seed in range(3):
+        step(model, ours, batch(seed))
+        step(reference, torchs, batch(seed))
+    for (key, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=key)
