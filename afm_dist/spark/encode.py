@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS, FieldLayout
+from afm_dist.dataset import (IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS, DatasetError,
+                              FieldLayout)
 from afm_dist.schema import Field, Split
 from afm_dist.spark.parse import LABEL, LIBFM_IDS, LIBFM_VALS
 from afm_dist.spark.readers import POS, TEXT
@@ -132,7 +133,7 @@ def field_layouts(fields: Sequence[Field], vocabulary_sizes: Mapping[str, int]) 
         else:
             size = vocabulary_sizes.get(f.name, 0) + f.first_id
         if size == 0:
-            raise ValueError(f"field '{f.name}': no value to index (every row lacks it, and it has no "
+            raise DatasetError(f"field '{f.name}': no value to index (every row lacks it, and it has no "
                              "out-of-vocabulary id)")
         layouts.append(FieldLayout(name=f.name, kind=f.kind, offset=offset, size=size, slot=slot, width=f.width))
         offset += size
@@ -282,7 +283,7 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
     if per_positive < 1:
         raise ValueError("implicit_instances makes at least one negative per positive")
     if n <= 0:
-        raise ValueError(f"field '{replaced.name}': no value to sample negatives from")
+        raise DatasetError(f"field '{replaced.name}': no value to sample negatives from")
 
     def draw(k: str, t: str) -> str:
         return f"CAST({first} + pmod(xxhash64({ROW_ID}, {seed}, {k}, {t}), {n}) AS INT)"
@@ -345,8 +346,8 @@ def train_statistics(instances: DataFrame, fields: Sequence[Field]) -> dict[str,
     for f in std_fields:
         s, q, n = row[f"{f.name}__s"], row[f"{f.name}__q"], row[f"{f.name}__n"]
         if n and (s is None or q is None):
-            raise ValueError(f"field '{f.name}': values too large (beyond 1e10) to standardise exactly; "
-                             "add transform: log")
+            raise DatasetError(f"field '{f.name}': values too large (beyond 1e10) to standardise exactly; "
+                               "add transform: log, or scale the column")
         if not n:
             mean, std = 0.0, 1.0
         else:

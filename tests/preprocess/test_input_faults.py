@@ -258,6 +258,19 @@ def test_numbers_beyond_float32_are_rejected_after_their_transform(spark, tmp_pa
     assert load_metadata(out).counts["accepted"] == 43
 
 
+def test_values_too_large_to_standardise_fail_the_job_naming_the_field(spark, tmp_path, capsys):
+    lines = ["user\titem\tprice\trating"] + [f"u{i}\ti{i % 3}\t{2e10 * (i + 1)}\t{i % 5 + 1}" for i in range(20)]
+    schema = ratings_schema({"type": "tsv"})
+    schema["fields"].append({"name": "price", "kind": "numeric", "standardize": True})
+    out = tmp_path / "out"
+    assert run_job(spark, "--schema", schema_file(tmp_path, schema), "--input", write_lines(tmp_path / "r.tsv", lines),
+                   "--output", out) == 2
+    err = capsys.readouterr().err
+    assert ("field 'price': values too large (beyond 1e10) to standardise exactly; add transform: log, "
+            "or scale the column") in err
+    assert "Traceback" not in err and not out.exists()
+
+
 # -- 11: libFM id spaces that are mostly unused --------------------------------------------------
 
 
