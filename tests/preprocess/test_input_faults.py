@@ -58,14 +58,6 @@ def raw_read(spark, tmp_path, schema: dict, inputs, tables=None, quoted_line_bre
     return summary, accepted, [(r["line"], r["raw"], r["reason"]) for r in pq.read_table(rejected_dir).to_pylist()]
 
 
-@pytest.fixture
-def small_blocks(spark):
-    """Split input files into many small blocks, so records and line numbers cross block boundaries."""
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "200")
-    yield
-    spark.conf.unset("spark.sql.files.maxPartitionBytes")
-
-
 # -- 01: quoted values holding line breaks -------------------------------------------------------
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from afm_dist.dataset import SPLITS, load_metadata
@@ -50,14 +49,6 @@ def write_inputs(tmp_path, n_filler: int = 0):
     schema = tmp_path / "schema.yaml"
     schema.write_text(yaml.safe_dump(SCHEMA))
     return schema, logs, items
-
-
-@pytest.fixture
-def small_blocks(spark):
-    """Split input files into many small blocks, so line numbers must cross block boundaries."""
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "200")
-    yield
-    spark.conf.unset("spark.sql.files.maxPartitionBytes")
 
 
 def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
