@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     settings (the error on stderr, no traceback)."""
     cfg = parse_args(argv)
     try:
-        check_run(cfg)  # the data set and the model's layout, before Horovod starts
-        train(cfg)
+        meta = check_run(cfg)  # the data set and the model's layout, before Horovod starts
+        train(cfg, meta)
     except (DatasetError, OutputPathError, FloatingPointError, ValueError) as e:
         log(f"error: {e}")
         return 2

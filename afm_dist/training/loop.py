@@ -108,8 +108,10 @@ def check_diverged(epoch: int, train_m: dict[str, float], val_m: dict[str, float
         "large raw values need 'standardize: true' or 'transform: log1p' in the schema; else lower --lr")
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, Any]:
     """Train one model; every Horovod rank calls this. Returns the best epoch's metrics.
+
+    ``meta``: what ``check_run(cfg)`` returned, when the caller already checked (else it checks).
 
     Raises:
         DatasetError, OutputPathError, ValueError: unusable data, output or settings (all ranks).
@@ -125,7 +127,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Horovod: the cores are shared by the local ranks.
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
 
-    meta = check_run(cfg)
+    meta = meta if meta is not None else check_run(cfg)
     global_batch = cfg.batch_size or int(meta.schema.get("training", {}).get("batch_size", 128))
     if global_batch % size:
         raise ValueError(f"--batch-size {global_batch} is not divisible by the {size} workers")
