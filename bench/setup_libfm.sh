@@ -3,7 +3,8 @@
 #
 #   bash bench/setup_libfm.sh                  # clones github.com/srendle/libfm at the pinned commit
 #   LIBFM_SRC=/path/to/libfm.git bash bench/setup_libfm.sh   # builds from a local clone or mirror
-#   .venv/bin/python bench/bench_libfm.py --data out/frappe --name frappe
+#   bash bench/setup_libfm.sh --bin            # prints where the binary is (or would be); builds nothing
+#   .venv/bin/python bench/bench_libfm.py --data out/frappe
 #
 # libFM is never a dependency of afm-dist (CI and `make test` do not need it). The binary goes to a
 # cache outside the repository, ${AFM_LIBFM_CACHE:-~/.cache/afm-dist}/libfm-<version>/bin/libFM,
@@ -16,6 +17,10 @@ LIBFM_URL="https://github.com/srendle/libfm.git"
 CACHE="${AFM_LIBFM_CACHE:-$HOME/.cache/afm-dist}"
 PREFIX="$CACHE/libfm-$LIBFM_VERSION-${LIBFM_COMMIT:0:7}"
 BIN="$PREFIX/bin/libFM"
+if [ "${1:-}" = "--bin" ]; then
+  echo "$BIN"  # bench/bench_libfm.py asks here, so the pin is written only in this file
+  exit 0
+fi
 
 if [ -x "$BIN" ]; then
   echo "libFM $LIBFM_VERSION (${LIBFM_COMMIT:0:7}) already built: $BIN"
