@@ -8,6 +8,11 @@ Exit status of every job (and of ``python -m afm_dist.train``):
     2  unusable arguments, schema, input, model or output path, or too many malformed rows: the
        error on stderr names the file, line or field and what to do; no traceback, and nothing
        that looks complete is left behind
+    1  the work failed after it started (e.g. a training rank died): the cause is on stderr
+       above the job's one-line error; nothing that looks complete is left behind
+
+Paths: every path argument is a local or shared-mount path or a ``file://`` URI; another URL
+scheme (``hdfs://``, ``s3://``, ...) is refused before any work (``afm_dist.io.local_path``).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pyspark.sql import SparkSession
 
 from afm_dist.dataset import DatasetError, mark_complete
 from afm_dist.inputs import InputError, parse_table_specs
-from afm_dist.io import OutputPathError, publish_directory, validate_output_path
+from afm_dist.io import OutputPathError, UnsupportedSchemeError, local_path, publish_directory, validate_output_path
 from afm_dist.schema import SchemaError
 from afm_dist.spark import session as spark_session
 
@@ -29,8 +34,10 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 # Errors caused by what the user gave a job: reported in one line, exit status 2.
-USER_ERRORS = (DatasetError, InputError, SchemaError, OutputPathError)
-EXIT_OK, EXIT_USAGE = 0, 2
+USER_ERRORS = (DatasetError, InputError, SchemaError, OutputPathError, UnsupportedSchemeError)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The path arguments of the jobs (argparse names), each a local path once ``local_paths`` ran.
+PATH_ARGUMENTS = ("schema", "model", "output", "input", "data", "init_from")
 
 
 # -- shared argument groups ---------------------------------------------------------------------
@@ -40,9 +47,9 @@ def add_model(p: argparse.ArgumentParser, what: str = "model directory written b
     p.add_argument("--model", required=True, help=what)
 
 
-def add_input(p: argparse.ArgumentParser, *, help: str, raw_only_tables: bool = True) -> None:
+def add_input(p: argparse.ArgumentParser, *, help: str, raw_only_tables: bool = True, required: bool = True) -> None:
     """``--input`` (files or directories) and ``--table NAME=PATH`` (side tables of the schema)."""
-    p.add_argument("--input", required=True, nargs="+", help=help)
+    p.add_argument("--input", required=required, nargs="+", default=[], help=help)
     p.add_argument("--table", action="append", default=[], metavar="NAME=PATH",
                    help=("raw input only: " if raw_only_tables else "")
                    + "file(s) of a side table the schema joins (repeat per table; PATH may be a directory)")
@@ -82,27 +89,49 @@ def tables(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    """The argument checks every job makes before Spark starts.
+    """The argument checks every job makes before Spark starts; path arguments made local
+    (``local_paths``).
 
     Raises:
         InputError: ``--max-rejected-fraction`` outside [0, 1], ``--threads`` below 1, a
             malformed ``--table``.
+        UnsupportedSchemeError: a path given as a URL other than ``file://``.
     """
     fraction = getattr(args, "max_rejected_fraction", None)
     if fraction is not None and not 0.0 <= fraction <= 1.0:
         raise InputError("--max-rejected-fraction must be between 0 and 1")
-    if getattr(args, "threads", 1) < 1:
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
         raise InputError("--threads must be at least 1")
     parse_table_specs(getattr(args, "table", []))
+    local_paths(args)
+
+
+def local_paths(args: argparse.Namespace) -> None:
+    """Rewrite every path argument (``PATH_ARGUMENTS`` and ``--table NAME=PATH``) in place as a
+    local path: ``file://`` URIs become paths, so every later step reads plain paths.
+
+    Raises:
+        UnsupportedSchemeError: a path given as a URL of another scheme, naming its flag.
+    """
+    for name in PATH_ARGUMENTS:
+        value, flag = getattr(args, name, None), "--" + name.replace("_", "-")
+        if isinstance(value, str):
+            setattr(args, name, local_path(value, flag))
+        elif isinstance(value, list):
+            setattr(args, name, [local_path(v, flag) for v in value])
+    if getattr(args, "table", None):
+        args.table = [f"{name}={local_path(path, f'--table {name}')}"
+                      for name, _, path in (spec.partition("=") for spec in args.table)]
 
 
 # -- running a job ------------------------------------------------------------------------------
 
 
-def error(job: str, e: BaseException) -> int:
-    """Report a user error on stderr, one line and no traceback; the exit status to return."""
+def error(job: str, e: BaseException, status: int = EXIT_USAGE) -> int:
+    """Report an error on stderr, one line and no traceback; return ``status``, the exit status."""
     print(f"{job}: error: {e}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
+    return status
 
 
 def setup_logging() -> None:
@@ -114,7 +143,8 @@ def setup_logging() -> None:
 def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSession, Path, C], T], *,
                   prepare: Callable[[], C] | None = None, report: Callable[[T, Path], None] | None = None,
                   spark: SparkSession | None = None, conf: Mapping[str, str] | None = None,
-                  on_start: Callable[[SparkSession], None] | None = None) -> int:
+                  on_start: Callable[[SparkSession], None] | None = None, publish: bool = True,
+                  failures: tuple[type[Exception], ...] = ()) -> int:
     """Run one job; return its exit status (see the module).
 
     Before Spark starts: ``check_common(args)``, ``prepare()`` (the job's own checks: schema,
@@ -124,6 +154,13 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     ``args.output``, which is moved into place with the completion marker only when ``work``
     returns; ``report(result, output)`` prints the outcome.
 
+    ``publish=False``: ``work`` writes ``args.output`` itself, in place, completion marker
+    included (training: its checkpoints stay there for ``--resume``); ``prepare`` then checks
+    the output path, and ``work`` is handed the output path rather than a staging directory.
+
+    ``failures``: errors of the work after it started that the job reports in one line, exit
+    status 1 (their cause was reported above them); any other exception is a bug (traceback).
+
     ``spark``: an existing session to use and leave running (tests); otherwise one is built
     (``conf`` at build time, ``on_start`` right after) and stopped at the end.
     """
@@ -131,7 +168,7 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     try:
         check_common(args)
         prepared = prepare() if prepare is not None else None
-        output = validate_output_path(args.output, overwrite=args.overwrite)
+        output = validate_output_path(args.output, overwrite=args.overwrite) if publish else Path(args.output)
     except USER_ERRORS as e:
         return error(job, e)
     owned = spark is None
@@ -141,11 +178,16 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
         if on_start is not None:
             on_start(spark)
     try:
-        with publish_directory(output, overwrite=args.overwrite) as staging:
-            result = work(spark, staging, prepared)
-            mark_complete(staging)  # last: readers refuse a directory without it
+        if publish:
+            with publish_directory(output, overwrite=args.overwrite) as staging:
+                result = work(spark, staging, prepared)
+                mark_complete(staging)  # last: readers refuse a directory without it
+        else:
+            result = work(spark, output, prepared)
     except USER_ERRORS as e:  # found once Spark read the input: nothing was published
         return error(job, e)
+    except failures as e:
+        return error(job, e, EXIT_FAILED)
     finally:
         if owned:
             spark.stop()

@@ -8,6 +8,10 @@ the field that reads it, so that such a mistake costs seconds, not a cluster job
 Text input is UTF-8. A UTF-8 byte-order mark is ignored (here and when Spark reads the lines); a
 file that starts with a UTF-16 or UTF-32 one is refused, naming it and how to convert it. A
 header is the first line of the file that is not blank.
+
+Given splits (the paper's protocol with published files): ``plan(..., splits={"train": [...],
+"validation": [...], "test": [...]})`` keeps which split each file is for (``Plan.splits``); the
+files are read and encoded together, in one feature space, and each row stays in its file's split.
 """
 from __future__ import annotations
 
@@ -50,14 +54,48 @@ class Plan:
     schema: Schema
     logs: InputFiles
     tables: Mapping[str, InputFiles] = field(default_factory=dict)
+    # Given splits: split name -> its files (a subset of ``logs.paths``); empty for a random split.
+    splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def inputs(self) -> list[str]:
         return list(self.logs.paths) + [p for t in self.tables.values() for p in t.paths]
 
 
-def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[str]] | None = None) -> Plan:
-    """Check the input files against ``schema``; ``tables`` maps side-table names to files."""
+def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[str]] | None = None, *,
+         splits: Mapping[str, Sequence[str]] | None = None) -> Plan:
+    """Check the input files against ``schema``; ``tables`` maps side-table names to files.
+
+    ``splits`` (instead of ``inputs``, which is then empty): split name (train, validation, test)
+    -> files or directories of that split; train and test are required, validation optional
+    (without it, validation rows are drawn from the train files with the schema's proportions).
+
+    Raises:
+        InputError: a file missing or not matching the schema, a file given for two splits, or
+            inputs and splits both (or neither) given; the message names the file or flag.
+    """
     tables = dict(tables or {})
+    given: dict[str, tuple[str, ...]] = {}
+    if splits:
+        if inputs:
+            raise InputError("--input (one input split at random) and --train/--validation/--test (given splits) "
+                             "exclude each other: pass one of them")
+        unknown = set(splits) - {"train", "validation", "test"}
+        if unknown:
+            raise InputError(f"unknown split(s) {sorted(unknown)}: the splits are train, validation and test")
+        for name in ("train", "test"):
+            if not splits.get(name):
+                raise InputError(f"given splits need --{name} files (and optionally --validation)")
+        owner: dict[str, str] = {}
+        for name, paths in splits.items():
+            if not paths:
+                continue
+            given[name] = _expand(paths, f"--{name}")
+            for path in given[name]:
+                if path in owner:
+                    raise InputError(f"{path} is given for both --{owner[path]} and --{name}: "
+                                     "a file belongs to one split")
+                owner[path] = name
+        inputs = list(owner)
     for name in tables:
         if name not in {t.name for t in schema.tables}:
             raise InputError(f"--table {name}=...: the schema {schema.name!r} declares no table {name!r}")
@@ -69,7 +107,7 @@ def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[st
         users.setdefault(schema.target.column, "target")
     for t in schema.tables:
         users.setdefault(t.log_key, f"table '{t.name}' (join column)")
-    logs = _resolve(schema.format, inputs, "--input", users)
+    logs = _resolve(schema.format, inputs, "--train/--validation/--test" if given else "--input", users)
     resolved = {}
     for t in schema.tables:
         if t.name not in tables:
@@ -79,7 +117,7 @@ def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[st
             if f.table == t.name:
                 t_users.setdefault(f.column, f"field '{f.name}'")
         resolved[t.name] = _resolve(t.format, tables[t.name], f"--table {t.name}", t_users)
-    return Plan(schema=schema, logs=logs, tables=resolved)
+    return Plan(schema=schema, logs=logs, tables=resolved, splits=given)
 
 
 def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:

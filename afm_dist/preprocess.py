@@ -37,7 +37,7 @@ from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, VOCABULARY, 
 from afm_dist.inputs import Plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.schema import LIBFM_FIELD, Schema
-from afm_dist.spark import encode, parse, records as raw_records
+from afm_dist.spark import encode, parse, readers, records as raw_records
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,16 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     schema = plan_.schema.with_seed(options.seed)
     is_libfm = schema.format.type == "libfm"
     started = _stage(f"read and parse {len(plan_.logs.paths)} input file(s), format {schema.format.type}")
-    records = raw_records.read_records(spark, plan_, quoted_line_breaks=False)
+    given = tuple(plan_.splits)  # the splits that came as files (empty: a random split)
+    carry = [encode.GIVEN_SPLIT] if given else []
+
+    def read(quoted_line_breaks: bool) -> DataFrame:
+        records = raw_records.read_records(spark, plan_, quoted_line_breaks=quoted_line_breaks)
+        if given:
+            records = records.withColumn(encode.GIVEN_SPLIT, readers.given_split(spark, plan_.splits))
+        return records
+
+    records = read(False)
 
     # -- counts, line numbers, fail fast on malformed rows --------------------------------------
     summary = raw_records.summarize_input(records, schema)
@@ -78,7 +87,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         _stage(f"{summary.odd_quotes} row(s) with an odd number of quotes: read again, joining the lines of "
                "quoted values that hold line breaks")
         summary.blocks.unpersist()
-        records = raw_records.read_records(spark, plan_, quoted_line_breaks=True)
+        records = read(True)
         summary = raw_records.summarize_input(records, schema)
     totals = summary.totals
     cached = [summary.blocks]
@@ -99,19 +108,24 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     if is_libfm:
         width = schema.format.max_features or int(totals["width"])
         if schema.format.ids == "remap":
-            keyed, num_features = _remap_libfm(accepted, out_dir, options, tasks, cached)
+            keyed, num_features = _remap_libfm(accepted, out_dir, options, tasks, cached, carry)
         else:
             num_features = schema.format.num_features or _dense_id_space(accepted, int(totals["max_id"]))
-            keyed = encode.explicit_instances(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS], tasks)
+            keyed = encode.explicit_instances(accepted, [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS, *carry],
+                                              tasks)
             _write_empty_vocabulary(spark, out_dir)
         layouts = [FieldLayout(name=LIBFM_FIELD, kind="multi_categorical", offset=0, size=num_features,
                                slot=0, width=width)]
-        table = encode.assemble_libfm(encode.assign_splits(keyed, schema.split, schema.seed), width)
+        table = encode.assemble_libfm(encode.assign_splits(keyed, schema.split, schema.seed, given=given), width)
         extra["source_format"] = "libfm"
         extra["libfm_ids"] = schema.format.ids
     else:
-        table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks, cached)
+        table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks, cached, given)
         extra.update(more)
+    if given:
+        extra["split_files"] = {s: list(paths) for s, paths in plan_.splits.items()}
+        extra["split_basis"] = ("the given files" + ("" if "validation" in given else
+                                "; validation drawn from the train files in the schema's train : validation ratio"))
 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
     # Explicit targets come partitioned by text already (one partition per output file).
@@ -162,7 +176,7 @@ def _dense_id_space(accepted: DataFrame, max_id: int) -> int:
 
 
 def _remap_libfm(accepted: DataFrame, out_dir: Path, options: Options, tasks: int,
-                 cached: list[DataFrame]) -> tuple[DataFrame, int]:
+                 cached: list[DataFrame], carry: list[str]) -> tuple[DataFrame, int]:
     """Number the libFM ids used 0, 1, ... (written as the vocabulary of field ``features``, the
     value being the file's id) and return the instances with those ids, and their number."""
     _stage("number the libFM ids used (format.ids: remap)")
@@ -173,14 +187,16 @@ def _remap_libfm(accepted: DataFrame, out_dir: Path, options: Options, tasks: in
                     F.col("_id").alias("id"), F.col("count").cast("bigint").alias("count"))
      .repartition(1).sortWithinPartitions("id").write.parquet(str(out_dir / VOCABULARY)))
     log.info("libfm: %d distinct ids, numbered 0..%d", size, size - 1)
-    keyed = encode.remapped_libfm_instances(accepted, mapping, tasks, broadcast=size <= options.broadcast_limit)
+    keyed = encode.remapped_libfm_instances(accepted, mapping, tasks, broadcast=size <= options.broadcast_limit,
+                                            carry=carry)
     return keyed, size
 
 
 def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: Path, options: Options,
-            tasks: int, cached: list[DataFrame]) -> tuple[DataFrame, list[FieldLayout], dict]:
+            tasks: int, cached: list[DataFrame], given: tuple[str, ...]) -> tuple[DataFrame, list[FieldLayout], dict]:
     """Vocabulary (written), then the instances table: row_id, ids, vals, mask, label, split.
-    Small cached tables (vocabulary, lists) are appended to ``cached`` for the caller to drop."""
+    Small cached tables (vocabulary, lists) are appended to ``cached`` for the caller to drop;
+    ``given``: the splits that came as files (their rows carry ``encode.GIVEN_SPLIT``)."""
     fields = list(schema.fields)
     more: dict = {}
     sizes: dict[str, int] = {}
@@ -210,16 +226,18 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
                                    lists=lists)
     names = [f.name for f in fields]
     neg = schema.target.negatives
+    carry = [encode.GIVEN_SPLIT] if given else []
     if schema.target.kind == "implicit" and neg.per_positive > 0:
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)
         instances = encode.implicit_instances(encoded, fields, replaced, size, per_positive=neg.per_positive,
-                                              max_tries=neg.max_tries, seed=schema.seed, partitions=tasks)
+                                              max_tries=neg.max_tries, seed=schema.seed, partitions=tasks,
+                                              carry=carry)
     elif schema.target.kind == "implicit":
-        instances = encode.with_label(encode.explicit_instances(encoded, names, tasks), encode.POSITIVE)
+        instances = encode.with_label(encode.explicit_instances(encoded, names + carry, tasks), encode.POSITIVE)
     else:
-        instances = encode.explicit_instances(encoded, names + [parse.LABEL], tasks)
-    instances = encode.assign_splits(instances, schema.split, schema.seed)
+        instances = encode.explicit_instances(encoded, names + [parse.LABEL] + carry, tasks)
+    instances = encode.assign_splits(instances, schema.split, schema.seed, given=given)
     if any(f.kind == "numeric" and f.standardize for f in fields):
         _stage("numeric statistics on the training split")
         stats = encode.train_statistics(instances, fields)

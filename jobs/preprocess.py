@@ -10,6 +10,12 @@ Launch (the wrapper runs .venv/bin/spark-submit --master "${AFM_SPARK_MASTER:-lo
         --input ../shared/data/movielens-latest-small/ratings.csv \\
         --table movies=../shared/data/movielens-latest-small/movies.csv --output out/ml-ratings
 
+Given splits, as the paper's published files (one feature space, each row in its file's split)::
+
+    ./spark-submit.sh jobs/preprocess.py --schema schemas/frappe_libfm.yaml \\
+        --train frappe.train.libfm --validation frappe.validation.libfm --test frappe.test.libfm \\
+        --output out/frappe-libfm
+
 On a standalone cluster: ``AFM_SPARK_MASTER=spark://HOST:7077 ./spark-submit.sh ...`` (the
 input and output paths must be visible to every worker at the same path).
 
@@ -27,6 +33,7 @@ import sys
 from typing import Sequence
 
 from afm_dist import cli, inputs, preprocess
+from afm_dist.dataset import SPLITS, VALIDATION
 from afm_dist.schema import load_schema
 
 log = logging.getLogger("afm_dist.jobs.preprocess")
@@ -35,7 +42,14 @@ log = logging.getLogger("afm_dist.jobs.preprocess")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="jobs/preprocess.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--schema", required=True, help="dataset schema (YAML), e.g. schemas/frappe.yaml")
-    cli.add_input(p, help="log files or directories", raw_only_tables=False)
+    cli.add_input(p, help="log files or directories, split at random into train, validation and test in the "
+                          "schema's proportions", raw_only_tables=False, required=False)
+    given = p.add_argument_group("given splits (instead of --input: the paper's protocol with published files)")
+    for name in SPLITS:
+        given.add_argument(f"--{name}", nargs="+", default=[], metavar="PATH",
+                           help=f"files or directories of the {name} split" + (
+                               " (optional: without it, validation rows are drawn from the --train files)"
+                               if name == VALIDATION else ""))
     cli.add_output(p, "data set directory to create")
     p.add_argument("--seed", type=int, default=None, help="override the schema's seed")
     cli.add_max_rejected_fraction(p)
@@ -55,8 +69,12 @@ def main(argv: Sequence[str] | None = None, *, spark=None) -> int:
     def prepare() -> tuple[inputs.Plan, preprocess.Options]:  # everything checkable before Spark starts
         if args.rows_per_group < 1 or args.min_row_groups < 1:
             raise inputs.InputError("--rows-per-group and --min-row-groups must be positive")
+        if not args.input and not any(getattr(args, s) for s in SPLITS):
+            raise inputs.InputError("give the logs with --input (split at random), or --train and --test "
+                                    "(and optionally --validation) for given splits")
         schema = load_schema(args.schema)
-        plan = inputs.plan(schema, args.input, cli.tables(args))
+        splits = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}
+        plan = inputs.plan(schema, args.input, cli.tables(args), splits=splits or None)
         options = preprocess.Options(seed=schema.seed if args.seed is None else args.seed,
                                      max_rejected_fraction=args.max_rejected_fraction,
                                      rows_per_group=args.rows_per_group, min_row_groups=args.min_row_groups)

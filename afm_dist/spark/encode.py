@@ -26,12 +26,13 @@ from afm_dist.dataset import (IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN
                               FieldLayout)
 from afm_dist.schema import Field, Split
 from afm_dist.spark.parse import LABEL, LIBFM_IDS, LIBFM_VALS
-from afm_dist.spark.readers import POS, TEXT
+from afm_dist.spark.readers import BLOCK, POS, SOURCE, TEXT
 
 # Vocabularies (and a multi-valued field's distinct lists) up to this many rows are broadcast for
 # encoding (a map-side join); larger ones are joined with a shuffle.
 BROADCAST_LIMIT = 5_000_000
 SPLIT = "split"  # split name column of the instances table (becomes the directory)
+GIVEN_SPLIT = "_given_split"  # with given splits: the split of the row's file, carried to assign_splits
 POSITIVE, NEGATIVE = 1.0, -1.0  # implicit-feedback targets, as the paper
 LISTS = "\u0000lists"  # suffix of the pseudo-field counting a multi-valued field's distinct lists
 # Exact sums for mean and standard deviation, so that they do not depend on summation order:
@@ -238,7 +239,9 @@ def with_row_ids(records: DataFrame, value_columns: Sequence[str], partitions: i
     records = records.select(*TEXT_KEY, *value_columns)  # the text itself is not shuffled
     if partitions is not None:
         records = records.repartition(partitions, *TEXT_KEY)
-    by_text = Window.partitionBy(*TEXT_KEY).orderBy(*TEXT_KEY)
+    # Identical logs of different given splits are numbered in split order (deterministic ids).
+    order = [*TEXT_KEY, *([GIVEN_SPLIT] if GIVEN_SPLIT in value_columns else [])]
+    by_text = Window.partitionBy(*TEXT_KEY).orderBy(*order)
     return records.select(_row_id(F.row_number().over(by_text)).alias(ROW_ID), *value_columns)
 
 
@@ -254,7 +257,8 @@ def explicit_instances(encoded: DataFrame, value_columns: Sequence[str], partiti
 
 
 def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Field, replaced_size: int, *,
-                       per_positive: int, max_tries: int, seed: int, partitions: int | None = None) -> DataFrame:
+                       per_positive: int, max_tries: int, seed: int, partitions: int | None = None,
+                       carry: Sequence[str] = ()) -> DataFrame:
     """Encoded logs -> instances: each log as a positive (label +1) followed by
     ``per_positive`` negatives (label -1), copies of it with ``replaced`` set to another id.
 
@@ -266,17 +270,19 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
 
     One pass: a window over each context (the other fields) gives the ids observed with it and
     numbers identical logs (same text) for their row ids; a log's positive and negatives are
-    exploded from one row. ``partitions``: how many partitions the contexts are hashed into.
+    exploded from one row. ``partitions``: how many partitions the contexts are hashed into;
+    ``carry``: more columns kept as they are (a negative has its positive's).
     """
     context = [f.name for f in fields if f.name != replaced.name]
     keys = context or [F.lit(0)]
-    encoded = with_text_key(encoded).select(*TEXT_KEY, *[f.name for f in fields])
+    encoded = with_text_key(encoded).select(*TEXT_KEY, *[f.name for f in fields], *carry)
     if partitions is not None:
         encoded = encoded.repartition(partitions, *keys)
     by_context = Window.partitionBy(*keys)
     by_text = Window.partitionBy(*keys).orderBy(*TEXT_KEY)
-    copy = F.row_number().over(by_text) - F.rank().over(by_text) + 1  # 1, 2, ... among identical logs
-    logs = encoded.select(_row_id(copy).alias(ROW_ID), *[f.name for f in fields],
+    numbered = Window.partitionBy(*keys).orderBy(*TEXT_KEY, *carry)  # copies in a deterministic order
+    copy = F.row_number().over(numbered) - F.rank().over(by_text) + 1  # 1, 2, ... among identical logs
+    logs = encoded.select(_row_id(copy).alias(ROW_ID), *[f.name for f in fields], *carry,
                           F.collect_set(replaced.name).over(by_context).alias("_observed"))
     first = replaced.first_id
     n = replaced_size - first
@@ -305,6 +311,7 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
         F.when(k < 0, F.col(ROW_ID)).otherwise(F.xxhash64(F.col(ROW_ID), F.lit("negative"), k)).alias(ROW_ID),
         *columns,
         F.when(k < 0, F.lit(POSITIVE)).otherwise(F.lit(NEGATIVE)).alias(LABEL),
+        *carry,
     )
 
 
@@ -316,11 +323,24 @@ def with_label(instances: DataFrame, value: float | None) -> DataFrame:
     return instances.withColumn(LABEL, F.lit(value).cast("double"))
 
 
-def assign_splits(instances: DataFrame, split: Split, seed: int) -> DataFrame:
+def assign_splits(instances: DataFrame, split: Split, seed: int, *,
+                  given: Sequence[str] | None = None) -> DataFrame:
     """Add ``split`` (train / validation / test) from a hash of the row id and the seed, so each
-    instance lands in a split with the schema's probabilities, whatever the partitioning."""
+    instance lands in a split with the schema's probabilities, whatever the partitioning.
+
+    ``given`` (the splits that came as files): each instance keeps the split of its file, column
+    ``GIVEN_SPLIT`` (then dropped). Without validation files, the train files' instances are
+    drawn into train and validation by the same hash, in the schema's train : validation ratio.
+    """
     scale = 1 << 53
     u = F.pmod(F.xxhash64(F.lit("split"), F.lit(seed), F.col(ROW_ID)), F.lit(scale)) / float(scale)
+    if given:
+        from_file = F.col(GIVEN_SPLIT)
+        if VALIDATION not in given:
+            cut = split.train / (split.train + split.validation)
+            from_file = F.when(from_file == TRAIN, F.when(u < cut, F.lit(TRAIN)).otherwise(F.lit(VALIDATION))) \
+                .otherwise(from_file)
+        return instances.withColumn(SPLIT, from_file).drop(GIVEN_SPLIT)
     return instances.withColumn(
         SPLIT,
         F.when(u < split.train, F.lit(TRAIN))
@@ -421,26 +441,30 @@ def libfm_mapping(id_counts: DataFrame) -> DataFrame:
 
 
 def remapped_libfm_instances(records: DataFrame, mapping: DataFrame, partitions: int, *,
-                             broadcast: bool) -> DataFrame:
+                             broadcast: bool, carry: Sequence[str] = ()) -> DataFrame:
     """libFM rows -> ``row_id``, ``_label``, ``_fids`` (the ids of ``mapping``, in the line's
     order), ``_fvals``: as ``explicit_instances`` (same row ids, hash-partitioned by text into
     ``partitions``) in the same single shuffle, of the rows' features rather than of the rows.
 
     A row's features are exploded, mapped (``broadcast``: by a broadcast join) and gathered back
     per line (``_pos`` identifies a line within the scan) after the shuffle by text, which is
-    also the partitioning that numbers identical lines.
+    also the partitioning that numbers identical lines. ``carry``: more columns of the lines, kept.
+    An id missing from ``mapping`` is left out of its line (callers reject such lines first).
     """
     lookup = F.broadcast(mapping) if broadcast else mapping
-    features = with_text_key(records).select(*TEXT_KEY, POS, LABEL, LIBFM_VALS,
+    line = [SOURCE, BLOCK, POS]  # identifies a line within the scan, over several files
+    features = with_text_key(records).select(*TEXT_KEY, *line, LABEL, LIBFM_VALS, *carry,
                                              F.posexplode(LIBFM_IDS).alias("_p", "_v"))
-    mapped = (features.select(*TEXT_KEY, POS, LABEL, "_p", "_v",
+    mapped = (features.select(*TEXT_KEY, *line, LABEL, *carry, "_p", "_v",
                               F.element_at(LIBFM_VALS, F.col("_p") + 1).alias("_x"))
               .join(lookup.select("_v", "_id"), "_v")
               .repartition(partitions, *TEXT_KEY))
-    lines = mapped.groupBy(*TEXT_KEY, POS).agg(
-        F.first(LABEL).alias(LABEL), F.sort_array(F.collect_list(F.struct("_p", "_id", "_x"))).alias("_fs"))
-    lines = lines.select(*TEXT_KEY, LABEL, F.col("_fs._id").alias(LIBFM_IDS), F.col("_fs._x").alias(LIBFM_VALS))
-    return with_row_ids(lines, [LABEL, LIBFM_IDS, LIBFM_VALS])
+    lines = mapped.groupBy(*TEXT_KEY, *line).agg(
+        F.first(LABEL).alias(LABEL), *[F.first(c).alias(c) for c in carry],
+        F.sort_array(F.collect_list(F.struct("_p", "_id", "_x"))).alias("_fs"))
+    lines = lines.select(*TEXT_KEY, LABEL, *carry, F.col("_fs._id").alias(LIBFM_IDS),
+                         F.col("_fs._x").alias(LIBFM_VALS))
+    return with_row_ids(lines, [LABEL, LIBFM_IDS, LIBFM_VALS, *carry])
 
 
 def assemble_libfm(instances: DataFrame, width: int) -> DataFrame:

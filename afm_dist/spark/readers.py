@@ -24,7 +24,7 @@ Columns of a lines DataFrame:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -45,6 +45,15 @@ def _source_column() -> Column:
 def source_path(source: Column) -> Column:
     """A ``_source`` URI (file:/path) as a plain path, for people to read."""
     return F.regexp_replace(source, r"^file:(//)?", "")
+
+
+def given_split(spark: SparkSession, splits: Mapping[str, Sequence[str]]) -> Column:
+    """The split of each row's file, from ``splits`` (split name -> local paths, as
+    ``afm_dist.inputs.Plan.splits``): the paths are written as Spark writes ``_source`` (a URI,
+    by Hadoop's Path), so that names with spaces or percent signs match."""
+    to_uri = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    pairs = [F.lit(x) for name, paths in splits.items() for p in paths for x in (to_uri(p).toUri().toString(), name)]
+    return F.element_at(F.create_map(*pairs), source_path(F.col(SOURCE)))
 
 
 def read_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
