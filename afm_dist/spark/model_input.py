@@ -6,10 +6,13 @@ schema, same reasons for malformed rows) and encoded with the vocabulary the mod
 with: a value never seen in training takes its field's out-of-vocabulary id. A field declared
 without one (``oov: false``) cannot represent an unseen value, so such a row is set aside with a
 reason naming the field. Numeric fields are standardised with the training statistics recorded
-in the data set metadata.
+in the data set metadata. A model trained on libFM data scores libFM lines: the ids are its
+features (or are numbered with its vocabulary, ``ids: remap``); a line with an id the model has no
+feature for is set aside with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -21,8 +24,8 @@ from afm_dist.dataset import IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, 
 from afm_dist.inputs import plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.model_dir import TrainedModel
-from afm_dist.schema import Field, schema_from_dict
-from afm_dist.spark import encode, parse, records as raw_records
+from afm_dist.schema import LIBFM_FIELD, Field, Schema, schema_from_dict
+from afm_dist.spark import encode, parse, readers, records as raw_records
 
 RAW_PREFIX = "raw_"  # prefix of the raw value columns kept beside a raw log's predictions
 
@@ -76,25 +79,20 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     """Return (encoded rows, key columns, rejected count); write malformed rows to staging/rejected.
 
     Raises:
-        DatasetError: a libFM model, a model directory without vocabulary, or input files that do
-            not match the schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
+        DatasetError: a model directory without vocabulary, or input files that do not match the
+            schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
     """
     dataset = model.dataset
     schema = schema_from_dict(dataset.schema)
     if schema.format.type == "libfm":
-        raise DatasetError("a libFM model scores libFM files through jobs/preprocess.py splits, not raw logs")
+        return _encode_libfm_logs(spark, paths, model, staging, max_rejected_fraction=max_rejected_fraction)
     records = raw_records.read_records(spark, plan(schema, list(paths), tables or {}))
     fields = list(schema.fields)
     vocabulary = _model_vocabulary(spark, model) if any(f.indexed for f in fields) else None
     for f in fields:
         if f.indexed and not f.oov:
             records = _reject_unseen(records, vocabulary, f)
-
-    summary = raw_records.summarize_input(records, schema)
-    raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
-    raw_records.write_rejected(spark, records, summary, staging / REJECTED)
-
-    accepted = records.filter(raw_records.accepted_row())
+    accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction)
     raw_keys = [f"{RAW_PREFIX}{f.name}" for f in fields]
     for f in fields:
         accepted = accepted.withColumn(f"{RAW_PREFIX}{f.name}", F.col(f.name))
@@ -115,7 +113,69 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     table = assembled.drop(encode.SPLIT).join(keys, encode.ROW_ID)
     if not has_label:
         table = table.drop(LABEL)
-    return table, [encode.ROW_ID, *raw_keys], summary.rejected
+    return table, [encode.ROW_ID, *raw_keys], rejected
+
+
+def _screen(spark: SparkSession, records: DataFrame, schema: Schema, staging: Path,
+            max_rejected_fraction: float) -> tuple[DataFrame, int]:
+    """Count the rows, refuse too many malformed ones, write them to staging/rejected; return the
+    accepted rows and the number rejected."""
+    summary = raw_records.summarize_input(records, schema)
+    raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
+    raw_records.write_rejected(spark, records, summary, staging / REJECTED)
+    return records.filter(raw_records.accepted_row()), summary.rejected
+
+
+def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, staging: Path, *,
+                       max_rejected_fraction: float) -> tuple[DataFrame, list[str], int]:
+    """libFM lines for a model trained on libFM data: the ids are the features (``ids: keep``), or
+    are numbered by the model's vocabulary (``ids: remap``). A line with an id the model has no
+    feature for, or with more features than the model's slots, is set aside with the reason. Keys
+    kept beside the predictions: ``row_id`` and ``raw_line`` (the line as read)."""
+    dataset = model.dataset
+    schema = schema_from_dict(dataset.schema)
+    (layout,) = dataset.fields
+    remap = schema.format.ids == "remap"
+    fmt = dataclasses.replace(schema.format, max_features=layout.width,
+                              num_features=None if remap else layout.size)
+    schema = dataclasses.replace(schema, format=fmt)
+    records = raw_records.read_records(spark, plan(schema, list(paths)))
+    mapping = None
+    if remap:
+        if model.vocabulary_path is None:
+            raise DatasetError(f"{model.path}: no vocabulary/ to number the libFM ids with; retrain with this afm-dist")
+        mapping = (spark.read.parquet(str(model.vocabulary_path)).filter(F.col("field") == LIBFM_FIELD)
+                   .select(F.col("value").cast("int").alias("_v"), F.col("id").alias("_id")))
+        records = _reject_unknown_libfm_ids(records, mapping)
+    accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction)
+    raw_line = f"{RAW_PREFIX}line"
+    accepted = accepted.withColumn(raw_line, F.col(readers.TEXT))
+    columns = [parse.LABEL, parse.LIBFM_IDS, parse.LIBFM_VALS, raw_line]
+    partitions = spark.sparkContext.defaultParallelism
+    if mapping is not None:
+        keyed = encode.remapped_libfm_instances(accepted, mapping, partitions, carry=[raw_line],
+                                                broadcast=layout.size <= encode.BROADCAST_LIMIT)
+    else:
+        keyed = encode.with_row_ids(accepted, columns, partitions)
+    table = (encode.assemble_libfm(keyed.withColumn(encode.SPLIT, F.lit("score")), layout.width)
+             .drop(encode.SPLIT).join(keyed.select(encode.ROW_ID, raw_line), encode.ROW_ID))
+    return table, [encode.ROW_ID, raw_line], rejected
+
+
+def _reject_unknown_libfm_ids(records: DataFrame, mapping: DataFrame) -> DataFrame:
+    """Set aside libFM lines with an id that ``mapping`` (the model's numbering, ``_v`` -> ``_id``)
+    lacks, with a reason naming the smallest such id."""
+    line = [readers.SOURCE, readers.BLOCK, readers.POS]
+    unknown = (records.filter(raw_records.accepted_row())
+               .select(*line, F.explode(parse.LIBFM_IDS).alias("_v"))
+               .join(mapping.select("_v"), "_v", "left_anti")
+               .groupBy(*line).agg(F.min("_v").alias("_unknown")))
+    reason = F.concat(F.lit("libfm: feature id "), F.col("_unknown").cast("string"),
+                      F.lit(" was not seen in training, so the model has no feature for it"))
+    return (records.join(unknown, line, "left")
+            .withColumn(parse.REASON, F.when(F.col(parse.REASON).isNull() & F.col("_unknown").isNotNull(), reason)
+                        .otherwise(F.col(parse.REASON)))
+            .drop("_unknown"))
 
 
 def _model_vocabulary(spark: SparkSession, model: TrainedModel) -> DataFrame:
