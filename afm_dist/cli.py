@@ -135,8 +135,9 @@ def error(job: str, e: BaseException, status: int = EXIT_USAGE) -> int:
 
 
 def setup_logging() -> None:
+    """afm-dist's progress at INFO on stderr; the libraries' (py4j, Horovod's launcher) from WARNING."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("afm_dist").setLevel(logging.INFO)
 
 

@@ -7,12 +7,19 @@ One way to do each:
 - ``replace_directory``: copy a directory beside its destination, then swap it in;
 - ``publish_directory``: build a job's whole output directory aside and move it into place only
   when the job succeeded;
-- ``validate_output_path``: refuse output paths that must not be (over)written, before any work.
+- ``validate_output_path``: refuse output paths that must not be (over)written, before any work;
+- ``local_path``: a path or ``file://`` URI as a local path, any other URL scheme refused.
+
+Supported filesystems: every path (data sets, model directories, checkpoints, job outputs) is
+read and written with the local filesystem API, so a path is local, or on a shared mount (NFS,
+a FUSE mount of HDFS or an object store) at the same path on every node; ``file://`` URIs name
+such paths. URLs of other schemes (``hdfs://``, ``s3://``, ...) are refused before any work.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -20,10 +27,32 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FILE_SCHEME = "file://"
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class OutputPathError(ValueError):
     """An output path that must not be written, with the reason and what to do."""
+
+
+class UnsupportedSchemeError(ValueError):
+    """A path given as a URL of a filesystem that afm-dist does not read or write directly."""
+
+
+def local_path(raw: str, what: str) -> str:
+    """``raw`` as a local path: a ``file://`` URI stripped to its path, any other path unchanged.
+
+    ``what`` names the path in the error (e.g. ``--data``).
+
+    Raises:
+        UnsupportedSchemeError: ``raw`` is a URL of another scheme (``hdfs://``, ``s3://``, ...).
+    """
+    scheme = _URL.match(raw)
+    if scheme and raw[:len(FILE_SCHEME)].lower() != FILE_SCHEME:
+        raise UnsupportedSchemeError(
+            f"{what} {raw}: {scheme.group(1)}:// paths are not supported; give a local path, a path on a "
+            "filesystem mounted at the same place on every node (NFS, a FUSE mount of HDFS or S3), "
+            "or a file:// URI")
+    return raw[len(FILE_SCHEME):] if scheme else raw
 
 
 def strip_file_scheme(path: str) -> str:
@@ -74,19 +103,15 @@ def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
     """Check that ``path`` is a sane place to (re)create a job's output directory; return it resolved.
 
     Raises:
-        OutputPathError: for an empty path, a URL other than file://, a system directory or the
+        UnsupportedSchemeError: a URL other than file://.
+        OutputPathError: for an empty path, a system directory or the
             current directory (an ``--overwrite`` there would delete far more than a job's
             output), a file, or an existing non-empty directory unless ``overwrite`` is set.
     """
     raw = str(path).strip()
     if not raw:
         raise OutputPathError("the output path is empty; pass a directory such as out/frappe")
-    if "://" in raw and not raw.startswith(FILE_SCHEME):
-        raise OutputPathError(
-            f"{raw}: only local or shared-filesystem paths are supported for output "
-            "(mount HDFS/S3 through a filesystem path, e.g. /dbfs/...)"
-        )
-    p = Path(strip_file_scheme(raw)).expanduser().resolve()
+    p = Path(local_path(raw, "output")).expanduser().resolve()
     if p in _FORBIDDEN or p == Path.cwd().resolve() or len(p.parts) < 3:
         raise OutputPathError(f"{p}: refusing to write job output there; choose a dedicated directory")
     if p.exists() and not p.is_dir():

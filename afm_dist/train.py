@@ -23,16 +23,16 @@ import argparse
 import dataclasses
 import sys
 
-from afm_dist.dataset import DatasetError
-from afm_dist.io import OutputPathError
+from afm_dist.io import UnsupportedSchemeError, local_path
 from afm_dist.models import MODEL_NAMES, ModelConfig
-from afm_dist.training import TrainConfig, check_run, train
+from afm_dist.training import TrainConfig
+from afm_dist.training.launch import run
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
-from afm_dist.training.loop import log
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="python -m afm_dist.train", description=__doc__,
+def build_parser(prog: str = "python -m afm_dist.train", description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The trainer's flags; a launcher (jobs/train.py) adds its own before parsing."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="output directory of jobs/preprocess.py")
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "batch's MEAN loss. The paper's reference code adds it to the batch's sum of squared "
                         "errors (both halved), so its lambda equals this one times the global batch size: "
                         "the paper's lambda 8 at batch 128 is --attention-l2 0.0625")
+    p.add_argument("--embedding-l2", type=float, default=TrainConfig.embedding_l2,
+                   help="L2 on the embeddings v_i of each batch's features (libFM's SGD -regular r2), "
+                        "added to the mean loss")
+    p.add_argument("--linear-l2", type=float, default=TrainConfig.linear_l2,
+                   help="L2 on the linear weights w_i of each batch's features (libFM's -regular r1)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")
@@ -72,7 +77,25 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
         elif isinstance(value, tuple):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_ints, default=value, metavar="N,N,...")
-    ns = vars(p.parse_args(argv))
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The trainer's flags as a TrainConfig; a refusal exits 2 with the usage (see ``config_from``)."""
+    p = build_parser()
+    return config_from(vars(p.parse_args(argv)), p)
+
+
+def config_from(ns: dict, p: argparse.ArgumentParser) -> TrainConfig:
+    """The TrainConfig of parsed trainer flags (``build_parser``'s, a launcher's own removed):
+    paths made local (``file://`` URIs stripped), settings checked. A refusal is ``p.error``:
+    exit 2 with the usage, before Horovod or Spark starts."""
+    try:
+        for flag in ("data", "output", "init_from"):
+            if ns[flag] is not None:
+                ns[flag] = local_path(ns[flag], "--" + flag.replace("_", "-"))
+    except UnsupportedSchemeError as e:
+        p.error(str(e))
     if ns["sparse_embeddings"] is None:
         ns["sparse_embeddings"] = ns["optimizer"] in SPARSE_OPTIMIZERS
     model_config = ModelConfig(**{f.name: ns.pop(f.name) for f in dataclasses.fields(ModelConfig) if f.name in ns})
@@ -102,14 +125,7 @@ def _parse_ints(s: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags and train on this rank; exit status 0 done, 2 unusable data, output or
     settings (the error on stderr, no traceback)."""
-    cfg = parse_args(argv)
-    try:
-        meta = check_run(cfg)  # the data set and the model's layout, before Horovod starts
-        train(cfg, meta)
-    except (DatasetError, OutputPathError, FloatingPointError, ValueError) as e:
-        log(f"error: {e}")
-        return 2
-    return 0
+    return run(parse_args(argv))  # the data set and the model's layout are checked before Horovod starts
 
 
 if __name__ == "__main__":

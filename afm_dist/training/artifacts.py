@@ -39,18 +39,31 @@ class RunState:
         return False
 
 
-def prepare_output(cfg: TrainConfig) -> Path:
-    """The model directory, checked and created (rank 0, before any work).
+def check_output(cfg: TrainConfig) -> Path:
+    """The model directory, checked but not touched: a checkpoint to ``--resume`` from, or a
+    path a new run may (over)write. Returns it resolved.
 
     Raises:
         OutputPathError: no checkpoint to ``--resume`` from, or an output that must not be written.
+        UnsupportedSchemeError: the output is a URL other than ``file://``.
     """
     out = Path(cfg.output)
     if cfg.resume:
         if not (out / CHECKPOINT).exists():
             raise OutputPathError(f"{out}: no {CHECKPOINT} to resume from; run without --resume to start")
         return out.resolve()
-    out = validate_output_path(cfg.output, overwrite=cfg.overwrite)
+    return validate_output_path(cfg.output, overwrite=cfg.overwrite)
+
+
+def prepare_output(cfg: TrainConfig) -> Path:
+    """The model directory, checked (``check_output``) and created (rank 0, before any work).
+
+    Raises:
+        OutputPathError, UnsupportedSchemeError: see ``check_output``.
+    """
+    out = check_output(cfg)
+    if cfg.resume:
+        return out
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
