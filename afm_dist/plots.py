@@ -51,6 +51,24 @@ def plot_attention_heatmap(matrix: np.ndarray, fields: Sequence[str], path: str 
     save_figure(fig, path)
 
 
+def plot_trials(trials: Sequence[tuple[str, float]], path: str | os.PathLike, *, title: str) -> None:
+    """One horizontal bar per search trial: (label, validation RMSE), best first."""
+    labels, values = zip(*trials)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(trials)), dpi=120)
+    y = np.arange(len(trials))
+    ax.barh(y, values, color=["tab:green"] + ["tab:blue"] * (len(trials) - 1))
+    ax.set_yticks(y, labels=labels, fontsize=7)
+    ax.invert_yaxis()
+    lo, hi = min(values), max(values)
+    ax.set_xlim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
+    ax.set_xlabel("best validation RMSE")
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_figure(fig, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG atomically (readers never see half a file) and close it."""
     try:

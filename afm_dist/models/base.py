@@ -40,3 +40,20 @@ class ScoringModel(nn.Module):
     def l2_penalty(self) -> torch.Tensor:
         """The regularised squared norm the trainer multiplies by lambda; 0 unless a model says otherwise."""
         return next(self.parameters()).new_zeros(())
+
+    def feature_penalty(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The squared norms of the batch's feature rows, as libFM's SGD regularises: only the rows
+        a step touches, each as often as it occurs (so the gradient stays sparse).
+
+        Args:
+            ids: (B, M) feature ids.
+            mask: (B, M), 1 for a slot that holds a feature, 0 for padding.
+
+        Returns:
+            (embedding, linear): scalars, the batch means of sum_i mask_i ||v_i||^2 and of
+            sum_i mask_i w_i^2; the trainer multiplies them by --embedding-l2 and --linear-l2.
+        """
+        m = mask.to(self.linear.weight.weight.dtype)
+        v = self.embedding.embedding(ids)  # (B, M, k)
+        w = self.linear.weight(ids).squeeze(-1)  # (B, M)
+        return ((v * v).sum(-1) * m).sum(1).mean(), (w * w * m).sum(1).mean()

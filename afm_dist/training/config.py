@@ -27,6 +27,10 @@ class TrainConfig:
     patience: int = 3  # early stopping on validation RMSE
     # lambda of the L2 penalty lambda * ||W||^2 on AFM's attention network (added to the mean loss).
     attention_l2: float = 0.0
+    # libFM's -regular '0,r1,r2' for SGD: L2 on the linear weights w_i and the embeddings v_i of the
+    # batch's features (each as often as it occurs), added to the mean loss.
+    embedding_l2: float = 0.0
+    linear_l2: float = 0.0
     seed: int = 2017
     shuffle_buffer: int = 100_000
     clip_predictions: bool = True  # bound predictions to the training target range, as the paper's evaluation
@@ -60,8 +64,10 @@ class TrainConfig:
                         "--deep-dropout": c.deep_dropout}.items():
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{flag} is a probability in [0, 1), got {p}")
-        if self.attention_l2 < 0:
-            raise ValueError(f"--attention-l2 must be 0 or more, got {self.attention_l2}")
+        for flag, value in {"--attention-l2": self.attention_l2, "--embedding-l2": self.embedding_l2,
+                            "--linear-l2": self.linear_l2}.items():
+            if value < 0:
+                raise ValueError(f"{flag} must be 0 or more, got {value}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer {self.optimizer}: expected one of {', '.join(OPTIMIZERS)}")
         if c.sparse_embeddings and self.optimizer not in SPARSE_OPTIMIZERS:

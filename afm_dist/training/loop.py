@@ -77,10 +77,20 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
 
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
-        ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot).
+        ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
+            the ``--init-from`` FM does not fit it (another embedding size or feature count).
     """
     meta = load_metadata(cfg.data)
     check_layout(cfg.model, meta.num_features, meta.num_slots)
+    if cfg.init_from:
+        fm = TrainedModel.load(cfg.init_from)
+        if fm.name != "fm":
+            raise DatasetError(f"{cfg.init_from}: --init-from needs an FM model directory, it holds {fm.name!r}")
+        if (fm.config.embedding_dim, fm.num_features) != (cfg.model_config.embedding_dim, meta.num_features):
+            raise ValueError(f"--init-from {cfg.init_from}: the FM has --embedding-dim {fm.config.embedding_dim} and "
+                             f"{fm.num_features} features; this run has --embedding-dim "
+                             f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
+                             "this size on this data set first")
     for split, why in ((TRAIN, "nothing to train on"),
                        (VALIDATION, "training needs it to keep the best epoch and stop early")):
         if meta.split_rows(split) == 0:
@@ -261,6 +271,9 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         loss = loss_fn(scores, batch.label, cfg.loss)
         if cfg.attention_l2 > 0:
             loss = loss + cfg.attention_l2 * model.l2_penalty()
+        if cfg.embedding_l2 > 0 or cfg.linear_l2 > 0:
+            emb, lin = model.feature_penalty(batch.ids, batch.mask)
+            loss = loss + cfg.embedding_l2 * emb + cfg.linear_l2 * lin
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {hvd.rank()}; "
