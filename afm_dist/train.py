@@ -56,11 +56,6 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                         "added to the mean loss")
     p.add_argument("--linear-l2", type=float, default=TrainConfig.linear_l2,
                    help="L2 on the linear weights w_i of each batch's features (libFM's -regular r1)")
-    p.add_argument("--embedding-l2", type=float, default=TrainConfig.embedding_l2,
-                   help="L2 on the embeddings v_i of each batch's features (libFM's SGD -regular r2), "
-                        "added to the mean loss")
-    p.add_argument("--linear-l2", type=float, default=TrainConfig.linear_l2,
-                   help="L2 on the linear weights w_i of each batch's features (libFM's -regular r1)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")
