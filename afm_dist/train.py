@@ -13,6 +13,8 @@ On GPU hosts (one GPU per local rank, NCCL when Horovod has it)::
     horovodrun -np 8 -H node1:4,node2:4 python -m afm_dist.train --data ... --model afm ...
 
 A single process without horovodrun also works (size 1): ``python -m afm_dist.train --data ...``.
+Inside a Spark application (YARN, Kubernetes, standalone: no SSH, no host list), the same trainer
+and flags run as Spark tasks: ``./spark-submit.sh jobs/train.py ... --num-proc 2``.
 ``--batch-size`` is the *global* batch: each of N workers takes batch/N rows a step and Horovod
 averages the gradients, so results do not depend on the number of workers and the learning rate
 needs no scaling. This module only parses the flags; the recipe is afm_dist/training/.

@@ -42,6 +42,10 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 [ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory in bench/bench_large_pipeline.py
+# tests/train/test_multihost.py: two "hosts" as network namespaces, the second reached over SSH
+command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 [ ${#need[@]} -gt 0 ] && apt_install "${need[@]}"
 
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"

@@ -3,7 +3,6 @@ shared data directory, horovodrun, ./spark-submit.sh."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -50,12 +49,6 @@ def spark():
     session.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
     """Poll ``predicate`` until it holds; fail the test after ``timeout`` s or when a process exits."""
     deadline = time.monotonic() + timeout
@@ -69,56 +62,17 @@ def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-STANDALONE_WORKERS = 2
-
-
 @pytest.fixture(scope="session")
 def standalone_cluster(tmp_path_factory):
-    """A Spark standalone master and two workers of one core each on 127.0.0.1, started once from
-    the pyspark installation and stopped (by pid) at the end of the session.
+    """A Spark standalone master and two workers of one core each on 127.0.0.1
+    (afm_dist.spark.standalone), started once and stopped at the end of the session.
 
-    Yields {"url", "env" (to launch jobs in), "work" (the workers' directory: one app-* per
-    application), "procs"}."""
-    import pyspark
+    Yields {"url", "env" (to launch ./spark-submit.sh in), "work" (the workers' directory: one
+    app-* per application), "procs"}."""
+    from afm_dist.spark.standalone import standalone_cluster as start
 
-    spark_home = Path(pyspark.__file__).resolve().parent
-    spark_class = spark_home / "bin" / "spark-class"
-    if not spark_class.exists():
-        pytest.fail(f"{spark_class} not found: the pyspark installation has no spark-class")
-    tmp = tmp_path_factory.mktemp("cluster")
-    port = free_port()
-    env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_WORKER_DIR": str(tmp / "work"), "SPARK_LOG_DIR": str(tmp / "logs")}
-    master_log = tmp / "master.log"
-    procs = []
-    try:
-        with open(master_log, "w") as log:
-            procs.append(subprocess.Popen(
-                [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(port), "--webui-port", str(free_port())],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
-        url = f"spark://127.0.0.1:{port}"
-        wait_for(lambda: "I have been elected leader" in master_log.read_text(), 120, "the master", procs)
-        for i in range(STANDALONE_WORKERS):
-            with open(tmp / f"worker{i}.log", "w") as log:
-                procs.append(subprocess.Popen(
-                    [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                     "--cores", "1", "--memory", "2g", "--webui-port", str(free_port()), url],
-                    env=env, stdout=log, stderr=subprocess.STDOUT))
-        wait_for(lambda: master_log.read_text().count("Registering worker") >= STANDALONE_WORKERS, 120,
-                 "the workers", procs)
-        launch_env = {**env, "AFM_SPARK_MASTER": url}
-        launch_env.pop("SPARK_HOME")  # ./spark-submit.sh finds its own Spark
-        yield {"url": url, "env": launch_env, "work": tmp / "work", "procs": procs}
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    with start(tmp_path_factory.mktemp("cluster"), workers=2, cores=1) as cluster:
+        yield {"url": cluster.url, "env": cluster.env, "work": cluster.work, "procs": cluster.procs}
 
 
 def spark_submit(job: str, args: list, *, env: dict[str, str] | None = None, timeout: float = 600,

@@ -5,13 +5,22 @@ runs it, whether horovodrun started it (``python -m afm_dist.train``) or a Spark
 
 ``run_on_spark``: start N ranks as Spark tasks of the running application with
 ``horovod.spark.run`` (Gloo), as Horovod's Spark examples do: no SSH and no host list, the
-executors are the hosts. Each task's Horovod process runs ``spark_rank`` (``run``), reads its own
-Petastorm shard and streams its output to the driver's stdout and stderr.
+executors are the hosts. Each task's Horovod process runs ``spark_rank`` (``run``) and reads its
+own Petastorm shard. Horovod forwards a rank's output to the driver in 64 KiB blocks (its
+``shutil.copyfileobj`` over the task service), which would hold back the progress lines until
+the end, so a rank's Python-level stderr goes to the driver line by line over a socket of its own
+(``driver_lines``); Horovod still forwards what native code writes.
 """
 from __future__ import annotations
 
+import io
 import os
+import socket
+import socketserver
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from afm_dist.dataset import DatasetError, DatasetMetadata
 from afm_dist.io import OutputPathError, UnsupportedSchemeError
@@ -42,12 +51,54 @@ def run(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> int:
     return EXIT_OK
 
 
-def spark_rank(cfg: TrainConfig, meta: DatasetMetadata) -> None:
+def spark_rank(cfg: TrainConfig, meta: DatasetMetadata, driver_stderr: tuple[str, int]) -> None:
     """The function each Spark task's Horovod process runs: ``run``, and a failed run ends the
-    process with its status, so that Horovod stops the other ranks and the driver learns of it."""
+    process with its status, so that Horovod stops the other ranks and the driver learns of it.
+    ``driver_stderr``: where ``driver_lines`` listens; this rank's stderr goes there."""
+    sys.stderr = LinesToDriver(driver_stderr, rank=os.environ.get("HOROVOD_RANK", "?"))
     status = run(cfg, meta)
     if status != EXIT_OK:
         sys.exit(status)
+
+
+class LinesToDriver(io.TextIOBase):
+    """A rank's ``sys.stderr`` under Spark: each complete line is sent to the driver at once,
+    prefixed with the rank as horovodrun prefixes it."""
+
+    def __init__(self, address: tuple[str, int], rank: str):
+        self._socket = socket.create_connection(address, timeout=60)
+        self._prefix, self._pending = f"[{rank}]<stderr>:", ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        if lines:
+            self._socket.sendall("".join(f"{self._prefix}{line}\n" for line in lines).encode("utf-8"))
+        return len(text)
+
+
+class _PrintLines(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            sys.stderr.write(line.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
+
+@contextmanager
+def driver_lines(host: str) -> Iterator[tuple[str, int]]:
+    """Print on the driver's stderr the lines that ranks send (``LinesToDriver``), while the block
+    runs; yields the (host, port) it listens on."""
+    server = socketserver.ThreadingTCPServer((host, 0), _PrintLines)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="afm-rank-lines", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[:2]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def run_on_spark(cfg: TrainConfig, meta: DatasetMetadata, num_proc: int, *, start_timeout: int | None = None) -> None:
@@ -62,12 +113,15 @@ def run_on_spark(cfg: TrainConfig, meta: DatasetMetadata, num_proc: int, *, star
             message is Horovod's (which process, its exit status), the rank's error is above it.
     """
     import horovod.spark
+    from pyspark import SparkContext
 
+    driver_host = SparkContext.getOrCreate().getConf().get("spark.driver.host", socket.gethostname())
     try:
-        # Horovod: one Spark task per rank; their stdout and stderr are streamed to the driver's.
-        horovod.spark.run(spark_rank, args=(cfg, meta), num_proc=num_proc, use_gloo=True, start_timeout=start_timeout,
-                          stdout=sys.stdout, stderr=sys.stderr,
-                          executable=os.environ.get("PYSPARK_PYTHON") or sys.executable)
+        with driver_lines(driver_host) as lines:
+            # Horovod: one Spark task per rank; what they write is forwarded to the driver.
+            horovod.spark.run(spark_rank, args=(cfg, meta, lines), num_proc=num_proc, use_gloo=True,
+                              start_timeout=start_timeout, stdout=sys.stdout, stderr=sys.stderr,
+                              executable=os.environ.get("PYSPARK_PYTHON") or sys.executable)
     except Exception as e:  # Horovod raises plain Exception / RuntimeError for a failed rank or Spark job
         message = " ".join(str(e).split())
         raise RankFailed(f"training failed: {message} (the rank's own error, if it had time to report one, "
