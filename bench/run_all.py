@@ -25,6 +25,7 @@ BENCHES = {
     "score": ["bench/bench_score.py"],
     "sparse": ["bench/bench_sparse.py"],
     "large_pipeline": ["bench/bench_large_pipeline.py"],
+    "spark_train": ["bench/bench_spark_train.py"],
 }
 TITLES = {
     "models": "Models: AFM throughput against DeepCTR-Torch and FuxiCTR, and peak training memory (issue: models)",
@@ -33,6 +34,7 @@ TITLES = {
     "score": "Spark batch scoring rows/s against raw torch inference (issue: scoring)",
     "sparse": "Training-step examples/s against the number of features, sparse and dense tables (issue: large vocabularies)",
     "large_pipeline": "The whole pipeline on a log with millions of distinct features (issue: large vocabularies)",
+    "spark_train": "Training inside Spark (jobs/train.py, horovod.spark.run) against horovodrun, examples/s (issue 16)",
 }
 
 
@@ -125,6 +127,9 @@ def headline(name: str, r: dict) -> list[str]:
         return [f"- {r['num_features']:,} features ({r['rows']:,} generated logs, {r['train_rows']:,} training rows), "
                 f"model {r['model_bytes'] / 2**30:.2f} GiB; one epoch at {r['train_examples_per_s']:,.0f} examples/s "
                 f"(horovodrun -np 2), validation RMSE {r['val_rmse']:.4f}, test RMSE {r['score']['rmse']:.4f}"]
+    if name == "spark_train":
+        return [f"- {run['launcher']} / horovodrun -np 2: " + _verdict(run["over_horovodrun"], 0.9, True)
+                for run in r.get("runs", [])[1:]]
     return []
 
 
@@ -146,6 +151,13 @@ def table(name: str, r: dict) -> list[str]:
         lines = ["| step | seconds | peak memory (GiB) |", "| --- | ---: | ---: |"]
         for step, seconds in r.get("seconds", {}).items():
             lines.append(f"| {step} | {seconds:,.0f} | {r['peak_rss_bytes'][step] / gib:.2f} |")
+        return lines
+    if name == "spark_train":
+        lines = ["| launcher | examples/s (last epoch) | / horovodrun | job seconds (startup included) | "
+                 "validation RMSE |", "| --- | ---: | ---: | ---: | ---: |"]
+        for run in r.get("runs", []):
+            lines.append(f"| {run['launcher']} | {run['examples_per_s']:,.0f} | {run['over_horovodrun']:.2f} | "
+                         f"{run['job_seconds']:,.0f} | {run['val_rmse']:.4f} |")
         return lines
     return ["| figure | value |", "| --- | --- |"] + [f"| {k} | {_fmt(v)} |" for k, v in _flatten(r)]
 
