@@ -213,9 +213,12 @@ def render() -> Path:
     res = load_results()
     runs = res.get("runs", {})
     data = res.get("data", {})
-    lines = ["# Results on Frappe: the paper's Table 2 and Figures 2-4 on our pipeline", "",
+    lines = ["# Results: AFM against FM and libFM on real data, and the paper's Table 2 and Figures 2-4 on Frappe", "",
              "Rendered by `.venv/bin/python experiments/frappe.py --report-only` from `docs/results/frappe.json`;",
              "`experiments/frappe.py` (no arguments) reruns everything with the product's own commands.", ""]
+    quality = DOCS / "results" / "quality.md"  # issue 15's comparison with FM and libFM, kept by hand
+    if quality.exists():
+        lines += [quality.read_text(encoding="utf-8").rstrip("\n"), ""]
     if data:
         rows = data["rows"]
         lines += [
