@@ -85,7 +85,7 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     dataset = model.dataset
     schema = schema_from_dict(dataset.schema)
     if schema.format.type == "libfm":
-        return _encode_libfm_logs(spark, paths, model, staging, max_rejected_fraction=max_rejected_fraction)
+        return _encode_libfm_logs(spark, paths, model, schema, staging, max_rejected_fraction=max_rejected_fraction)
     records = raw_records.read_records(spark, plan(schema, list(paths), tables or {}))
     fields = list(schema.fields)
     vocabulary = _model_vocabulary(spark, model) if any(f.indexed for f in fields) else None
@@ -126,15 +126,13 @@ def _screen(spark: SparkSession, records: DataFrame, schema: Schema, staging: Pa
     return records.filter(raw_records.accepted_row()), summary.rejected
 
 
-def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, staging: Path, *,
-                       max_rejected_fraction: float) -> tuple[DataFrame, list[str], int]:
+def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, schema: Schema,
+                       staging: Path, *, max_rejected_fraction: float) -> tuple[DataFrame, list[str], int]:
     """libFM lines for a model trained on libFM data: the ids are the features (``ids: keep``), or
     are numbered by the model's vocabulary (``ids: remap``). A line with an id the model has no
     feature for, or with more features than the model's slots, is set aside with the reason. Keys
     kept beside the predictions: ``row_id`` and ``raw_line`` (the line as read)."""
-    dataset = model.dataset
-    schema = schema_from_dict(dataset.schema)
-    (layout,) = dataset.fields
+    (layout,) = model.dataset.fields
     remap = schema.format.ids == "remap"
     fmt = dataclasses.replace(schema.format, max_features=layout.width,
                               num_features=None if remap else layout.size)
@@ -142,10 +140,9 @@ def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: Trained
     records = raw_records.read_records(spark, plan(schema, list(paths)))
     mapping = None
     if remap:
-        if model.vocabulary_path is None:
-            raise DatasetError(f"{model.path}: no vocabulary/ to number the libFM ids with; retrain with this afm-dist")
-        mapping = (spark.read.parquet(str(model.vocabulary_path)).filter(F.col("field") == LIBFM_FIELD)
-                   .select(F.col("value").cast("int").alias("_v"), F.col("id").alias("_id")))
+        # The one field starts at offset 0, so its local ids are the model's feature ids.
+        mapping = (_model_vocabulary(spark, model).filter(F.col("field") == LIBFM_FIELD)
+                   .select(F.col("value").cast("int").alias("_v"), F.col("local_id").alias("_id")))
         records = _reject_unknown_libfm_ids(records, mapping)
     accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction)
     raw_line = f"{RAW_PREFIX}line"
