@@ -25,6 +25,7 @@ BENCHES = {
     "score": ["bench/bench_score.py"],
     "sparse": ["bench/bench_sparse.py"],
     "large_pipeline": ["bench/bench_large_pipeline.py"],
+    "large_model": ["bench/bench_large_model.py"],
     "spark_train": ["bench/bench_spark_train.py"],
 }
 TITLES = {
@@ -34,6 +35,7 @@ TITLES = {
     "score": "Spark batch scoring rows/s against raw torch inference (issue: scoring)",
     "sparse": "Training-step examples/s against the number of features, sparse and dense tables (issue: large vocabularies)",
     "large_pipeline": "The whole pipeline on a log with millions of distinct features (issue: large vocabularies)",
+    "large_model": "A 10-million-row feature table through checkpoint, --resume, --init-from, scoring and explanation: time and peak memory (issue: large vocabularies)",
     "spark_train": "Training inside Spark (jobs/train.py, horovod.spark.run) against horovodrun, examples/s (issue 16)",
 }
 
@@ -127,6 +129,17 @@ def headline(name: str, r: dict) -> list[str]:
         return [f"- {r['num_features']:,} features ({r['rows']:,} generated logs, {r['train_rows']:,} training rows), "
                 f"model {r['model_bytes'] / 2**30:.2f} GiB; one epoch at {r['train_examples_per_s']:,.0f} examples/s "
                 f"(horovodrun -np 2), validation RMSE {r['val_rmse']:.4f}, test RMSE {r['score']['rmse']:.4f}"]
+    if name == "large_model":
+        return [f"- {r['num_features']:,} features, k = 64: {r['fm_params_and_state_bytes'] / 2**30:.2f} GiB of FM parameters "
+                f"and Adagrad state per training rank; AFM weights {r['afm_weights_bytes'] / 2**30:.2f} GiB",
+                *(f"- {s['step']}, anonymous peak of the largest rank / (parameters + optimizer state): "
+                  + _verdict(s["peak_anon_over_params_and_state"], 1.3, False)
+                  for s in r.get("steps", []) if "peak_anon_over_params_and_state" in s),
+                *(f"- {s['step']}: largest process {s['peak_process_anon_bytes'] / 2**30:.2f} GiB anonymous, "
+                  f"{s['peak_process_anon_bytes'] / r['afm_weights_bytes']:.2f}x the AFM's weights (the Spark driver's "
+                  "JVM included among the processes)"
+                  for s in r.get("steps", []) if s["step"] in ("score_test", "explain_20_rows")
+                  and "peak_process_anon_bytes" in s)]
     if name == "spark_train":
         return [f"- {run['launcher']} / horovodrun -np 2: " + _verdict(run["over_horovodrun"], 0.9, True)
                 for run in r.get("runs", [])[1:]]
@@ -151,6 +164,15 @@ def table(name: str, r: dict) -> list[str]:
         lines = ["| step | seconds | peak memory (GiB) |", "| --- | ---: | ---: |"]
         for step, seconds in r.get("seconds", {}).items():
             lines.append(f"| {step} | {seconds:,.0f} | {r['peak_rss_bytes'][step] / gib:.2f} |")
+        return lines
+    if name == "large_model":
+        lines = ["| step | seconds | largest process (GiB) | its anonymous memory (GiB) | whole process tree (GiB) |",
+                 "| --- | ---: | ---: | ---: | ---: |"]
+        for s in r.get("steps", []):
+            lines.append(f"| {s['step']}{' (reused from ' + s['reused_from'] + ')' if 'reused_from' in s else ''} | "
+                         f"{s['seconds']:,.0f} | {s['peak_process_bytes'] / gib:.2f} | "
+                         + (f"{s['peak_process_anon_bytes'] / gib:.2f}" if "peak_process_anon_bytes" in s else "not measured")
+                         + f" | {s['peak_tree_bytes'] / gib:.2f} |")
         return lines
     if name == "spark_train":
         lines = ["| launcher | examples/s (last epoch) | / horovodrun | job seconds (startup included) | "
