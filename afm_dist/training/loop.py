@@ -1,7 +1,8 @@
 """Data-parallel training with Horovod over Petastorm shards, in the order of Horovod's examples:
 initialise and pin the device, build the model and optimizer (``--init-from``, ``--resume``),
-broadcast from rank 0, wrap the optimizer, then per epoch ``train_epoch`` and ``evaluate``, and
-rank 0 writes the model directory (afm_dist/training/artifacts.py).
+broadcast from rank 0, then per epoch ``train_epoch`` (each step averaging the gradients across
+ranks: afm_dist/training/exchange.py) and ``evaluate``, and rank 0 writes the model directory
+(afm_dist/training/artifacts.py).
 
 The model knows nothing of distribution: every distribution-specific line here says so with a
 ``# Horovod:`` comment.
@@ -29,6 +30,7 @@ from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint
 from afm_dist.training.config import TrainConfig
+from afm_dist.training.exchange import GradientExchange, wait
 from afm_dist.training.optimizers import build_optimizer
 
 
@@ -159,12 +161,11 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     if cfg.init_from:
         init_from(model, cfg.init_from)
     model.to(device)
-    # Horovod: the wrapped optimizer averages the gradients across ranks before each step: the
-    # dense ones by allreduce, the sparse feature-table ones by an allgather of the batch's rows
-    # (ids and values), never the whole table. It is a new optimizer over the same parameters, so
-    # a checkpoint's state is loaded into it, not before.
-    optimizer = hvd.DistributedOptimizer(build_optimizer(cfg.optimizer, model, cfg.lr),
-                                         named_parameters=model.named_parameters())
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.lr)
+    # Horovod: before each step the gradients are averaged across ranks in two collectives
+    # (exchange.py): the dense ones by one grouped allreduce, the sparse feature-table ones by one
+    # allgather of the batch's rows (ids and values), never the whole table.
+    exchange = GradientExchange(model)
     state = resume(out, cfg, meta, model, optimizer) if cfg.resume else RunState()
     if rank == 0 and state.epoch:
         log(f"resuming {out} after epoch {state.epoch} (best epoch {state.best['epoch']}, "
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         # epoch, so that a resumed run draws what the uninterrupted run drew.
         torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
-                              device=device, progress=progress)
+                              device=device, progress=progress, exchange=exchange)
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
@@ -238,7 +239,7 @@ def init_from(model: ScoringModel, fm_dir: str) -> None:
 
 def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringModel,
            optimizer: torch.optim.Optimizer) -> RunState:
-    """Load the run's checkpoint into ``model`` and the (wrapped) ``optimizer``; its state so far.
+    """Load the run's checkpoint into ``model`` and ``optimizer``; its state so far.
 
     Raises:
         DatasetError: the checkpoint is of another model or data set.
@@ -251,8 +252,12 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
 
 
 def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,
-                local_batch: int, device: torch.device, progress: Progress) -> dict[str, float]:
+                local_batch: int, device: torch.device, progress: Progress,
+                exchange: GradientExchange | None = None) -> dict[str, float]:
     """One epoch: exactly ``steps`` batches of ``local_batch`` rows from this rank's shard.
+
+    ``exchange``: what averages the gradients across ranks before each step (made from ``model``
+    when not given).
 
     Returns the epoch's training metrics over every rank (unclipped RMSE of the scores).
 
@@ -260,6 +265,7 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         FloatingPointError: a non-finite loss, naming the epoch, step and rank.
     """
     model.train()
+    exchange = exchange or GradientExchange(model)
     epoch_start = time.time()
     sums = M.new_sums(device)
     for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=hvd.rank(), size=hvd.size(),
@@ -280,11 +286,12 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
                 "lower --lr, or give numeric fields with large raw values 'standardize: true' or "
                 "'transform: log1p' in the schema")
         loss.backward()
-        optimizer.step()  # Horovod: the wrapped optimizer allreduces the gradients first.
+        exchange(max_rows=batch.ids.numel())  # Horovod: the gradients averaged over the ranks.
+        optimizer.step()
         M.accumulate(sums, scores, batch.label, clip=None, binary=False)
         progress.step(epoch, step, loss.item(), epoch_start)
-    # Horovod: add every rank's sums.
-    return M.finish(hvd.allreduce(sums, op=hvd.Sum, name="train-sums"), binary=False)
+    # Horovod: add every rank's sums (waiting without spinning: exchange.wait).
+    return M.finish(wait(hvd.allreduce_async(sums, op=hvd.Sum, name="train-sums")), binary=False)
 
 
 @torch.no_grad()
@@ -297,5 +304,5 @@ def evaluate(model: ScoringModel, split_dir: Path, *, device: torch.device, clip
     for batch in eval_batches(split_dir, rank=hvd.rank(), size=hvd.size()):
         batch = batch.to(device)
         M.accumulate(sums, model(*batch.inputs), batch.label, clip=clip, binary=binary)
-    # Horovod: add every rank's sums.
-    return M.finish(hvd.allreduce(sums, op=hvd.Sum, name="eval-sums"), binary=binary)
+    # Horovod: add every rank's sums (waiting without spinning: exchange.wait).
+    return M.finish(wait(hvd.allreduce_async(sums, op=hvd.Sum, name="eval-sums")), binary=binary)

@@ -1,0 +1,140 @@
+"""Horovod: the gradient exchange of one training step, in two collectives whatever the model.
+
+``hvd.DistributedOptimizer`` starts one collective per parameter as backward produces its
+gradient: an allreduce per dense parameter and, per sparse feature table, two allgathers (the
+batch's row ids and the rows, whose lengths change every step), each negotiated by Horovod's
+background thread, and it waits for each by spinning (see ``wait``). Here, after backward, every
+gradient is queued at once:
+
+- one grouped allreduce (averaging, in place) of the dense gradients, fused into one buffer;
+- one allgather of every sparse table's ids and rows, packed in one buffer: each rank adds the
+  others' rows of the batch to its own, never the whole table (TorchRec's habit, and Horovod's
+  own sparse path). The buffer has the same length every step (``B * M`` slots a table, padded),
+  so that Horovod's response cache recognises it: a collective whose shape changes from step to
+  step is negotiated anew each step, over several round trips between the ranks.
+
+The numbers are those of ``hvd.DistributedOptimizer``: the dense gradients averaged by Horovod,
+and a sparse table's gradient the union of every rank's rows divided by the number of ranks (a
+row two ranks touched is the sum of both, once coalesced).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import horovod.torch as hvd
+import torch
+from torch import nn
+
+
+class GradientExchange:
+    """Average the gradients of ``model``'s parameters over the Horovod ranks, in place.
+
+    Call it between ``loss.backward()`` and ``optimizer.step()``; every rank must call it at the
+    same step. Sparse tables are the ``nn.Embedding(sparse=True)`` weights; a parameter without a
+    gradient on this rank takes part with zeros (no rows), so that the ranks' collectives match.
+
+    Args:
+        model: the model whose gradients to exchange.
+        name: the base name of the two collectives (unique among the collectives in flight).
+    """
+
+    def __init__(self, model: nn.Module, name: str = "grads") -> None:
+        sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.dense = [p for p in params if id(p) not in sparse_ids]
+        self.sparse = [p for p in params if id(p) in sparse_ids]
+        self.name = name
+
+    def __call__(self, max_rows: int) -> None:
+        """Average the gradients in place.
+
+        ``max_rows``: the same bound on every rank of the rows a table's gradient has this step:
+        the batch's number of feature ids (B * M), as every table is looked up by them.
+
+        Raises:
+            ValueError: a table's gradient has more rows than ``max_rows``.
+        """
+        if hvd.size() == 1:  # nothing to exchange: the averages are this rank's own gradients
+            return
+        dense_handle = sparse_handle = None
+        if self.dense:
+            for p in self.dense:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            # Horovod: every dense gradient averaged in one fused allreduce.
+            dense_handle = hvd.grouped_allreduce_async_([p.grad for p in self.dense], name=f"{self.name}.dense",
+                                                        op=hvd.Average)
+        if self.sparse:
+            slots = [min(max_rows, p.shape[0]) for p in self.sparse]
+            # Horovod: every table's ids and rows gathered from every rank in one allgather of one
+            # buffer whose length is the same every step, so that Horovod's response cache knows
+            # it and the step's exchange is not negotiated again.
+            sparse_handle = hvd.allgather_async(_pack(self.sparse, slots), name=f"{self.name}.sparse")
+        if dense_handle is not None:
+            wait(dense_handle)
+        if sparse_handle is not None:
+            size = hvd.size()
+            gathered = wait(sparse_handle).view(size, -1)  # (ranks, L)
+            for p, (ids, rows) in zip(self.sparse, _unpack(gathered, self.sparse, slots)):
+                p.grad = torch.sparse_coo_tensor(ids.unsqueeze(0), rows / size, p.shape).coalesce()
+
+
+def _pack(tables: list[nn.Parameter], slots: list[int]) -> torch.Tensor:
+    """Every table's sparse gradient in one 1-D buffer of the tables' dtype: per table ``slots``
+    ids (int64 bits, -1 for an unused slot) then ``slots`` rows (zeros for an unused slot)."""
+    parts = []
+    for p, n in zip(tables, slots):
+        g = _rows(p)
+        r = g.indices().shape[1]
+        if r > n:
+            raise ValueError(f"a sparse table's gradient has {r} rows, more than the step's {n} feature ids")
+        ids = torch.full((n,), -1, dtype=torch.int64, device=p.device)
+        ids[:r] = g.indices()[0]
+        rows = torch.zeros((n, *p.shape[1:]), dtype=p.dtype, device=p.device)
+        rows[:r] = g.values()
+        parts += [ids.view(p.dtype), rows.reshape(-1)]  # the ids' bytes travel untouched
+    return torch.cat(parts)
+
+
+def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], slots: list[int]):
+    """``_pack``'s inverse over every rank's buffer (``gathered``: (ranks, L)): per table, the
+    used slots' ids (R,) and rows (R, k), rank 0's first."""
+    offset = 0
+    for p, n in zip(tables, slots):
+        id_width = n * torch.empty((), dtype=torch.int64).element_size() // gathered.element_size()
+        ids = gathered[:, offset:offset + id_width].contiguous().view(torch.int64).reshape(-1)  # (ranks * n,)
+        offset += id_width
+        width = n * p[0].numel()
+        rows = gathered[:, offset:offset + width].reshape(-1, *p.shape[1:])  # (ranks * n, k)
+        offset += width
+        used = ids >= 0
+        yield ids[used], rows[used]
+
+
+# Seconds between two looks at a collective in flight (see ``wait``): a few percent of a step.
+POLL_INTERVAL = 1e-4
+
+
+def wait(handle: int) -> Any:
+    """``hvd.synchronize(handle)`` without spinning: its output once the collective is done.
+
+    Horovod's own wait loops on ``sched_yield`` until the background thread marks the handle
+    done, which keeps a core busy for as long as the other ranks take to reach the collective:
+    where ranks share the cores (several ranks on one CPU host) it takes that core from the very
+    rank being waited for. Sleeping between polls leaves it to them.
+    """
+    while not hvd.poll(handle):
+        time.sleep(POLL_INTERVAL)
+    return hvd.synchronize(handle)
+
+
+def _rows(p: nn.Parameter) -> torch.Tensor:
+    """``p``'s sparse gradient, coalesced (one entry per row); no rows when it has none."""
+    if p.grad is None:
+        return torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.int64, device=p.device),
+                                       torch.zeros(0, *p.shape[1:], dtype=p.dtype, device=p.device), p.shape)
+    if not p.grad.is_sparse:
+        raise TypeError(f"a sparse table's gradient is dense (shape {tuple(p.shape)}); its nn.Embedding "
+                        "has sparse=True, so something replaced the gradient")
+    return p.grad.coalesce()
