@@ -1,16 +1,19 @@
 """End-to-end training throughput (Petastorm loader included) with 1 and 2 Horovod workers, and
-the loader alone; goal: the loader delivers at least 3x what training consumes.
+the loader alone; goals: the loader delivers at least 3x what training consumes, and 2 workers on
+the machine's cores train at least 0.9x the examples/s of one process on the same cores.
 
-    .venv/bin/python bench/bench_train.py [--rows 200000] [--epochs 2]
+    .venv/bin/python bench/bench_train.py [--rows 200000] [--epochs 4]
 
 AFM with k = t = 64 (and FM) on the synthetic data set (M = 6 slots), global batch 512. Training
-figures are the last epoch's examples/s (the first one warms caches); the loader figure is one
+figures are the median examples/s of the epochs after the first (which warms caches), an epoch's
+time including its evaluation and its reader's start, as the trainer reports it; the loader figure is one
 reader (one rank's share of the machine) producing shuffled batches of 256 rows, the per-rank batch
 of 2 workers, as fast as it can.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -26,7 +29,7 @@ def train_rate(data, model: str, np_: int, epochs: int) -> float:
          VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
          "--overwrite", "--epochs", epochs, "--batch-size", "512", "--embedding-dim", "64",
          "--attention-factor", "64", "--log-every", "30"])
-    return history(out)[-1]["examples_per_s"]
+    return statistics.median(epoch["examples_per_s"] for epoch in history(out)[1:])
 
 
 def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
@@ -43,7 +46,7 @@ def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4, help="at least 2: the first epoch is not counted")
     args = p.parse_args()
     data = synthetic_dataset(args.rows)
     result = {"command": f".venv/bin/python bench/bench_train.py --rows {args.rows} --epochs {args.epochs}",
@@ -56,7 +59,9 @@ def main() -> int:
     consumed_single = max(result["afm_np1_examples_per_s"], result["fm_np1_examples_per_s"])
     result["loader_over_training_np2_per_rank"] = result["loader_examples_per_s"] / consumed_per_rank
     result["loader_over_training_np1"] = result["loader_examples_per_s"] / consumed_single
-    result["goal"] = "loader >= 3x what training consumes"
+    for model in ("fm", "afm"):
+        result[f"{model}_np2_over_np1"] = result[f"{model}_np2_examples_per_s"] / result[f"{model}_np1_examples_per_s"]
+    result["goal"] = "loader >= 3x what training consumes; 2 workers >= 0.9x one process"
     save("train", result)
     return 0
 

@@ -108,7 +108,10 @@ def headline(name: str, r: dict) -> list[str]:
                 f"AFM: 1 worker {r['afm_np1_examples_per_s']:,.0f}, 2 workers {r['afm_np2_examples_per_s']:,.0f}; "
                 f"Petastorm loader alone (one reader): {r['loader_examples_per_s']:,.0f}",
                 "- loader / what one worker consumes: " + _verdict(r["loader_over_training_np1"], 3.0, True),
-                "- loader / what each of 2 workers consumes: " + _verdict(r["loader_over_training_np2_per_rank"], 3.0, True)]
+                "- loader / what each of 2 workers consumes: " + _verdict(r["loader_over_training_np2_per_rank"], 3.0, True),
+                *(f"- {model.upper()}, 2 workers / 1 process on the same cores: "
+                  + _verdict(r[f"{model}_np2_over_np1"], 0.9, True)
+                  for model in ("fm", "afm") if f"{model}_np2_over_np1" in r)]
     if name == "score":
         return [f"- Spark local[2] {r['spark_rows_per_s']:,.0f} rows/s (job), raw torch {r['raw_torch_rows_per_s']:,.0f} rows/s "
                 f"over {r['rows']:,} rows",
