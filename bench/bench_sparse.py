@@ -1,8 +1,8 @@
 """Training-step examples/s against the number of features N (issue: large vocabularies).
 
 AFM (k = t = 64, M = 10 slots), global batch 512, random feature ids uniform over N, the trainer's
-own optimizer construction and Horovod wrapping (afm_dist.training.optimizers, DistributedOptimizer),
-one process and ``horovodrun -np 2`` (Gloo). For every N, the paths run side by side in one run:
+own optimizer construction and gradient exchange (afm_dist.training.optimizers and exchange), one
+process and ``horovodrun -np 2`` (Gloo). For every N, the paths run side by side in one run:
 
     dense    --sparse-embeddings false, Adagrad: dense table gradients, dense update, allreduce
     sparse   the default: sparse table gradients, lazy Adagrad, allgather of the batch's rows
@@ -35,12 +35,13 @@ PATHS = {"dense": ("adagrad", "false"), "sparse": ("adagrad", "true"), "rowwise"
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: build, wrap, broadcast as the trainer does, then time steps on random ids."""
+    """One rank: build, broadcast and exchange as the trainer does, then time steps on random ids."""
     import horovod.torch as hvd
     import torch
     import torch.nn.functional as F
 
     from afm_dist.models import ModelConfig, build_model
+    from afm_dist.training.exchange import GradientExchange
     from afm_dist.training.loop import broadcast_optimizer_tensors
     from afm_dist.training.optimizers import build_optimizer
 
@@ -50,8 +51,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_model("afm", args.features, SLOTS, ModelConfig(embedding_dim=DIM, attention_factor=DIM,
                                                                   sparse_embeddings=sparse == "true"))
-    optimizer = hvd.DistributedOptimizer(build_optimizer(optimizer_name, model, 0.05),
-                                         named_parameters=model.named_parameters())
+    optimizer = build_optimizer(optimizer_name, model, 0.05)
+    exchange = GradientExchange(model)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     broadcast_optimizer_tensors(optimizer)
     local = GLOBAL_BATCH // hvd.size()
@@ -62,6 +63,7 @@ def worker(args: argparse.Namespace) -> None:
         ids = torch.randint(0, args.features, (local, SLOTS), generator=g)
         optimizer.zero_grad()
         F.mse_loss(model(ids, vals, mask), torch.randn(local, generator=g)).backward()
+        exchange(max_rows=ids.numel())
         optimizer.step()
 
     for _ in range(2):  # warm-up: allocator, Horovod's first negotiation
