@@ -48,6 +48,8 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--epochs", type=int, default=4, help="at least 2: the first epoch is not counted")
     args = p.parse_args()
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2: the first epoch is not counted")
     data = synthetic_dataset(args.rows)
     result = {"command": f".venv/bin/python bench/bench_train.py --rows {args.rows} --epochs {args.epochs}",
               "data_rows": args.rows, "loader_examples_per_s": loader_rate(data, 256)}

@@ -66,9 +66,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     def _accumulator(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """The parameter's accumulator, made at its first step: (N,) row-wise, else p's shape.
 
-        Made lazily, not in the constructor: Horovod's DistributedOptimizer builds a second
-        optimizer over the same parameters, and two sets of accumulators of a large table would
-        exist at once."""
+        Made lazily, not in the constructor: a wrapper that builds a second optimizer over the
+        same parameters (as Horovod's DistributedOptimizer does) would otherwise hold two sets of
+        accumulators of a large table at once."""
         state = self.state[p]
         if "sum" not in state:
             shape = p.shape[:1] if group["rowwise"] else p.shape
