@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, VENV_BIN, WORK, env, history, run, save  # noqa: E402
 
 from afm_dist.dataset import METADATA_FILE, TEST, TRAIN, read_metadata  # noqa: E402
+from afm_dist.model_dir import TrainedModel  # noqa: E402
 
 DIM, GLOBAL_BATCH = 64, 512
 
@@ -139,15 +140,12 @@ def train_and_use(step, horovod: list, data: Path, fm: Path, afm: Path, root: Pa
 
 def finish(result: dict, data: Path, fm: Path, afm: Path) -> None:
     meta = read_metadata(data / METADATA_FILE)
-    n = meta.num_features
-    result["num_features"] = n
+    result["num_features"] = meta.num_features
     result["train_rows"] = meta.split_rows(TRAIN)
     result["test_rows"] = meta.split_rows(TEST)
-    # One rank holds the parameters and, for Adagrad, one accumulator per parameter.
-    fm_params = n * (DIM + 1) + 1
-    afm_params = fm_params + DIM * DIM + 3 * DIM
-    result["fm_params_and_state_bytes"] = 2 * 4 * fm_params
-    result["afm_params_and_state_bytes"] = 2 * 4 * afm_params
+    # One rank holds the float32 parameters and, for Adagrad, one accumulator per parameter.
+    result["fm_params_and_state_bytes"] = 2 * 4 * TrainedModel.load(fm).num_parameters
+    result["afm_params_and_state_bytes"] = 2 * 4 * TrainedModel.load(afm).num_parameters
     result["afm_weights_bytes"] = (afm / "model.safetensors").stat().st_size
     result["fm_epochs"] = [h["epoch"] for h in history(fm)]
     for s in result["steps"]:
