@@ -13,9 +13,9 @@ touched, and the optimizer state of a table can be one number per row.
                      elementwise Adagrad.
 ``adam``             torch's Adam, dense tables only (it takes no sparse gradients).
 
-Sparse gradients of a table are coalesced as soon as backward produces them (one entry per
-distinct feature id of the batch, not one per occurrence), so that Horovod's exchange of them
-(an allgather of ids and rows) carries each row once per rank.
+A table's sparse gradient comes out of backward with one row per lookup; the trainer's gradient
+exchange (afm_dist/training/exchange.py) sums the rows of each feature id once, over every rank's
+rows, before the step; a gradient that reaches ``step`` otherwise is coalesced there.
 """
 from __future__ import annotations
 
@@ -105,8 +105,6 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The optimizer ``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters.
 
-    Tables with sparse gradients get their gradients coalesced in backward (see the module).
-
     Raises:
         ValueError: an unknown name, or ``adam`` with sparse table gradients.
     """
@@ -115,8 +113,6 @@ def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optim
     if sparse and name not in SPARSE_OPTIMIZERS:
         raise ValueError(f"--optimizer {name} takes no sparse gradients; use --optimizer adagrad or rowwise_adagrad, "
                          "or --sparse-embeddings false")
-    for table in sparse:
-        table.register_hook(lambda grad: grad.coalesce() if grad.is_sparse else grad)
     if name == "adagrad":
         return RowWiseAdagrad(model.parameters(), lr=lr)
     if name == "adam":

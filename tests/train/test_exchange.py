@@ -19,10 +19,9 @@ def test_exchange_gives_horovods_numbers_on_two_ranks(tmp_path):
         for name in ("fm", "wide_deep", "afm"):
             r = result[name]
             assert r["moved"] > 1e-2, (name, r)  # the steps did train
-            assert r["vs_horovod"] <= 1e-6, (name, r)
+            assert r["vs_horovod"] <= 1e-8, (name, r)  # float64: the same numbers but for the order of sums
+            assert r["vs_dense"] <= 1e-8, (name, r)
             assert r["vs_rank0"] == 0.0, (name, r)
-            if name == "fm":
-                assert r["vs_dense"] <= 1e-5, (name, r)
 
 
 def _table(rows: int, k: int, dtype, ids: list[int]):
@@ -36,26 +35,59 @@ def _table(rows: int, k: int, dtype, ids: list[int]):
 
 def test_pack_and_unpack_round_trip_every_rank_s_rows():
     """One buffer per rank: each table's ids (int64 bits) and rows come back exactly, rank by
-    rank, for float32 and float16 tables, with fewer rows than slots and -1 padding dropped."""
+    rank, for float32 and float16 tables, with fewer rows than slots padded by -1 ids and zero
+    rows; ``sum_rows`` then sums them per id, -1 left out."""
     import pytest
     import torch
 
-    from afm_dist.training.exchange import _pack, _unpack
+    from afm_dist.training.exchange import _pack, _unpack, sum_rows
 
     for dtype in (torch.float32, torch.float16):
         big, big_rows = _table(1000, 4, dtype, [3, 999])
         small, small_rows = _table(5, 1, dtype, [0, 4])
-        slots = [6, 5]  # min(max_rows, table rows)
+        slots = [3, 5]  # min(max_rows, table rows)
         rank0 = _pack([big, small], slots)
-        big.grad = torch.sparse_coo_tensor(torch.tensor([[7]]), big_rows[:1] * 10, (1000, 4))
+        big.grad = torch.sparse_coo_tensor(torch.tensor([[999, 7, 999]]), big_rows[[0, 0, 1]] * 10, (1000, 4))
         rank1 = _pack([big, small], slots)
         assert rank0.dtype == dtype and rank0.shape == rank1.shape
         (ids_a, rows_a), (ids_b, rows_b) = _unpack(torch.stack([rank0, rank1]), [big, small], slots)
-        assert ids_a.tolist() == [3, 999, 7]
-        assert torch.equal(rows_a, torch.cat([big_rows, big_rows[:1] * 10]))
-        assert ids_b.tolist() == [0, 4, 0, 4]
-        assert torch.equal(rows_b, torch.cat([small_rows, small_rows]))
+        assert ids_a.tolist() == [3, 999, -1, 999, 7, 999]
+        assert torch.equal(rows_a, torch.cat([big_rows, torch.zeros(1, 4, dtype=dtype), big_rows[[0, 0, 1]] * 10]))
+        assert ids_b.tolist() == [0, 4, -1, -1, -1] * 2
+        (ids_a, sums_a), (ids_b, sums_b) = sum_rows([(ids_a, rows_a), (ids_b, rows_b)])
+        assert ids_a.tolist() == [3, 7, 999]  # 999: rank 0's row and both of rank 1's
+        assert torch.equal(sums_a, torch.stack([big_rows[0], big_rows[0] * 10, big_rows[1] * 11 + big_rows[0] * 10]))
+        assert ids_b.tolist() == [0, 4] and torch.equal(sums_b, small_rows * 2)
     mixed_a, _ = _table(10, 2, torch.float16, [1])
     mixed_b, _ = _table(10, 2, torch.float32, [1])
     with pytest.raises(ValueError, match="different dtypes"):
         _pack([mixed_a, mixed_b], [2, 2])
+    # A table looked up twice a step (e.g. by an L2 penalty on the batch's rows) has more rows
+    # than slots: they are summed per id first, and refused only if still too many.
+    twice, rows = _table(10, 2, torch.float32, [1, 2, 1, 2])
+    buffer = _pack([twice], [2])
+    (ids, sums), = sum_rows(list(_unpack(buffer.view(1, -1), [twice], [2])))
+    assert ids.tolist() == [1, 2] and torch.equal(sums, rows[:2] + rows[2:])
+    many, _ = _table(10, 2, torch.float32, [1, 2, 3])
+    with pytest.raises(ValueError, match="3 rows, more than the step's 2"):
+        _pack([many], [2])
+
+
+def test_sum_rows_shares_one_unique_between_tables_of_the_same_ids():
+    """Per table the rows summed per id, as ``coalesce`` does, whether or not the tables share ids."""
+    import torch
+
+    from afm_dist.training.exchange import sum_rows
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(-1, 40, (300,), generator=g)
+    other = torch.randint(0, 40, (300,), generator=g)
+    a, b, c = (torch.randn(300, k, generator=g) for k in (8, 1, 3))
+    a[ids < 0] = 0.0
+    b[ids < 0] = 0.0
+    for (got_ids, got), (i, rows) in zip(sum_rows([(ids, a), (ids.clone(), b), (other, c)]),
+                                          [(ids, a), (ids, b), (other, c)]):
+        used = i >= 0
+        want = torch.sparse_coo_tensor(i[used][None], rows[used], (40, rows.shape[1])).coalesce()
+        assert torch.equal(got_ids, want.indices()[0])
+        torch.testing.assert_close(got, want.values())
