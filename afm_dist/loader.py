@@ -8,10 +8,12 @@ its shard once, every row exactly once across ranks.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -72,15 +74,99 @@ def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None,
 
 
 def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
-                  shuffle_buffer: int = 100_000, workers: int = 1) -> Iterator[Batch]:
+                  shuffle_buffer: int = 100_000, workers: int = 1, prefetch_rows: int = 65_536) -> Iterator[Batch]:
     """Yield exactly ``steps`` shuffled batches of ``batch_size`` rows from this rank's shard.
 
     Rows are shuffled twice: Petastorm shuffles the order of row groups (seeded), and a buffer
     of ``shuffle_buffer`` rows is permuted before batches are cut from it. The seed should
     change every epoch (the trainer passes ``seed + epoch``), which is also what makes an
     epoch replayable on ``--resume``.
+
+    The buffer is filled and the batches cut in a background thread, up to ``prefetch_rows``
+    rows of batches ahead of the caller (at least 2 batches): the caller's step does not wait
+    while the buffer takes in the next row group. Without it, each rank of a data-parallel run
+    stalls at its own moments, and every stall of one rank is a wait of the others in the
+    step's collective (the time a second rank lost end to end, BENCHMARKS.md).
+
+    Raises:
+        DatasetError: fewer Parquet row groups than ranks (at the call); an error of the reader
+            is raised where the caller takes the next batch.
     """
-    split_dir = Path(split_dir)
+    depth = max(2, prefetch_rows // batch_size)
+    return prefetched(_shuffled_batches(Path(split_dir), rank=rank, size=size, batch_size=batch_size, steps=steps,
+                                        seed=seed, shuffle_buffer=shuffle_buffer, workers=workers), depth)
+
+
+T = TypeVar("T")
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """``items`` produced by a background thread, at most ``depth`` ahead of the caller.
+
+    The producer's exception is raised to the caller where the item would have come. When the
+    caller stops early (or the generator is closed), the producer stops and closes ``items``
+    (its readers) before this returns.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:  # False: the caller has gone
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            put(_Failed(e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    # Run the first step of the producer now, so errors at the start (no row groups) are raised here.
+    first = next(items, _END)
+    if first is _END:
+        return iter(())
+    producer = threading.Thread(target=produce, name="afm-prefetch", daemon=True)
+    producer.start()
+
+    def consume() -> Iterator[T]:
+        try:
+            yield first
+            while True:
+                item = ready.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            producer.join()
+
+    return consume()
+
+
+def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
+                      shuffle_buffer: int, workers: int) -> Iterator[Batch]:
+    """``train_batches``' batches, in the caller's thread."""
     sizes = row_group_sizes(split_dir)
     groups = len(sizes)
     if groups < size:

@@ -60,3 +60,62 @@ def test_clipping_bounds_predictions_before_the_error():
     sums = M.new_sums()
     M.accumulate(sums, torch.tensor([10.0, -10.0]), torch.tensor([5.0, 1.0]), clip=(1.0, 5.0), binary=False)
     assert M.finish(sums, binary=False)["rmse"] == 0.0
+
+
+def test_prefetched_batches_keep_order_raise_the_producer_s_error_and_close_the_source():
+    """The background producer of train_batches: items in order, at most ``depth`` ahead; an
+    error of the source reaches the caller at the item where it happened; a caller that stops
+    early stops the producer and the source is closed (its Petastorm reader stopped)."""
+    import threading
+
+    import pytest
+
+    from afm_dist.loader import prefetched
+
+    made, closed = [], threading.Event()
+
+    def source(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise OSError(f"row group {i} unreadable")
+                made.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    assert list(prefetched(source(10), depth=3)) == list(range(10))
+    assert closed.is_set()
+
+    made.clear()
+    closed.clear()
+    items = prefetched(source(10, fail_at=6), depth=2)
+    got = []
+    with pytest.raises(OSError, match="row group 6 unreadable"):
+        for i in items:
+            got.append(i)
+    assert got == [0, 1, 2, 3, 4, 5] and closed.is_set()
+
+    made.clear()
+    closed.clear()
+    items = prefetched(source(1000), depth=4)
+    assert [next(items), next(items)] == [0, 1]
+    items.close()  # the caller stops early
+    assert closed.is_set()
+    assert len(made) <= 2 + 4 + 2  # taken, queued, and at most one in hand and one being put
+    assert list(prefetched(source(0), depth=2)) == []
+
+
+def test_train_batches_from_the_background_thread_match_the_caller_s_thread(planted_data):
+    """The prefetching thread changes when batches are made, not which: the same rows in the same
+    order as the shuffling generator run in the caller's thread."""
+    from pathlib import Path
+
+    from afm_dist.loader import _shuffled_batches
+
+    args = dict(rank=0, size=2, batch_size=16, steps=9, seed=4)
+    background = list(train_batches(planted_data / "train", **args))
+    direct = list(_shuffled_batches(Path(planted_data / "train"), shuffle_buffer=100_000, workers=1, **args))
+    assert len(background) == len(direct) == 9
+    for a, b in zip(background, direct):
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.label, b.label)
