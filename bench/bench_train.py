@@ -8,11 +8,14 @@ AFM with k = t = 64 (and FM) on the synthetic data set (M = 6 slots), global bat
 figures are the median examples/s of the epochs after the first (which warms caches), an epoch's
 time including its evaluation and its reader's start, as the trainer reports it; the loader figure is one
 reader (one rank's share of the machine) producing shuffled batches of 256 rows, the per-rank batch
-of 2 workers, as fast as it can.
+of 2 workers, as fast as it can. Where the time goes: the CPU core-seconds each run spends per
+1,000 examples, and the cores it keeps busy (CPU time / wall time, startup included): two ranks
+that keep both cores busy cannot train faster than the CPU they spend per example allows.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -23,13 +26,20 @@ from common import VENV_BIN, WORK, history, run, save, synthetic_dataset  # noqa
 from afm_dist.dataset import TRAIN  # noqa: E402
 
 
-def train_rate(data, model: str, np_: int, epochs: int) -> float:
+def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float]:
+    """Median examples/s of the epochs after the first; and over the whole run (startup
+    included), the CPU core-seconds per 1,000 examples trained and the cores kept busy."""
     out = WORK / f"train-{model}-np{np_}"
-    run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
          VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
          "--overwrite", "--epochs", epochs, "--batch-size", "512", "--embedding-dim", "64",
          "--attention-factor", "64", "--log-every", "30"])
-    return statistics.median(epoch["examples_per_s"] for epoch in history(out)[1:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run, waited for
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    epochs_run = history(out)
+    examples = sum(e["examples_per_s"] * e["seconds"] for e in epochs_run)
+    return statistics.median(e["examples_per_s"] for e in epochs_run[1:]), 1000 * cpu / examples, cpu / wall
 
 
 def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
@@ -55,7 +65,10 @@ def main() -> int:
               "data_rows": args.rows, "loader_examples_per_s": loader_rate(data, 256)}
     for model in ("fm", "afm"):
         for np_ in (1, 2):
-            result[f"{model}_np{np_}_examples_per_s"] = train_rate(data, model, np_, args.epochs)
+            rate, cpu_per_1000, busy = train_rate(data, model, np_, args.epochs)
+            result[f"{model}_np{np_}_examples_per_s"] = rate
+            result[f"{model}_np{np_}_cpu_seconds_per_1000_examples"] = cpu_per_1000
+            result[f"{model}_np{np_}_cores_busy"] = busy
     # With 2 workers each rank's loader feeds half of the consumption.
     consumed_per_rank = max(result["afm_np2_examples_per_s"], result["fm_np2_examples_per_s"]) / 2
     consumed_single = max(result["afm_np1_examples_per_s"], result["fm_np1_examples_per_s"])

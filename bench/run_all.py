@@ -111,7 +111,15 @@ def headline(name: str, r: dict) -> list[str]:
                 "- loader / what each of 2 workers consumes: " + _verdict(r["loader_over_training_np2_per_rank"], 3.0, True),
                 *(f"- {model.upper()}, 2 workers / 1 process on the same cores: "
                   + _verdict(r[f"{model}_np2_over_np1"], 0.9, True)
-                  for model in ("fm", "afm") if f"{model}_np2_over_np1" in r)]
+                  for model in ("fm", "afm") if f"{model}_np2_over_np1" in r),
+                *([("- where the second rank's time goes: with 2 workers the machine's cores are busy "
+                    f"({r['fm_np2_cores_busy']:.2f} and {r['afm_np2_cores_busy']:.2f} of 2) and each example costs more "
+                    "CPU than in one process (FM "
+                    f"{r['fm_np2_cpu_seconds_per_1000_examples'] / r['fm_np1_cpu_seconds_per_1000_examples']:.2f}x, AFM "
+                    f"{r['afm_np2_cpu_seconds_per_1000_examples'] / r['afm_np1_cpu_seconds_per_1000_examples']:.2f}x): "
+                    "each rank pays a whole step's fixed costs (dispatch of the step's torch ops, the optimizer's loop, "
+                    "the exchange, its own reader) for half the rows, and FM's step has the least work per row "
+                    "to spread them over")] if "fm_np1_cpu_seconds_per_1000_examples" in r else [])]
     if name == "score":
         return [f"- Spark local[2] {r['spark_rows_per_s']:,.0f} rows/s (job), raw torch {r['raw_torch_rows_per_s']:,.0f} rows/s "
                 f"over {r['rows']:,} rows",
@@ -162,6 +170,16 @@ def table(name: str, r: dict) -> list[str]:
             lines.append(f"| {run['features']:,} | {run['np']} | {run['path']} | {run['examples_per_s']:,.0f} | "
                          f"{run['peak_rss_bytes'] / gib:.2f} | "
                          f"{(run['param_bytes'] + run['optimizer_state_bytes']) / gib:.2f} |")
+        return lines
+    if name == "train" and "fm_np1_cpu_seconds_per_1000_examples" in r:
+        lines = ["| model | workers | examples/s (median epoch after the first) | CPU core-seconds per 1,000 examples "
+                 "(whole run) | cores busy (CPU / wall) |", "| --- | ---: | ---: | ---: | ---: |"]
+        for model in ("fm", "afm"):
+            for np_ in (1, 2):
+                key = f"{model}_np{np_}"
+                lines.append(f"| {model.upper()} | {np_} | {r[key + '_examples_per_s']:,.0f} | "
+                             f"{r[key + '_cpu_seconds_per_1000_examples']:.3f} | {r[key + '_cores_busy']:.2f} |")
+        lines.append(f"\nPetastorm loader alone: {r['loader_examples_per_s']:,.0f} examples/s; {r['data_rows']:,} generated rows.")
         return lines
     if name == "large_pipeline":
         lines = ["| step | seconds | peak memory (GiB) |", "| --- | ---: | ---: |"]
