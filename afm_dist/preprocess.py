@@ -95,9 +95,13 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     log.info("input rows: %d, rejected: %d, accepted: %d (blank lines: %d, lines joined into multi-line records: %d)",
              n_input, n_rejected, n_accepted, summary.blank, summary.continued)
     raw_records.check_rejected(records, summary, options.max_rejected_fraction, require_rows=True)
+    tables = raw_records.summarize_tables(spark, plan_)
+    for t in tables:
+        log.info("table %s: %d rows, rejected: %d", t.name, t.rows, t.rejected_count)
+    raw_records.check_tables(tables, options.max_rejected_fraction)
 
     _stage("write rejected rows")
-    raw_records.write_rejected(spark, records, summary, out_dir / REJECTED)
+    raw_records.write_rejected(spark, records, summary, out_dir / REJECTED, tables)
 
     accepted = records.filter(raw_records.accepted_row())
     extra: dict = {"vocabulary_basis": "all accepted logs (categorical); training split (numeric statistics)",
@@ -132,6 +136,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     write_splits(table, out_dir, tasks, repartition=schema.target.kind == "implicit" and per_positive > 0)
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
+    if tables:
+        counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count} for t in tables}
     counts.update(split_counts(spark, out_dir))
     for s in SPLITS:
         log.info("%s: %d rows (%d positive, %d negative)", s, counts[s]["rows"], counts[s]["positive"],

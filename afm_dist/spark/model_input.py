@@ -92,7 +92,9 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     for f in fields:
         if f.indexed and not f.oov:
             records = _reject_unseen(records, vocabulary, f)
-    accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction)
+    raw_plan = plan(schema, list(paths), tables or {})
+    accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction,
+                                 tables=raw_records.summarize_tables(spark, raw_plan))
     raw_keys = [f"{RAW_PREFIX}{f.name}" for f in fields]
     for f in fields:
         accepted = accepted.withColumn(f"{RAW_PREFIX}{f.name}", F.col(f.name))
@@ -117,13 +119,15 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
 
 
 def _screen(spark: SparkSession, records: DataFrame, schema: Schema, staging: Path,
-            max_rejected_fraction: float) -> tuple[DataFrame, int]:
-    """Count the rows, refuse too many malformed ones, write them to staging/rejected; return the
-    accepted rows and the number rejected."""
+            max_rejected_fraction: float,
+            tables: Sequence[raw_records.TableSummary] = ()) -> tuple[DataFrame, int]:
+    """Count the rows, refuse too many malformed ones (logs' or a side table's), write them to
+    staging/rejected; return the accepted rows and the number rejected (logs' and tables')."""
     summary = raw_records.summarize_input(records, schema)
     raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
-    raw_records.write_rejected(spark, records, summary, staging / REJECTED)
-    return records.filter(raw_records.accepted_row()), summary.rejected
+    raw_records.check_tables(tables, max_rejected_fraction)
+    raw_records.write_rejected(spark, records, summary, staging / REJECTED, tables)
+    return records.filter(raw_records.accepted_row()), summary.rejected + sum(t.rejected_count for t in tables)
 
 
 def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, schema: Schema,

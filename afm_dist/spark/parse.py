@@ -121,12 +121,21 @@ def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | N
                         skip.alias(SKIP), problem.alias(PROBLEM), cols.alias(COLS))
 
 
+def side_table_problem(table: SideTable) -> Column:
+    """Why a side-table row (after ``split_columns``) is malformed, naming the table, or null:
+    its structure (e.g. the number of columns) or an empty key."""
+    key = F.trim(F.col(COLS).getField(table.key))
+    return (F.when(F.col(PROBLEM).isNotNull(), F.concat(F.lit(f"table '{table.name}': "), F.col(PROBLEM)))
+            .when(key.isNull() | (key == ""), F.lit(f"table '{table.name}': key column '{table.key}' is empty")))
+
+
 def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) -> DataFrame:
     """Side-table rows (after ``split_columns``) -> one row per key: ``_k_NAME`` (the trimmed
-    key) and ``_t_NAME`` (a struct of ``value_columns``). Headers and malformed rows are left
-    out; a key listed twice keeps its smallest row, so the choice does not depend on order."""
+    key) and ``_t_NAME`` (a struct of ``value_columns``). Headers and malformed rows (those of
+    ``side_table_problem``, which the jobs count and write to rejected/) are left out; a key
+    listed twice keeps its smallest row, so the choice does not depend on order."""
     key = F.trim(F.col(COLS).getField(table.key))
-    good = rows.filter(F.col(SKIP).isNull() & F.col(PROBLEM).isNull() & key.isNotNull() & (key != ""))
+    good = rows.filter(F.col(SKIP).isNull() & side_table_problem(table).isNull())
     values = F.struct(*[F.col(COLS).getField(c).alias(c) for c in value_columns])
     return (good.select(key.alias(f"_k_{table.name}"), values.alias("_row"))
             .groupBy(f"_k_{table.name}").agg(F.min("_row").alias(_table_column(table.name))))

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from afm_dist.dataset import REJECTED_COLUMNS, DatasetError
 from afm_dist.inputs import InputError, InputFiles, Plan
-from afm_dist.schema import InputFormat, Schema
+from afm_dist.schema import InputFormat, Schema, SideTable
 from afm_dist.spark import parse, readers
 
 
@@ -50,12 +50,61 @@ def read_records(spark: SparkSession, plan: Plan, *, quoted_line_breaks: bool | 
     records = parse.split_columns(lines, fmt, plan.logs.columns, needed, plan.logs.header_lines)
     joined = []
     for t in schema.tables:
-        files = plan.tables[t.name]
         cols = schema.table_columns(t.name)
-        t_lines = _read(spark, t.format, files, cols, schema, t.name, None)
-        t_rows = parse.split_columns(t_lines, t.format, files.columns, cols, files.header_lines)
-        joined.append((t, parse.side_table(t_rows, t, [c for c in cols if c != t.key])))
+        joined.append((t, parse.side_table(_table_rows(spark, plan, t), t, [c for c in cols if c != t.key])))
     return parse.parse_fields(parse.join_tables(records, joined), schema)
+
+
+def _table_rows(spark: SparkSession, plan: Plan, table: SideTable) -> DataFrame:
+    """Every line of a side table's files, with ``_skip``, ``_problem`` and its columns."""
+    files = plan.tables[table.name]
+    cols = plan.schema.table_columns(table.name)
+    t_lines = _read(spark, table.format, files, cols, plan.schema, table.name, None)
+    return parse.split_columns(t_lines, table.format, files.columns, cols, files.header_lines)
+
+
+@dataclass
+class TableSummary:
+    """A side table's rows and malformed rows (``rejected``: source, line, raw, reason)."""
+
+    name: str
+    rows: int
+    rejected_count: int
+    rejected: DataFrame
+
+
+def summarize_tables(spark: SparkSession, plan: Plan) -> list[TableSummary]:
+    """Count each side table's rows and malformed rows (one pass over each, small), which the
+    join leaves out; the malformed ones located by file and line for ``write_rejected``."""
+    out = []
+    for t in plan.schema.tables:
+        rows = _table_rows(spark, plan, t).withColumn(parse.REASON, parse.side_table_problem(t))
+        blocks = readers.line_blocks(rows, F.count(F.col(parse.SKIP)).alias("skipped"),
+                                     F.sum(rejected_row().cast("long")).alias("rejected"))
+        totals = blocks.agg(F.sum("_n").alias("n"), F.sum("skipped").alias("skipped"),
+                            F.sum("rejected").alias("rejected")).first()
+        rejected = (_located(rows.filter(rejected_row()), blocks)
+                    .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
+                            F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
+        out.append(TableSummary(name=t.name, rows=int(totals["n"] or 0) - int(totals["skipped"] or 0),
+                                rejected_count=int(totals["rejected"] or 0), rejected=rejected))
+    return out
+
+
+def check_tables(tables: Sequence[TableSummary], max_fraction: float) -> None:
+    """Refuse a side table with more than ``max_fraction`` of its rows malformed.
+
+    Raises:
+        RejectedRowsError: naming the table, with counts, what to do and up to five rows (file:line).
+    """
+    for t in tables:
+        if t.rejected_count > max_fraction * t.rows:
+            shown = "\n".join(f"  {r['source']}:{r['line']}: {r['reason']}: {r['raw'][:120]!r}"
+                               for r in t.rejected.orderBy("source", "line").limit(5).collect())
+            raise RejectedRowsError(
+                f"table '{t.name}': {t.rejected_count} of {t.rows} rows ({t.rejected_count / max(t.rows, 1):.2%}) are "
+                f"malformed, more than --max-rejected-fraction {max_fraction:g}; fix the table or the schema's "
+                f"columns for it, or raise the limit.\nExamples:\n{shown}")
 
 
 def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Sequence[str], schema: Schema,
@@ -151,18 +200,23 @@ def check_rejected(records: DataFrame, summary: InputSummary, max_fraction: floa
             f"the limit." + _examples(rejected, summary.blocks))
 
 
-def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummary, path: Path) -> None:
+def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummary, path: Path,
+                   tables: Sequence[TableSummary] = ()) -> None:
     """Write the malformed rows (``source, line, raw, reason``: the file as a path, the 1-based
-    line) as one Parquet file sorted by source and line; an empty file when there are none
-    (without reading the input again)."""
-    if not summary.rejected:
+    line) of the logs and of the side ``tables`` as one Parquet file sorted by source and line;
+    an empty file when there are none (without reading the input again)."""
+    parts = [t.rejected for t in tables if t.rejected_count]
+    if summary.rejected:
+        parts.append(_located(records.filter(rejected_row()), summary.blocks)
+                     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
+                             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
+    if not parts:
         spark.createDataFrame([], REJECTED_COLUMNS).write.parquet(str(path))
         return
-    (_located(records.filter(rejected_row()), summary.blocks)
-     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
-             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason"))
-     .repartition(1).sortWithinPartitions("source", "line")
-     .write.parquet(str(path)))
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    union.repartition(1).sortWithinPartitions("source", "line").write.parquet(str(path))
 
 
 def _located(rows: DataFrame, blocks: DataFrame) -> DataFrame:

@@ -17,7 +17,7 @@ from afm_dist.dataset import SPLITS, load_metadata
 from afm_dist.inputs import InputError, plan
 from afm_dist.schema import parse_schema
 from afm_dist.spark import parse
-from afm_dist.spark.records import accepted_row, read_records, summarize_input, write_rejected
+from afm_dist.spark.records import accepted_row, read_records, summarize_input, summarize_tables, write_rejected
 
 from .util import read_all, run_job, vocabulary, write_lines
 
@@ -46,13 +46,15 @@ def rejected_rows(out) -> list[tuple]:
 
 
 def raw_read(spark, tmp_path, schema: dict, inputs, tables=None, quoted_line_breaks=None):
-    """Read as raw scoring does (``read_records``, ``summarize_input``, ``write_rejected``):
-    the summary, the accepted rows and the rejected rows (line, raw, reason)."""
+    """Read as raw scoring does (``read_records``, ``summarize_input``, ``summarize_tables``,
+    ``write_rejected``): the summary, the accepted rows and the rejected rows (line, raw, reason)
+    of the logs and side tables."""
     s = parse_schema(schema)
-    records = read_records(spark, plan(s, [str(p) for p in inputs], tables), quoted_line_breaks=quoted_line_breaks)
+    raw_plan = plan(s, [str(p) for p in inputs], tables)
+    records = read_records(spark, raw_plan, quoted_line_breaks=quoted_line_breaks)
     summary = summarize_input(records, s)
     rejected_dir = tmp_path / f"rejected-{len(list(tmp_path.glob('rejected-*')))}"
-    write_rejected(spark, records, summary, rejected_dir)
+    write_rejected(spark, records, summary, rejected_dir, summarize_tables(spark, raw_plan))
     accepted = records.filter(accepted_row()).collect()
     summary.blocks.unpersist()
     return summary, accepted, [(r["line"], r["raw"], r["reason"]) for r in pq.read_table(rejected_dir).to_pylist()]
@@ -97,19 +99,20 @@ def test_quoted_line_breaks_in_side_tables_and_raw_input(spark, tmp_path):
     logs = tmp_path / "logs.tsv"
     logs.write_text('user\titem\tcomment\trating\nu1\ti1\t"two\nlines"\t4\nu2\ti2\tplain\t3\n')
     items = tmp_path / "items.csv"
-    items.write_text('item_id,title\ni1,"Title\ncontinued"\ni2,Plain\n')
+    items.write_text('item_id,title\ni1,"Title\ncontinued"\ni2,Plain\ni3\n')  # line 5: one column of 2
     schema = ratings_schema({"type": "tsv", "quote": '"'}, fields=("user", "item", "comment"),
                             tables=[{"name": "items", "format": {"type": "csv"}, "key": "item_id", "log_key": "item"}])
     schema["fields"].append({"name": "title", "kind": "categorical", "table": "items"})
     summary, accepted, rejected = raw_read(spark, tmp_path, schema, [logs], {"items": [str(items)]})
-    assert (summary.rows, summary.rejected, summary.continued) == (2, 0, 1) and rejected == []
+    assert (summary.rows, summary.rejected, summary.continued) == (2, 0, 1)
+    assert rejected == [(5, "i3", "table 'items': found 1 columns, expected 2")]  # the table's, kept aside
     assert sorted((r["user"], r["comment"], r["title"]) for r in accepted) == [
         ("u1", "two\nlines", "Title\ncontinued"), ("u2", "plain", "Plain")]
     # Read one record per line (how preprocessing reads first): the summary finds the odd quotes.
     summary, _, rejected = raw_read(spark, tmp_path, schema, [logs], {"items": [str(items)]},
                                     quoted_line_breaks=False)
     assert (summary.rows, summary.rejected, summary.odd_quotes) == (3, 2, 2)
-    assert [r[0] for r in rejected] == [2, 3]
+    assert sorted(r[0] for r in rejected if not r[2].startswith("table")) == [2, 3]
 
 
 # -- 02: byte-order marks ------------------------------------------------------------------------

@@ -36,6 +36,9 @@ BAD = {
     12: ("u11,i2,1e999,3", "field 'age': '1e999' is out of range"),
     14: ("u12,i1,  ,4", "field 'age': empty value"),
 }
+# Malformed rows of the side table (line -> (text, reason)): counted and written to rejected/ too.
+TABLE_BAD = {5: ("bad line,,,", "table 'items': found 4 columns, expected 2"),
+             6: ("  ,z", "table 'items': key column 'item_id' is empty")}
 GOOD = {2: "u1,i1,20,4.5", 3: "u2,i2,30,3", 15: '"u,13",i2,35,5', 16: 'u14,"i3",7,2'}
 BLANK = {13: ""}  # not a row: neither accepted nor rejected
 
@@ -45,7 +48,8 @@ def write_inputs(tmp_path, n_filler: int = 0):
     body = [lines[i] for i in sorted(lines)]
     body += [f"f{i},i{i % 3 + 1},{i % 50},{i % 5 + 1}" for i in range(n_filler)]
     logs = write_lines(tmp_path / "logs.csv", body)
-    items = write_lines(tmp_path / "items.csv", ["item_id,tags", "i1,a|b", "i2,b", "i3,c|a|d|e", "bad line,,,"])
+    items = write_lines(tmp_path / "items.csv", ["item_id,tags", "i1,a|b", "i2,b", "i3,c|a|d|e",
+                                                 *[k for k, _ in TABLE_BAD.values()], *[f"j{i},x" for i in range(8)]])
     schema = tmp_path / "schema.yaml"
     schema.write_text(yaml.safe_dump(SCHEMA))
     return schema, logs, items
@@ -57,10 +61,11 @@ def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
     assert run_job(spark, "--schema", schema, "--input", logs, "--table", f"items={items}", "--output", out,
                    "--max-rejected-fraction", "0.2", "--min-row-groups", "4") == 0
     rejected = pq.read_table(out / "rejected").to_pylist()
-    assert [(r["line"], r["raw"], r["reason"]) for r in rejected] == \
-        [(line, text, reason) for line, (text, reason) in sorted(BAD.items())]
-    assert all(r["source"] == str(logs) for r in rejected)
+    assert [(r["source"], r["line"], r["raw"], r["reason"]) for r in rejected] == \
+        [(str(items), line, text, reason) for line, (text, reason) in sorted(TABLE_BAD.items())] + \
+        [(str(logs), line, text, reason) for line, (text, reason) in sorted(BAD.items())]
     meta = load_metadata(out)
+    assert meta.counts["tables"] == {"items": {"rows": 3 + len(TABLE_BAD) + 8, "rejected": len(TABLE_BAD)}}
     n_input = len(BAD) + len(GOOD) + 200
     assert meta.counts["input"] == n_input and meta.counts["rejected"] == len(BAD)
     assert meta.counts["accepted"] == len(GOOD) + 200 and meta.counts["blank_lines"] == 1
@@ -73,6 +78,20 @@ def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
     i3 = [r for r in rows if r["ids"][1] == vocab[("item", "i3")]]
     assert len(i3) == 1 + sum(1 for i in range(200) if i % 3 == 2)
     assert all(r["ids"][2:5] == [vocab[("tags", t)] for t in "cad"] and r["mask"] == [1] * 6 for r in i3)
+
+
+def test_a_side_table_with_too_many_malformed_rows_fails_naming_it(spark, tmp_path, capsys):
+    schema, logs, _ = write_inputs(tmp_path)
+    items = write_lines(tmp_path / "items.csv", ["item_id,tags", "i1,a", "i2;b", "i3;c"])  # wrong delimiter
+    logs = write_lines(tmp_path / "logs.csv", ["user,item,age,rating", *[f"u{i},i1,20,3" for i in range(20)]])
+    out = tmp_path / "out"
+    rc = run_job(spark, "--schema", schema, "--input", logs, "--table", f"items={items}", "--output", out,
+                 "--max-rejected-fraction", "0.5")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "table 'items': 2 of 3 rows (66.67%) are malformed, more than --max-rejected-fraction 0.5" in err
+    assert f"{items}:3: table 'items': found 1 columns, expected 2: 'i2;b'" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.staging-*"))
 
 
 def test_too_many_malformed_rows_fail_with_examples(spark, tmp_path, capsys):
