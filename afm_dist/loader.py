@@ -11,6 +11,7 @@ import math
 import queue
 import threading
 import warnings
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TypeVar
@@ -161,7 +162,10 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
             stop.set()
             producer.join()
 
-    return consume()
+    batches = consume()
+    # A generator dropped before its first item never runs its ``finally``: stop the producer then too.
+    weakref.finalize(batches, stop.set)
+    return batches
 
 
 def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,

@@ -94,11 +94,13 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     n_input, n_rejected, n_accepted = summary.rows, summary.rejected, summary.accepted
     log.info("input rows: %d, rejected: %d, accepted: %d (blank lines: %d, lines joined into multi-line records: %d)",
              n_input, n_rejected, n_accepted, summary.blank, summary.continued)
-    raw_records.check_rejected(records, summary, options.max_rejected_fraction, require_rows=True)
+    # A malformed side table is named first: the log rows whose key it lacks are rejected too.
     tables = raw_records.summarize_tables(spark, plan_)
     for t in tables:
-        log.info("table %s: %d rows, rejected: %d", t.name, t.rows, t.rejected_count)
+        log.info("table %s: %d rows, rejected: %d, keys listed again: %d", t.name, t.rows, t.rejected_count,
+                 t.duplicate_keys)
     raw_records.check_tables(tables, options.max_rejected_fraction)
+    raw_records.check_rejected(records, summary, options.max_rejected_fraction, require_rows=True)
 
     _stage("write rejected rows")
     raw_records.write_rejected(spark, records, summary, out_dir / REJECTED, tables)
@@ -137,7 +139,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
     if tables:
-        counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count} for t in tables}
+        counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count, "duplicate_keys": t.duplicate_keys}
+                            for t in tables}
     counts.update(split_counts(spark, out_dir))
     for s in SPLITS:
         log.info("%s: %d rows (%d positive, %d negative)", s, counts[s]["rows"], counts[s]["positive"],

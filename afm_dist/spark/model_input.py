@@ -13,6 +13,7 @@ feature for is set aside with the reason.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -121,13 +122,18 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
 def _screen(spark: SparkSession, records: DataFrame, schema: Schema, staging: Path,
             max_rejected_fraction: float,
             tables: Sequence[raw_records.TableSummary] = ()) -> tuple[DataFrame, int]:
-    """Count the rows, refuse too many malformed ones (logs' or a side table's), write them to
-    staging/rejected; return the accepted rows and the number rejected (logs' and tables')."""
+    """Count the rows, refuse too many malformed ones (a side table's first: the log rows whose
+    key it lacks are rejected too), write them to staging/rejected (the tables' with their own
+    file and line); return the accepted rows and the number of log rows rejected."""
+    raw_records.check_tables(tables, max_rejected_fraction)
+    for t in tables:
+        if t.rejected_count or t.duplicate_keys:
+            print(f"score: table {t.name}: {t.rows} rows, {t.rejected_count} malformed and {t.duplicate_keys} keys "
+                  "listed again, left out (in rejected/)", file=sys.stderr, flush=True)
     summary = raw_records.summarize_input(records, schema)
     raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
-    raw_records.check_tables(tables, max_rejected_fraction)
     raw_records.write_rejected(spark, records, summary, staging / REJECTED, tables)
-    return records.filter(raw_records.accepted_row()), summary.rejected + sum(t.rejected_count for t in tables)
+    return records.filter(raw_records.accepted_row()), summary.rejected
 
 
 def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: TrainedModel, schema: Schema,

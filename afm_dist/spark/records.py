@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from afm_dist.dataset import REJECTED_COLUMNS, DatasetError
@@ -65,29 +66,45 @@ def _table_rows(spark: SparkSession, plan: Plan, table: SideTable) -> DataFrame:
 
 @dataclass
 class TableSummary:
-    """A side table's rows and malformed rows (``rejected``: source, line, raw, reason)."""
+    """A side table's rows, its malformed rows and the rows of keys listed again, which the join
+    leaves out (``rejected``: source, line, raw, reason, both kinds)."""
 
     name: str
     rows: int
-    rejected_count: int
+    rejected_count: int  # malformed rows: what --max-rejected-fraction limits
+    duplicate_keys: int  # well-formed rows whose key an earlier-chosen row already has
     rejected: DataFrame
 
 
 def summarize_tables(spark: SparkSession, plan: Plan) -> list[TableSummary]:
-    """Count each side table's rows and malformed rows (one pass over each, small), which the
-    join leaves out; the malformed ones located by file and line for ``write_rejected``."""
+    """Count each side table's rows, malformed rows and rows of a key listed again (one pass
+    over each, small); locate them by file and line for ``write_rejected``.
+
+    Of the rows of one key the join keeps the smallest (``parse.side_table``); the others are
+    kept aside with the reason ``key 'K' listed again``."""
     out = []
     for t in plan.schema.tables:
         rows = _table_rows(spark, plan, t).withColumn(parse.REASON, parse.side_table_problem(t))
+        key = F.trim(F.col(parse.COLS).getField(t.key))
+        values = F.struct(*[F.col(parse.COLS).getField(c) for c in plan.schema.table_columns(t.name) if c != t.key])
+        # Rank the well-formed rows of each key as side_table chooses (smallest first).
+        good = F.col(parse.SKIP).isNull() & F.col(parse.REASON).isNull()
+        rank = F.row_number().over(Window.partitionBy(key).orderBy(values, readers.SOURCE, readers.BLOCK, readers.POS))
+        rows = (rows.withColumn("_rank", F.when(good, rank))
+                .withColumn(parse.REASON, F.when(F.col("_rank") > 1, F.concat(
+                    F.lit(f"table '{t.name}': key '"), key, F.lit("' listed again; the join uses one row of it")))
+                    .otherwise(F.col(parse.REASON))))
         blocks = readers.line_blocks(rows, F.count(F.col(parse.SKIP)).alias("skipped"),
-                                     F.sum(rejected_row().cast("long")).alias("rejected"))
-        totals = blocks.agg(F.sum("_n").alias("n"), F.sum("skipped").alias("skipped"),
-                            F.sum("rejected").alias("rejected")).first()
+                                     F.sum(rejected_row().cast("long")).alias("rejected"),
+                                     F.count(F.when(F.col("_rank") > 1, 1)).alias("duplicates"))
+        totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "skipped", "rejected", "duplicates")]).first()
         rejected = (_located(rows.filter(rejected_row()), blocks)
                     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
                             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
-        out.append(TableSummary(name=t.name, rows=int(totals["n"] or 0) - int(totals["skipped"] or 0),
-                                rejected_count=int(totals["rejected"] or 0), rejected=rejected))
+        duplicates = int(totals["duplicates"] or 0)
+        out.append(TableSummary(name=t.name, rows=int(totals["_n"] or 0) - int(totals["skipped"] or 0),
+                                rejected_count=int(totals["rejected"] or 0) - duplicates, duplicate_keys=duplicates,
+                                rejected=rejected))
     return out
 
 
@@ -205,7 +222,7 @@ def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummar
     """Write the malformed rows (``source, line, raw, reason``: the file as a path, the 1-based
     line) of the logs and of the side ``tables`` as one Parquet file sorted by source and line;
     an empty file when there are none (without reading the input again)."""
-    parts = [t.rejected for t in tables if t.rejected_count]
+    parts = [t.rejected for t in tables if t.rejected_count or t.duplicate_keys]
     if summary.rejected:
         parts.append(_located(records.filter(rejected_row()), summary.blocks)
                      .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),

@@ -86,6 +86,8 @@ class GradientExchange:
             entries = list(_unpack(wait(sparse_handle).view(size, -1), self.sparse, slots))
         if self.sparse:
             for p, (ids, rows) in zip(self.sparse, sum_rows(entries)):
+                if size == 1 and p.grad is None:  # a table this step did not use keeps no gradient
+                    continue
                 rows = rows.div_(size) if size > 1 else rows
                 p.grad = torch.sparse_coo_tensor(ids.unsqueeze(0), rows, p.shape, is_coalesced=True,
                                                  check_invariants=False)  # sum_rows made them so

@@ -39,6 +39,8 @@ BAD = {
 # Malformed rows of the side table (line -> (text, reason)): counted and written to rejected/ too.
 TABLE_BAD = {5: ("bad line,,,", "table 'items': found 4 columns, expected 2"),
              6: ("  ,z", "table 'items': key column 'item_id' is empty")}
+# A key listed again (line 15): the join uses i2's first, smaller row ("b"); this one is kept aside.
+TABLE_DUPLICATE = {15: ("i2,zz", "table 'items': key 'i2' listed again; the join uses one row of it")}
 GOOD = {2: "u1,i1,20,4.5", 3: "u2,i2,30,3", 15: '"u,13",i2,35,5', 16: 'u14,"i3",7,2'}
 BLANK = {13: ""}  # not a row: neither accepted nor rejected
 
@@ -49,7 +51,8 @@ def write_inputs(tmp_path, n_filler: int = 0):
     body += [f"f{i},i{i % 3 + 1},{i % 50},{i % 5 + 1}" for i in range(n_filler)]
     logs = write_lines(tmp_path / "logs.csv", body)
     items = write_lines(tmp_path / "items.csv", ["item_id,tags", "i1,a|b", "i2,b", "i3,c|a|d|e",
-                                                 *[k for k, _ in TABLE_BAD.values()], *[f"j{i},x" for i in range(8)]])
+                                                 *[k for k, _ in TABLE_BAD.values()], *[f"j{i},x" for i in range(8)],
+                                                 TABLE_DUPLICATE[15][0]])
     schema = tmp_path / "schema.yaml"
     schema.write_text(yaml.safe_dump(SCHEMA))
     return schema, logs, items
@@ -62,10 +65,11 @@ def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
                    "--max-rejected-fraction", "0.2", "--min-row-groups", "4") == 0
     rejected = pq.read_table(out / "rejected").to_pylist()
     assert [(r["source"], r["line"], r["raw"], r["reason"]) for r in rejected] == \
-        [(str(items), line, text, reason) for line, (text, reason) in sorted(TABLE_BAD.items())] + \
+        [(str(items), line, text, reason) for line, (text, reason) in sorted({**TABLE_BAD, **TABLE_DUPLICATE}.items())] + \
         [(str(logs), line, text, reason) for line, (text, reason) in sorted(BAD.items())]
     meta = load_metadata(out)
-    assert meta.counts["tables"] == {"items": {"rows": 3 + len(TABLE_BAD) + 8, "rejected": len(TABLE_BAD)}}
+    assert meta.counts["tables"] == {"items": {"rows": 3 + len(TABLE_BAD) + 8 + 1, "rejected": len(TABLE_BAD),
+                                               "duplicate_keys": 1}}
     n_input = len(BAD) + len(GOOD) + 200
     assert meta.counts["input"] == n_input and meta.counts["rejected"] == len(BAD)
     assert meta.counts["accepted"] == len(GOOD) + 200 and meta.counts["blank_lines"] == 1
@@ -83,7 +87,8 @@ def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
 def test_a_side_table_with_too_many_malformed_rows_fails_naming_it(spark, tmp_path, capsys):
     schema, logs, _ = write_inputs(tmp_path)
     items = write_lines(tmp_path / "items.csv", ["item_id,tags", "i1,a", "i2;b", "i3;c"])  # wrong delimiter
-    logs = write_lines(tmp_path / "logs.csv", ["user,item,age,rating", *[f"u{i},i1,20,3" for i in range(20)]])
+    # The logs use every key: the table is named (not "no usable input row" for the logs).
+    logs = write_lines(tmp_path / "logs.csv", ["user,item,age,rating", *[f"u{i},i{i % 3 + 1},20,3" for i in range(20)]])
     out = tmp_path / "out"
     rc = run_job(spark, "--schema", schema, "--input", logs, "--table", f"items={items}", "--output", out,
                  "--max-rejected-fraction", "0.5")
@@ -96,6 +101,7 @@ def test_a_side_table_with_too_many_malformed_rows_fails_naming_it(spark, tmp_pa
 
 def test_too_many_malformed_rows_fail_with_examples(spark, tmp_path, capsys):
     schema, logs, items = write_inputs(tmp_path, n_filler=100)
+    write_lines(items, ["item_id,tags", "i1,a|b", "i2,b", "i3,c|a|d|e"])  # a clean table: the logs' limit fails
     out = tmp_path / "out"
     rc = run_job(spark, "--schema", schema, "--input", logs, "--table", f"items={items}", "--output", out)
     assert rc == 2  # one exit status for unusable input in every job (afm_dist/cli.py)

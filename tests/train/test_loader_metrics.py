@@ -105,6 +105,14 @@ def test_prefetched_batches_keep_order_raise_the_producer_s_error_and_close_the_
     assert len(made) <= 2 + 4 + 2  # taken, queued, and at most one in hand and one being put
     assert list(prefetched(source(0), depth=2)) == []
 
+    # Dropped before its first item is taken (a generator that never started runs no ``finally``).
+    made.clear()
+    closed.clear()
+    items = prefetched(source(1000), depth=4)
+    del items
+    assert closed.wait(timeout=5)  # the producer stopped and closed the source
+    assert len(made) <= 1 + 4 + 1
+
 
 def test_train_batches_from_the_background_thread_match_the_caller_s_thread(planted_data):
     """The prefetching thread changes when batches are made, not which: the same rows in the same
