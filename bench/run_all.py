@@ -129,8 +129,10 @@ def headline(name: str, r: dict) -> list[str]:
         sizes = sorted({run["features"] for run in r.get("runs", [])})
         out = []
         for np_ in sorted({run["np"] for run in r.get("runs", [])}):
-            out.append(f"- {np_} process(es), sparse (default), N = {sizes[-1]:,} / N = {sizes[0]:,}: "
-                       + _verdict(ratios.get(f"np{np_}_sparse_largest_over_smallest"), 0.8, True))
+            rounds = ratios.get(f"np{np_}_sparse_largest_over_smallest_rounds")
+            out.append(f"- {np_} process(es), sparse (default), N = {sizes[-1]:,} / N = {sizes[0]:,}"
+                       + (f" (median of {len(rounds)} rounds: {', '.join(f'{x:.2f}' for x in rounds)})" if rounds else "")
+                       + ": " + _verdict(ratios.get(f"np{np_}_sparse_largest_over_smallest"), 0.8, True))
             out.append(f"- {np_} process(es), N = {sizes[0]:,}, sparse / dense: "
                        + _verdict(ratios.get(f"np{np_}_smallest_sparse_over_dense"), 1.0, True))
             out.append(f"- {np_} process(es), N = {sizes[-1]:,}, sparse peak memory / (parameters + optimizer state): "
