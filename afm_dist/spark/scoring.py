@@ -162,8 +162,10 @@ def prediction_metrics(scored: DataFrame, *, clip: tuple[float, float] | None, b
 
         sums = M.new_sums()
         for batch in batches:
-            M.accumulate(sums, torch.from_numpy(batch.column(SCORE).to_numpy(zero_copy_only=False)),
-                         torch.from_numpy(batch.column(LABEL).to_numpy(zero_copy_only=False)), clip=clip,
+            # np.array: a writable copy (one column of floats); Arrow's zero-copy arrays are
+            # read-only, which torch.from_numpy warns about on every executor.
+            M.accumulate(sums, torch.from_numpy(np.array(batch.column(SCORE).to_numpy(zero_copy_only=False))),
+                         torch.from_numpy(np.array(batch.column(LABEL).to_numpy(zero_copy_only=False))), clip=clip,
                          binary=binary)
         index = sums.nonzero().squeeze(1)  # sparse: most histogram bins are empty
         yield pa.RecordBatch.from_pydict({"i": index.numpy(), "v": sums[index].numpy()})
