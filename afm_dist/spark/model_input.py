@@ -87,13 +87,13 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     schema = schema_from_dict(dataset.schema)
     if schema.format.type == "libfm":
         return _encode_libfm_logs(spark, paths, model, schema, staging, max_rejected_fraction=max_rejected_fraction)
-    records = raw_records.read_records(spark, plan(schema, list(paths), tables or {}))
+    raw_plan = plan(schema, list(paths), tables or {})
+    records = raw_records.read_records(spark, raw_plan)
     fields = list(schema.fields)
     vocabulary = _model_vocabulary(spark, model) if any(f.indexed for f in fields) else None
     for f in fields:
         if f.indexed and not f.oov:
             records = _reject_unseen(records, vocabulary, f)
-    raw_plan = plan(schema, list(paths), tables or {})
     accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction,
                                  tables=raw_records.summarize_tables(spark, raw_plan))
     raw_keys = [f"{RAW_PREFIX}{f.name}" for f in fields]

@@ -98,9 +98,7 @@ def summarize_tables(spark: SparkSession, plan: Plan) -> list[TableSummary]:
                                      F.sum(rejected_row().cast("long")).alias("rejected"),
                                      F.count(F.when(F.col("_rank") > 1, 1)).alias("duplicates"))
         totals = blocks.agg(*[F.sum(c).alias(c) for c in ("_n", "skipped", "rejected", "duplicates")]).first()
-        rejected = (_located(rows.filter(rejected_row()), blocks)
-                    .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
-                            F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
+        rejected = _rejected_columns(rows.filter(rejected_row()), blocks)
         duplicates = int(totals["duplicates"] or 0)
         out.append(TableSummary(name=t.name, rows=int(totals["_n"] or 0) - int(totals["skipped"] or 0),
                                 rejected_count=int(totals["rejected"] or 0) - duplicates, duplicate_keys=duplicates,
@@ -116,12 +114,10 @@ def check_tables(tables: Sequence[TableSummary], max_fraction: float) -> None:
     """
     for t in tables:
         if t.rejected_count > max_fraction * t.rows:
-            shown = "\n".join(f"  {r['source']}:{r['line']}: {r['reason']}: {r['raw'][:120]!r}"
-                               for r in t.rejected.orderBy("source", "line").limit(5).collect())
             raise RejectedRowsError(
                 f"table '{t.name}': {t.rejected_count} of {t.rows} rows ({t.rejected_count / max(t.rows, 1):.2%}) are "
                 f"malformed, more than --max-rejected-fraction {max_fraction:g}; fix the table or the schema's "
-                f"columns for it, or raise the limit.\nExamples:\n{shown}")
+                f"columns for it, or raise the limit." + _examples(t.rejected.orderBy("source", "line")))
 
 
 def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Sequence[str], schema: Schema,
@@ -209,12 +205,12 @@ def check_rejected(records: DataFrame, summary: InputSummary, max_fraction: floa
     rejected = records.filter(rejected_row())
     if require_rows and summary.accepted == 0:
         raise RejectedRowsError(f"no usable input row ({summary.rows} rows, {summary.rejected} malformed)"
-                                + _examples(rejected, summary.blocks))
+                                + _examples(_rejected_columns(rejected.limit(5), summary.blocks)))
     if summary.rejected > max_fraction * summary.rows:
         raise RejectedRowsError(
             f"{summary.rejected} of {summary.rows} input rows ({summary.rejected / summary.rows:.2%}) are malformed, "
             f"more than --max-rejected-fraction {max_fraction:g}; fix the input or the schema, or raise "
-            f"the limit." + _examples(rejected, summary.blocks))
+            f"the limit." + _examples(_rejected_columns(rejected.limit(5), summary.blocks)))
 
 
 def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummary, path: Path,
@@ -224,9 +220,7 @@ def write_rejected(spark: SparkSession, records: DataFrame, summary: InputSummar
     an empty file when there are none (without reading the input again)."""
     parts = [t.rejected for t in tables if t.rejected_count or t.duplicate_keys]
     if summary.rejected:
-        parts.append(_located(records.filter(rejected_row()), summary.blocks)
-                     .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
-                             F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
+        parts.append(_rejected_columns(records.filter(rejected_row()), summary.blocks))
     if not parts:
         spark.createDataFrame([], REJECTED_COLUMNS).write.parquet(str(path))
         return
@@ -242,10 +236,17 @@ def _located(rows: DataFrame, blocks: DataFrame) -> DataFrame:
             .withColumn(readers.SOURCE, readers.source_path(F.col(readers.SOURCE))))
 
 
-def _examples(rejected: DataFrame, blocks: DataFrame, n: int = 5) -> str:
-    rows = _located(rejected.limit(n), blocks).select(readers.SOURCE, readers.LINE, readers.TEXT, parse.REASON).collect()
+def _rejected_columns(rows: DataFrame, blocks: DataFrame) -> DataFrame:
+    """Rejected ``rows`` as ``rejected/`` holds them: ``source, line, raw, reason``."""
+    return (_located(rows, blocks)
+            .select(F.col(readers.SOURCE).alias("source"), F.col(readers.LINE).alias("line"),
+                    F.col(readers.TEXT).alias("raw"), F.col(parse.REASON).alias("reason")))
+
+
+def _examples(rejected: DataFrame, n: int = 5) -> str:
+    """Up to ``n`` rows of ``rejected`` (``_rejected_columns``) as file:line: reason: text lines."""
+    rows = rejected.limit(n).collect()
     if not rows:
         return ""
-    shown = "\n".join(f"  {r[readers.SOURCE]}:{r[readers.LINE]}: {r[parse.REASON]}: {r[readers.TEXT][:120]!r}"
-                      for r in rows)
+    shown = "\n".join(f"  {r['source']}:{r['line']}: {r['reason']}: {r['raw'][:120]!r}" for r in rows)
     return f"\nExamples:\n{shown}"
