@@ -127,3 +127,69 @@ def test_train_batches_from_the_background_thread_match_the_caller_s_thread(plan
     assert len(background) == len(direct) == 9
     for a, b in zip(background, direct):
         assert torch.equal(a.ids, b.ids) and torch.equal(a.label, b.label)
+
+
+def _read_all(path, convert):
+    """Every column of a Parquet directory through ``make_batch_reader``, with ``convert`` as
+    Petastorm's conversion of a row group to numpy."""
+    from petastorm import arrow_reader_worker, make_batch_reader
+
+    from afm_dist import petastorm_patch
+
+    petastorm_patch.apply()
+    arrow_reader_worker.convert_arrow_table_to_numpy_dict = convert
+    try:
+        with make_batch_reader(f"file://{path}", num_epochs=1, shuffle_row_groups=False, workers_count=1,
+                               reader_pool_type="thread") as reader:
+            chunks = list(reader)
+    finally:
+        petastorm_patch.apply()
+    return {c: np.concatenate([getattr(x, c) for x in chunks]) for c in chunks[0]._fields}
+
+
+def test_list_columns_read_from_arrow_match_petastorm_s_own_conversion(tmp_path):
+    import pyarrow as pa
+
+    from afm_dist import petastorm_patch
+
+    rows = 1000
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 50, size=(rows, 4)).astype(np.int32)
+    vals = rng.random((rows, 4)).astype(np.float32)
+    table = pa.table({"ids": pa.array(list(ids), type=pa.list_(pa.int32())),
+                      "vals": pa.array(list(vals), type=pa.list_(pa.float32())),
+                      "label": pa.array(rng.random(rows).astype(np.float32))})
+    (tmp_path / "d").mkdir()
+    pq.write_table(table, tmp_path / "d" / "part-0.parquet", row_group_size=300)  # 4 row groups
+
+    ours = _read_all(tmp_path / "d", petastorm_patch.convert_lists)
+    theirs = _read_all(tmp_path / "d", petastorm_patch._PETASTORM_CONVERT)
+    assert sorted(ours) == sorted(theirs) == ["ids", "label", "vals"]
+    for c in ours:
+        assert ours[c].dtype == theirs[c].dtype and ours[c].shape == theirs[c].shape
+        np.testing.assert_array_equal(ours[c], theirs[c])
+    np.testing.assert_array_equal(ours["ids"], ids)  # row groups in order: the file's rows
+    np.testing.assert_array_equal(ours["vals"], vals)
+
+
+def test_list_columns_of_ragged_or_null_rows_go_through_petastorm_s_conversion():
+    import pyarrow as pa
+    import pytest
+
+    from afm_dist import petastorm_patch
+
+    class Field:
+        shape = (None,)
+
+    schema = type("S", (), {"fields": {"ids": Field(), "label": Field()}})()
+    ragged = pa.table({"ids": pa.array([[1, 2], [3]], type=pa.list_(pa.int32())), "label": [1.0, 0.0]})
+    with pytest.raises(RuntimeError, match="same length"):
+        petastorm_patch.convert_lists(ragged, schema)
+    # a null element: Petastorm's conversion gives floats with NaN, never the null's raw bytes
+    nulls = pa.table({"ids": pa.array([[1, None], [3, 4]], type=pa.list_(pa.int32())), "label": [1.0, 0.0]})
+    out = petastorm_patch.convert_lists(nulls, schema)
+    assert out["ids"].shape == (2, 2) and np.isnan(out["ids"][0, 1]) and out["ids"][1, 1] == 4
+    # a sliced table (offsets into the flat values) reads its own rows only
+    sliced = pa.table({"ids": pa.array([[1, 2], [3, 4], [5, 6]], type=pa.list_(pa.int32())),
+                       "label": [1.0, 0.0, 1.0]}).slice(1, 2)
+    np.testing.assert_array_equal(petastorm_patch.convert_lists(sliced, schema)["ids"], [[3, 4], [5, 6]])
