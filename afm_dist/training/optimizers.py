@@ -93,7 +93,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     squares = values.square().mean(dim=1) if rowwise else values.square()
                     acc.index_add_(0, rows, squares)
                     std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,) or (R, k)
-                    p.index_add_(0, rows, values / (std.unsqueeze(1) if rowwise else std), alpha=-lr)
+                    step = torch.div(values, std.unsqueeze(1) if rowwise else std)
+                    p.index_put_((rows,), p.index_select(0, rows).add_(step, alpha=-lr))
                 else:
                     g = p.grad
                     acc.add_(g.square().mean(dim=1) if rowwise else g.square())
