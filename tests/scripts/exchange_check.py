@@ -2,7 +2,8 @@
 hvd.DistributedOptimizer over sparse tables, and against the dense allreduce of whole tables.
 
 Each rank trains three copies of a model for a few steps on its own batches (rows overlap across
-ranks): ``ours`` (sparse tables, GradientExchange), ``horovod`` (sparse tables, Horovod's
+ranks): ``ours`` (sparse tables, GradientExchange, the small dense gradients in its allgather;
+also with them allreduced), ``horovod`` (sparse tables, Horovod's
 DistributedOptimizer: two allgathers a table, one allreduce a dense parameter), ``dense`` (dense
 tables, DistributedOptimizer: an allreduce of every whole table). Writes, per model, the largest
 parameter difference of ``ours`` from each, from rank 0's ``ours``, and from the initial parameters.
@@ -37,11 +38,18 @@ def build(name: str, sparse: bool):
     return build_model(name, N, M, config).double()
 
 
-def train(name: str, sparse: bool, optimizer_name: str, exchange: bool) -> dict[str, torch.Tensor]:
+IN_GATHER = {}  # (model, limit): whether the dense gradients travelled in the allgather
+
+
+def train(name: str, sparse: bool, optimizer_name: str, exchange: bool,
+          dense_gather_limit: int | None = None) -> dict[str, torch.Tensor]:
     model = build(name, sparse)
     optimizer = build_optimizer(optimizer_name, model, 0.05)
     if exchange:
-        average = GradientExchange(model, name=f"{name}.{optimizer_name}")
+        average = GradientExchange(model, name=f"{name}.{optimizer_name}.{dense_gather_limit}",
+                                   dense_gather_limit=dense_gather_limit)
+        assert dense_gather_limit != 0 or not average.dense_in_gather
+        IN_GATHER[name, dense_gather_limit] = average.dense_in_gather
     else:
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
     for step in range(STEPS):
@@ -67,7 +75,10 @@ for name, optimizer_name in (("fm", "adagrad"), ("wide_deep", "rowwise_adagrad")
     rank0 = {k: hvd.broadcast(v, root_rank=0, name=f"{name}.{k}.rank0") for k, v in ours.items()}
     start = {k: v.detach() for k, v in build(name, True).state_dict().items()}
     result[name] = {"vs_horovod": largest_difference(ours, horovod), "vs_rank0": largest_difference(ours, rank0),
-                    "moved": largest_difference(ours, start),
-                    "vs_dense": largest_difference(ours, train(name, False, optimizer_name, exchange=False))}
+                    "moved": largest_difference(ours, start), "dense_in_gather": IN_GATHER[name, None],
+                    "vs_dense": largest_difference(ours, train(name, False, optimizer_name, exchange=False)),
+                    # the dense gradients allreduced on their own rather than in the allgather
+                    "vs_dense_allreduced": largest_difference(ours, train(name, True, optimizer_name, exchange=True,
+                                                                          dense_gather_limit=0))}
 with open(f"{sys.argv[1]}/rank{hvd.rank()}.json", "w") as f:
     json.dump(result, f)

@@ -9,9 +9,10 @@ from tests.train.test_train import check
 
 
 def test_exchange_gives_horovods_numbers_on_two_ranks(tmp_path):
-    """One grouped allreduce + one allgather a step: the parameters of hvd.DistributedOptimizer's exchange
-    (one collective a parameter) after several steps on overlapping rows, and those of the dense
-    allreduce of whole tables; every rank ends with rank 0's parameters."""
+    """One allgather a step (the small dense gradients in it), or a grouped allreduce and the
+    allgather: the parameters of hvd.DistributedOptimizer's exchange (one collective a parameter)
+    after several steps on overlapping rows, and those of the dense allreduce of whole tables;
+    every rank ends with rank 0's parameters."""
     check(run_horovod([str(REPO / "tests/scripts/exchange_check.py"), str(tmp_path)], np=2, timeout=240))
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -21,7 +22,10 @@ def test_exchange_gives_horovods_numbers_on_two_ranks(tmp_path):
             assert r["moved"] > 1e-2, (name, r)  # the steps did train
             assert r["vs_horovod"] <= 1e-8, (name, r)  # float64: the same numbers but for the order of sums
             assert r["vs_dense"] <= 1e-8, (name, r)
+            assert r["vs_dense_allreduced"] <= 1e-8, (name, r)
             assert r["vs_rank0"] == 0.0, (name, r)
+        # FM's bias and AFM's attention network are small: gathered; Wide&Deep's MLP is allreduced
+        assert [result[name]["dense_in_gather"] for name in ("fm", "wide_deep", "afm")] == [True, False, True]
 
 
 def _table(rows: int, k: int, dtype, ids: list[int]):
