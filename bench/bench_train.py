@@ -15,31 +15,41 @@ that keep both cores busy cannot train faster than the CPU they spend per exampl
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import VENV_BIN, WORK, history, run, save, synthetic_dataset  # noqa: E402
+from common import RESULTS, VENV_BIN, WORK, history, run, save, synthetic_dataset  # noqa: E402
 
 from afm_dist.dataset import TRAIN  # noqa: E402
 
 
-def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float]:
-    """Median examples/s of the epochs after the first; and over the whole run (startup
-    included), the CPU core-seconds per 1,000 examples trained and the cores kept busy."""
+BATCH = 512  # the global batch
+
+
+def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float, float, float]:
+    """Median examples/s of the epochs after the first; over the whole run (startup included),
+    the CPU core-seconds per 1,000 examples trained and the cores kept busy; and over the epochs
+    after the first, the median milliseconds of a step, and of rank 0's wait for the gradient
+    exchange's collectives in a step."""
     out = WORK / f"train-{model}-np{np_}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
          VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
-         "--overwrite", "--epochs", epochs, "--batch-size", "512", "--embedding-dim", "64",
+         "--overwrite", "--epochs", epochs, "--batch-size", BATCH, "--embedding-dim", "64",
          "--attention-factor", "64", "--log-every", "30"])
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run, waited for
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     epochs_run = history(out)
     examples = sum(e["examples_per_s"] * e["seconds"] for e in epochs_run)
-    return statistics.median(e["examples_per_s"] for e in epochs_run[1:]), 1000 * cpu / examples, cpu / wall
+    steps = [e["examples_per_s"] * e["seconds"] / BATCH for e in epochs_run[1:]]
+    step_ms = statistics.median(1000 * e["seconds"] / n for e, n in zip(epochs_run[1:], steps))
+    wait_ms = statistics.median(1000 * e["exchange_wait_s"] / n for e, n in zip(epochs_run[1:], steps))
+    return (statistics.median(e["examples_per_s"] for e in epochs_run[1:]), 1000 * cpu / examples, cpu / wall,
+            step_ms, wait_ms)
 
 
 def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
@@ -65,10 +75,12 @@ def main() -> int:
               "data_rows": args.rows, "loader_examples_per_s": loader_rate(data, 256)}
     for model in ("fm", "afm"):
         for np_ in (1, 2):
-            rate, cpu_per_1000, busy = train_rate(data, model, np_, args.epochs)
+            rate, cpu_per_1000, busy, step_ms, wait_ms = train_rate(data, model, np_, args.epochs)
             result[f"{model}_np{np_}_examples_per_s"] = rate
             result[f"{model}_np{np_}_cpu_seconds_per_1000_examples"] = cpu_per_1000
             result[f"{model}_np{np_}_cores_busy"] = busy
+            result[f"{model}_np{np_}_step_ms"] = step_ms
+            result[f"{model}_np{np_}_exchange_wait_ms_per_step"] = wait_ms
     # With 2 workers each rank's loader feeds half of the consumption.
     consumed_per_rank = max(result["afm_np2_examples_per_s"], result["fm_np2_examples_per_s"]) / 2
     consumed_single = max(result["afm_np1_examples_per_s"], result["fm_np1_examples_per_s"])
@@ -77,6 +89,11 @@ def main() -> int:
     for model in ("fm", "afm"):
         result[f"{model}_np2_over_np1"] = result[f"{model}_np2_examples_per_s"] / result[f"{model}_np1_examples_per_s"]
     result["goal"] = "loader >= 3x what training consumes; 2 workers >= 0.9x one process"
+    previous = RESULTS / "train.json"
+    if previous.exists():  # the last run's examples/s, to read a change in the ratios against
+        last = json.loads(previous.read_text())
+        result["previous_run"] = {"date": last.get("date"), **{k: v for k, v in last.items()
+                                                              if k.endswith("examples_per_s") and "_np" in k}}
     save("train", result)
     return 0
 

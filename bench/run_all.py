@@ -117,9 +117,19 @@ def headline(name: str, r: dict) -> list[str]:
                     "CPU than in one process (FM "
                     f"{r['fm_np2_cpu_seconds_per_1000_examples'] / r['fm_np1_cpu_seconds_per_1000_examples']:.2f}x, AFM "
                     f"{r['afm_np2_cpu_seconds_per_1000_examples'] / r['afm_np1_cpu_seconds_per_1000_examples']:.2f}x): "
-                    "each rank pays a whole step's fixed costs (dispatch of the step's torch ops, the optimizer's loop, "
-                    "the exchange, its own reader) for half the rows, and FM's step has the least work per row "
-                    "to spread them over")] if "fm_np1_cpu_seconds_per_1000_examples" in r else [])]
+                    "each rank pays a whole step's fixed costs (dispatch of the step's torch ops, the exchange, its own "
+                    "reader) for half the rows, and repeats the whole update of the global batch's rows (summing the "
+                    "gathered rows per id, Adagrad) that one process does once")] if "fm_np1_cpu_seconds_per_1000_examples" in r else []),
+                *([("- of a 2-worker step (FM " f"{r['fm_np2_step_ms']:.1f} ms, AFM {r['afm_np2_step_ms']:.1f} ms, "
+                    f"against {r['fm_np1_step_ms']:.1f} and {r['afm_np1_step_ms']:.1f} ms in one process), rank 0 waits "
+                    f"{r['fm_np2_exchange_wait_ms_per_step']:.1f} and {r['afm_np2_exchange_wait_ms_per_step']:.1f} ms for "
+                    "the gradient exchange's allgather: the other rank's lag and the collective itself (Horovod's cycle "
+                    "and coordination, Gloo's round trips between processes that share the 2 cores)")]
+                  if "fm_np2_step_ms" in r else []),
+                *([f"- the previous run ({r['previous_run']['date']}), examples/s: FM 1 worker "
+                   f"{r['previous_run']['fm_np1_examples_per_s']:,.0f}, 2 workers {r['previous_run']['fm_np2_examples_per_s']:,.0f}; "
+                   f"AFM 1 worker {r['previous_run']['afm_np1_examples_per_s']:,.0f}, 2 workers "
+                   f"{r['previous_run']['afm_np2_examples_per_s']:,.0f}"] if "previous_run" in r else [])]
     if name == "score":
         return [f"- Spark local[2] {r['spark_rows_per_s']:,.0f} rows/s (job), raw torch {r['raw_torch_rows_per_s']:,.0f} rows/s "
                 f"over {r['rows']:,} rows",
@@ -174,13 +184,18 @@ def table(name: str, r: dict) -> list[str]:
                          f"{(run['param_bytes'] + run['optimizer_state_bytes']) / gib:.2f} |")
         return lines
     if name == "train" and "fm_np1_cpu_seconds_per_1000_examples" in r:
+        timed = "fm_np1_step_ms" in r
         lines = ["| model | workers | examples/s (median epoch after the first) | CPU core-seconds per 1,000 examples "
-                 "(whole run) | cores busy (CPU / wall) |", "| --- | ---: | ---: | ---: | ---: |"]
+                 "(whole run) | cores busy (CPU / wall) |" + (" ms a step (epoch / steps) | rank 0's exchange wait, "
+                                                               "ms a step |" if timed else ""),
+                 "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if timed else "")]
         for model in ("fm", "afm"):
             for np_ in (1, 2):
                 key = f"{model}_np{np_}"
                 lines.append(f"| {model.upper()} | {np_} | {r[key + '_examples_per_s']:,.0f} | "
-                             f"{r[key + '_cpu_seconds_per_1000_examples']:.3f} | {r[key + '_cores_busy']:.2f} |")
+                             f"{r[key + '_cpu_seconds_per_1000_examples']:.3f} | {r[key + '_cores_busy']:.2f} |"
+                             + (f" {r[key + '_step_ms']:.1f} | {r[key + '_exchange_wait_ms_per_step']:.1f} |"
+                                if key + "_step_ms" in r else ""))
         lines.append(f"\nPetastorm loader alone: {r['loader_examples_per_s']:,.0f} examples/s; {r['data_rows']:,} generated rows.")
         return lines
     if name == "large_pipeline":

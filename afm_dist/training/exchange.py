@@ -61,6 +61,7 @@ class GradientExchange:
         self.dense = [p for p in params if id(p) not in sparse_ids]
         self.sparse = [p for p in params if id(p) in sparse_ids]
         self.name = name
+        self.wait_seconds = 0.0  # wall seconds spent waiting for the collectives, over every call
         # the dense gradients ride in the sparse allgather when they are few and of the tables' dtype
         self.dense_in_gather = bool(self.sparse and self.dense) and \
             sum(p.numel() for p in self.dense) <= (DENSE_IN_GATHER if dense_gather_limit is None else dense_gather_limit) and \
@@ -97,10 +98,14 @@ class GradientExchange:
                 # negotiated again.
                 sparse_handle = hvd.allgather_async(torch.cat(dense + [_pack(self.sparse, slots)]),
                                                     name=f"{self.name}.sparse")
+        start = time.perf_counter()
         if dense_handle is not None:
             wait(dense_handle)
         if sparse_handle is not None:
             gathered = wait(sparse_handle).view(size, -1)  # (ranks, dense values + packed tables)
+        if dense_handle is not None or sparse_handle is not None:
+            self.wait_seconds += time.perf_counter() - start
+        if sparse_handle is not None:
             offset = 0
             if self.dense_in_gather:
                 for p in self.dense:  # the ranks' copies averaged, as the allreduce would

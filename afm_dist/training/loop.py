@@ -162,9 +162,9 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         init_from(model, cfg.init_from)
     model.to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr)
-    # Horovod: before each step the gradients are averaged across ranks in two collectives
-    # (exchange.py): the dense ones by one grouped allreduce, the sparse feature-table ones by one
-    # allgather of the batch's rows (ids and values), never the whole table.
+    # Horovod: before each step the gradients are averaged across ranks in one allgather of the
+    # batch's feature-table rows (ids and values, never the whole table) and of the small dense
+    # gradients, and a grouped allreduce of large dense ones (an MLP's) (exchange.py).
     exchange = GradientExchange(model)
     state = resume(out, cfg, meta, model, optimizer) if cfg.resume else RunState()
     if rank == 0 and state.epoch:
@@ -196,7 +196,8 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         seconds = time.time() - epoch_start
         improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                                  **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
-                                 "seconds": seconds, "examples_per_s": steps * global_batch / seconds})
+                                 "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
+                                 "exchange_wait_s": train_m["exchange_wait_s"]})
         if rank == 0:
             log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
                 + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s")
@@ -259,13 +260,16 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
     ``exchange``: what averages the gradients across ranks before each step (made from ``model``
     when not given).
 
-    Returns the epoch's training metrics over every rank (unclipped RMSE of the scores).
+    Returns the epoch's training metrics over every rank (unclipped RMSE of the scores), and
+    ``exchange_wait_s``: the seconds this rank waited for the gradient exchange's collectives (the
+    other ranks' lag and the collectives' own time).
 
     Raises:
         FloatingPointError: a non-finite loss, naming the epoch, step and rank.
     """
     model.train()
     exchange = exchange or GradientExchange(model)
+    waited_before = exchange.wait_seconds
     epoch_start = time.time()
     sums = M.new_sums(device)
     for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=hvd.rank(), size=hvd.size(),
@@ -291,7 +295,8 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         M.accumulate(sums, scores, batch.label, clip=None, binary=False)
         progress.step(epoch, step, loss.item(), epoch_start)
     # Horovod: add every rank's sums (waiting without spinning: exchange.wait).
-    return M.finish(wait(hvd.allreduce_async(sums, op=hvd.Sum, name="train-sums")), binary=False)
+    result = M.finish(wait(hvd.allreduce_async(sums, op=hvd.Sum, name="train-sums")), binary=False)
+    return {**result, "exchange_wait_s": exchange.wait_seconds - waited_before}
 
 
 @torch.no_grad()

@@ -62,6 +62,11 @@ def test_one_and_two_workers_agree_after_one_epoch(planted_data, tmp_path):
     assert r1 < 0.95 * untrained, ("one epoch should learn something", r1, r2, untrained)
     # Same global batch, same seed: the two runs differ only in the order rows are drawn.
     assert abs(r1 - r2) / r1 < 0.01, (r1, r2)
+    # rank 0's time waiting for the gradient exchange: none with one worker (no collective), some
+    # of the epoch with two
+    e1, e2 = metrics(tmp_path / "one")[0], metrics(tmp_path / "two")[0]
+    assert e1["exchange_wait_s"] == 0.0, e1
+    assert 0.0 < e2["exchange_wait_s"] < e2["seconds"], e2
 
 
 def test_uneven_shards_finish(planted_data, tmp_path):
