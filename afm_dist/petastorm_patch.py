@@ -11,9 +11,9 @@ calls it before creating readers.
 
 The conversion: ``make_batch_reader`` turns each row group's list columns (a split's ``ids``,
 ``vals`` and ``mask``, M values a row) into a matrix through pandas, a Python list of arrays and
-``np.vstack``: about 7 us a row, on the thread that takes the batches. ``convert_lists`` reads a
-list column whose rows all have one width and no nulls straight from Arrow's flat values, the same
-(rows, width) matrix 20x faster; other columns, and list columns it cannot read that way, go
+``np.vstack``, on the thread that takes the batches. ``convert_lists`` reads a list column whose
+rows all have one width and no nulls straight from Arrow's flat values: the same (rows, width)
+matrix, tens of times faster (bench/bench_train.py measures both per row); other columns, and list columns it cannot read that way, go
 through Petastorm's own conversion, which also raises its own error for rows of different widths.
 """
 from __future__ import annotations
@@ -78,7 +78,8 @@ def convert_lists(result_table: pa.Table, schema) -> dict[str, np.ndarray]:
     """``convert_arrow_table_to_numpy_dict`` with fixed-width list columns read from Arrow directly.
 
     Returns a numpy array per column: (rows, width) for a list column whose Petastorm field is 1-D
-    (as Petastorm's conversion gives), else what Petastorm's conversion gives.
+    (as Petastorm's conversion gives, but sharing Arrow's memory, so read-only: the loader's
+    ``fixed_width`` copies it), else what Petastorm's conversion gives.
 
     Raises:
         RuntimeError: Petastorm's, for a list column whose rows differ in width.

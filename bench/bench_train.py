@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import resource
 import statistics
 import sys
@@ -33,8 +34,8 @@ BATCH = 512  # the global batch
 def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float, float, float]:
     """Median examples/s of the epochs after the first; over the whole run (startup included),
     the CPU core-seconds per 1,000 examples trained and the cores kept busy; and over the epochs
-    after the first, the median milliseconds of a step, and of rank 0's wait for the gradient
-    exchange's collectives in a step."""
+    after the first, the median milliseconds of a training step (the epoch's steps alone, its
+    validation left out), and of rank 0's wait for the gradient exchange's collectives in a step."""
     out = WORK / f"train-{model}-np{np_}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
@@ -46,10 +47,36 @@ def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, f
     epochs_run = history(out)
     examples = sum(e["examples_per_s"] * e["seconds"] for e in epochs_run)
     steps = [e["examples_per_s"] * e["seconds"] / BATCH for e in epochs_run[1:]]
-    step_ms = statistics.median(1000 * e["seconds"] / n for e, n in zip(epochs_run[1:], steps))
+    step_ms = statistics.median(1000 * e["train_seconds"] / n for e, n in zip(epochs_run[1:], steps))
     wait_ms = statistics.median(1000 * e["exchange_wait_s"] / n for e, n in zip(epochs_run[1:], steps))
     return (statistics.median(e["examples_per_s"] for e in epochs_run[1:]), 1000 * cpu / examples, cpu / wall,
             step_ms, wait_ms)
+
+
+def conversion_us_per_row(data) -> dict[str, float]:
+    """Microseconds a row to turn the train split's row groups into numpy arrays: Petastorm's own
+    conversion and the loader's (afm_dist/petastorm_patch.py), side by side on the same tables."""
+    import pyarrow.parquet as pq
+    from petastorm import make_batch_reader
+
+    from afm_dist import petastorm_patch
+    from afm_dist.loader import _parquet_files
+
+    reader = make_batch_reader(f"file://{Path(data / TRAIN).resolve()}", num_epochs=1, workers_count=1,
+                               reader_pool_type="thread")
+    schema = reader.schema  # Petastorm's Unischema of the split, which its conversion reads
+    reader.stop()
+    reader.join()
+    tables = [pq.ParquetFile(f).read_row_group(0) for f in _parquet_files(data / TRAIN)[:8]]
+    rows = sum(t.num_rows for t in tables)
+    result = {}
+    for name, convert in (("petastorm", petastorm_patch._PETASTORM_CONVERT), ("arrow", petastorm_patch.convert_lists)):
+        start = time.perf_counter()
+        for _ in range(3):
+            for t in tables:
+                convert(t, schema)
+        result[name] = 1e6 * (time.perf_counter() - start) / (3 * rows)
+    return result
 
 
 def loader_rate(data, batch: int, seconds: float = 20.0) -> float:
@@ -73,6 +100,9 @@ def main() -> int:
     data = synthetic_dataset(args.rows)
     result = {"command": f".venv/bin/python bench/bench_train.py --rows {args.rows} --epochs {args.epochs}",
               "data_rows": args.rows, "loader_examples_per_s": loader_rate(data, 256)}
+    conversion = conversion_us_per_row(data)
+    result["petastorm_conversion_us_per_row"] = conversion["petastorm"]
+    result["arrow_conversion_us_per_row"] = conversion["arrow"]
     for model in ("fm", "afm"):
         for np_ in (1, 2):
             rate, cpu_per_1000, busy, step_ms, wait_ms = train_rate(data, model, np_, args.epochs)

@@ -107,6 +107,10 @@ def headline(name: str, r: dict) -> list[str]:
         return [f"- examples/s, FM: 1 worker {r['fm_np1_examples_per_s']:,.0f}, 2 workers {r['fm_np2_examples_per_s']:,.0f}; "
                 f"AFM: 1 worker {r['afm_np1_examples_per_s']:,.0f}, 2 workers {r['afm_np2_examples_per_s']:,.0f}; "
                 f"Petastorm loader alone (one reader): {r['loader_examples_per_s']:,.0f}",
+                *([f"- a row group to numpy arrays: Petastorm's conversion {r['petastorm_conversion_us_per_row']:.2f} us "
+                   f"a row, the loader's from Arrow {r['arrow_conversion_us_per_row']:.2f} us "
+                   f"({r['petastorm_conversion_us_per_row'] / r['arrow_conversion_us_per_row']:.0f}x faster)"]
+                  if "arrow_conversion_us_per_row" in r else []),
                 "- loader / what one worker consumes: " + _verdict(r["loader_over_training_np1"], 3.0, True),
                 "- loader / what each of 2 workers consumes: " + _verdict(r["loader_over_training_np2_per_rank"], 3.0, True),
                 *(f"- {model.upper()}, 2 workers / 1 process on the same cores: "
@@ -120,7 +124,7 @@ def headline(name: str, r: dict) -> list[str]:
                     "each rank pays a whole step's fixed costs (dispatch of the step's torch ops, the exchange, its own "
                     "reader) for half the rows, and repeats the whole update of the global batch's rows (summing the "
                     "gathered rows per id, Adagrad) that one process does once")] if "fm_np1_cpu_seconds_per_1000_examples" in r else []),
-                *([("- of a 2-worker step (FM " f"{r['fm_np2_step_ms']:.1f} ms, AFM {r['afm_np2_step_ms']:.1f} ms, "
+                *([("- of a 2-worker training step (FM " f"{r['fm_np2_step_ms']:.1f} ms, AFM {r['afm_np2_step_ms']:.1f} ms, "
                     f"against {r['fm_np1_step_ms']:.1f} and {r['afm_np1_step_ms']:.1f} ms in one process), rank 0 waits "
                     f"{r['fm_np2_exchange_wait_ms_per_step']:.1f} and {r['afm_np2_exchange_wait_ms_per_step']:.1f} ms for "
                     "the gradient exchange's allgather: the other rank's lag and the collective itself (Horovod's cycle "
@@ -186,7 +190,7 @@ def table(name: str, r: dict) -> list[str]:
     if name == "train" and "fm_np1_cpu_seconds_per_1000_examples" in r:
         timed = "fm_np1_step_ms" in r
         lines = ["| model | workers | examples/s (median epoch after the first) | CPU core-seconds per 1,000 examples "
-                 "(whole run) | cores busy (CPU / wall) |" + (" ms a step (epoch / steps) | rank 0's exchange wait, "
+                 "(whole run) | cores busy (CPU / wall) |" + (" ms a training step | rank 0's exchange wait, "
                                                                "ms a step |" if timed else ""),
                  "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if timed else "")]
         for model in ("fm", "afm"):

@@ -7,13 +7,13 @@ background thread, and it waits for each by spinning (see ``wait``). Here, after
 gradient is queued at once:
 
 - one grouped allreduce (averaging, in place) of the dense gradients, fused into one buffer;
-  unless they are small (``DENSE_IN_GATHER`` values at most: an FM's bias, an AFM's attention
-  network) and of the tables' dtype: then they travel in the sparse allgather's buffer and each
-  rank averages the ranks' copies itself. A step then waits for one collective, not two: on 2
-  ranks of one 2-core host a collective costs 3-4 ms of wall time a step (Horovod's cycle, its
-  coordination and Gloo's round trips), a second one about 0.5 ms more, as much as an FM's
-  optimizer step; allgathering D values costs ranks x D received, where the allreduce's ring costs
-  about 2 D, so large dense parts (an MLP) keep the allreduce;
+  unless they are few (D values with D x ranks at most ``DENSE_IN_GATHER``: an FM's bias, an
+  AFM's attention network, p and bias on up to 30 ranks at k = t = 64) and of the tables' dtype: then they
+  travel in the sparse allgather's buffer and each rank averages the ranks' copies itself. A step
+  then waits for one collective, not two: each costs Horovod's cycle, its coordination and Gloo's
+  round trips between the ranks, which on ranks sharing a small host's cores is a few ms.
+  Allgathering D values has each rank receive ranks x D where an allreduce's ring moves about
+  2 D, hence the bound: large dense parts (an MLP), or many ranks, keep the allreduce;
 - one allgather of every sparse table's ids and rows, packed in one buffer: each rank adds the
   others' rows of the batch to its own, never the whole table (TorchRec's habit, and Horovod's
   own sparse path). The buffer has the same length every step (``B * M`` slots a table, padded),
@@ -51,8 +51,9 @@ class GradientExchange:
     Args:
         model: the model whose gradients to exchange.
         name: the base name of the collectives (unique among the collectives in flight).
-        dense_gather_limit: the most dense gradient values that travel in the sparse allgather
-            (0: the dense gradients are always allreduced).
+        dense_gather_limit: the dense gradients travel in the sparse allgather when their number
+            of values times the number of ranks is at most this (default ``DENSE_IN_GATHER``;
+            0: they are always allreduced).
     """
 
     def __init__(self, model: nn.Module, name: str = "grads", dense_gather_limit: int | None = None) -> None:
@@ -62,10 +63,14 @@ class GradientExchange:
         self.sparse = [p for p in params if id(p) in sparse_ids]
         self.name = name
         self.wait_seconds = 0.0  # wall seconds spent waiting for the collectives, over every call
-        # the dense gradients ride in the sparse allgather when they are few and of the tables' dtype
-        self.dense_in_gather = bool(self.sparse and self.dense) and \
-            sum(p.numel() for p in self.dense) <= (DENSE_IN_GATHER if dense_gather_limit is None else dense_gather_limit) and \
-            {p.dtype for p in self.dense + self.sparse} == {self.sparse[0].dtype}
+        self.dense_gather_limit = DENSE_IN_GATHER if dense_gather_limit is None else dense_gather_limit
+        self._dense_values = sum(p.numel() for p in self.dense)
+        self._one_dtype = bool(self.sparse) and {p.dtype for p in self.dense + self.sparse} == {self.sparse[0].dtype}
+
+    def gathers_dense(self, size: int) -> bool:
+        """Whether, on ``size`` ranks, the dense gradients travel in the sparse allgather (they are
+        few, and of the tables' dtype) rather than in an allreduce of their own."""
+        return bool(self.dense) and self._one_dtype and self._dense_values * size <= self.dense_gather_limit
 
     def __call__(self, max_rows: int) -> None:
         """Average the gradients in place.
@@ -77,12 +82,13 @@ class GradientExchange:
             ValueError: a table's gradient has more rows than ``max_rows``.
         """
         size = hvd.size()
+        in_gather = self.gathers_dense(size)
         dense_handle = sparse_handle = None
         if self.dense and size > 1:
             for p in self.dense:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            if not self.dense_in_gather:
+            if not in_gather:
                 # Horovod: every dense gradient averaged in one fused allreduce.
                 dense_handle = hvd.grouped_allreduce_async_([p.grad for p in self.dense],
                                                             name=f"{self.name}.dense", op=hvd.Average)
@@ -91,12 +97,12 @@ class GradientExchange:
                 entries = [_rows(p) for p in self.sparse]
             else:
                 slots = [min(max_rows, p.shape[0]) for p in self.sparse]
-                dense = [p.grad.reshape(-1) for p in self.dense] if self.dense_in_gather else []
+                dense = [p.grad.reshape(-1) for p in self.dense] if in_gather else []
                 # Horovod: every table's ids and rows (and the small dense gradients) gathered from
                 # every rank in one allgather of one buffer whose length is the same every step,
                 # so that Horovod's response cache knows it and the step's exchange is not
                 # negotiated again.
-                sparse_handle = hvd.allgather_async(torch.cat(dense + [_pack(self.sparse, slots)]),
+                sparse_handle = hvd.allgather_async(_pack(self.sparse, slots, prefix=dense),
                                                     name=f"{self.name}.sparse")
         start = time.perf_counter()
         if dense_handle is not None:
@@ -107,8 +113,10 @@ class GradientExchange:
             self.wait_seconds += time.perf_counter() - start
         if sparse_handle is not None:
             offset = 0
-            if self.dense_in_gather:
-                for p in self.dense:  # the ranks' copies averaged, as the allreduce would
+            if in_gather:
+                # the ranks' copies averaged: Horovod's Average bit for bit on 2 ranks; on more,
+                # within a few ulps of it (its ring adds in another order), the same on every rank
+                for p in self.dense:
                     n = p.numel()
                     p.grad.copy_(gathered[:, offset:offset + n].sum(dim=0).div_(size).view_as(p))
                     offset += n
@@ -146,9 +154,10 @@ def sum_rows(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[tor
     return out
 
 
-def _pack(tables: list[nn.Parameter], slots: list[int]) -> torch.Tensor:
-    """Every table's sparse gradient in one 1-D buffer of the tables' dtype: per table ``slots``
-    ids (int64 bits, -1 for an unused slot) then ``slots`` rows (zeros for an unused slot).
+def _pack(tables: list[nn.Parameter], slots: list[int], prefix: list[torch.Tensor] = ()) -> torch.Tensor:
+    """Every table's sparse gradient in one 1-D buffer of the tables' dtype: the 1-D ``prefix``
+    tensors first (the dense gradients that travel with them), then per table ``slots`` ids (int64
+    bits, -1 for an unused slot) and ``slots`` rows (zeros for an unused slot).
 
     Raises:
         ValueError: tables of different dtypes (one buffer holds the ids' bits in the tables'
@@ -159,7 +168,7 @@ def _pack(tables: list[nn.Parameter], slots: list[int]) -> torch.Tensor:
     if len(dtypes) > 1:
         raise ValueError(f"the sparse feature tables have different dtypes {sorted(map(str, dtypes))}; "
                          "the gradient exchange packs them in one buffer: give every table one dtype")
-    parts = []
+    parts = list(prefix)
     for p, n in zip(tables, slots):
         ids, values = _rows(p)
         if ids.numel() > n:  # a table looked up more than once a step: its rows summed per id first
@@ -188,10 +197,10 @@ def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], slots: list[int]
         yield ids, rows
 
 
-# Dense gradient values at most that travel in the sparse allgather rather than an allreduce of
-# their own (see the module): 64k values, 256 KB in float32; an AFM's attention network at
-# k = t = 64 has 4,225.
-DENSE_IN_GATHER = 65_536
+# The dense gradients travel in the sparse allgather rather than an allreduce of their own when
+# their values times the ranks (what each rank receives) are at most this (see the module): 128k
+# values, 512 KB in float32. An AFM's attention network, p and bias at k = t = 64 have 4,289.
+DENSE_IN_GATHER = 131_072
 
 # Seconds between two looks at a collective in flight (see ``wait``): a few percent of a step.
 POLL_INTERVAL = 1e-4

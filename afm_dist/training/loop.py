@@ -186,8 +186,10 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by
         # epoch, so that a resumed run draws what the uninterrupted run drew.
         torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
+        train_start = time.time()
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
                               device=device, progress=progress, exchange=exchange)
+        train_seconds = time.time() - train_start
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
@@ -197,7 +199,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                                  **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
                                  "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
-                                 "exchange_wait_s": train_m["exchange_wait_s"]})
+                                 "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"]})
         if rank == 0:
             log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
                 + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s")

@@ -48,8 +48,8 @@ def train(name: str, sparse: bool, optimizer_name: str, exchange: bool,
     if exchange:
         average = GradientExchange(model, name=f"{name}.{optimizer_name}.{dense_gather_limit}",
                                    dense_gather_limit=dense_gather_limit)
-        assert dense_gather_limit != 0 or not average.dense_in_gather
-        IN_GATHER[name, dense_gather_limit] = average.dense_in_gather
+        assert dense_gather_limit != 0 or not average.gathers_dense(hvd.size())
+        IN_GATHER[name, dense_gather_limit] = average.gathers_dense(hvd.size())
     else:
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
     for step in range(STEPS):

@@ -77,6 +77,45 @@ def test_pack_and_unpack_round_trip_every_rank_s_rows():
         _pack([many], [2])
 
 
+def test_dense_prefix_of_odd_length_leaves_the_ids_exact():
+    """The small dense gradients go first in the buffer (an FM's bias: one float32, so the ids'
+    int64 bits start at an odd float): after the allgather they are cut off and every id and row
+    comes back exactly, large ids included."""
+    import torch
+
+    from afm_dist.training.exchange import _pack, _unpack
+
+    table = torch.zeros(1, 3).expand(2**40, 3)  # 2^40 rows, none allocated
+    rows = torch.arange(1.0, 7.0).reshape(2, 3)
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[3, 2**33 + 5]]), rows, table.shape)
+    dense = [torch.tensor([0.25]), torch.tensor([1.5, -2.0])]  # 3 values: odd
+    slots = [4]
+    rank0 = _pack([table], slots, prefix=dense)
+    rank1 = _pack([table], slots, prefix=[d * 3 for d in dense])
+    assert rank0.dtype == torch.float32 and rank0.numel() == 3 + 4 * 2 + 4 * 3
+    gathered = torch.stack([rank0, rank1])
+    assert torch.equal(gathered[:, :3].sum(dim=0) / 2, torch.tensor([0.5, 3.0, -4.0]))
+    (ids, got), = _unpack(gathered[:, 3:], [table], slots)
+    assert ids.tolist() == [3, 2**33 + 5, -1, -1] * 2
+    assert torch.equal(got, torch.cat([rows, torch.zeros(2, 3)] * 2))
+
+
+def test_dense_gradients_ride_in_the_allgather_only_when_few_for_the_ranks():
+    """An AFM's dense gradients (k = t = 64: W, b, h, p and the bias, 4,289 values) travel in the
+    allgather on 2 and on 30 ranks, and take their own allreduce on 31 (each rank would receive
+    over 128k values); an MLP of 400 x 400 never rides; a limit of 0 always allreduces."""
+    from afm_dist.models import ModelConfig, build_model
+    from afm_dist.training.exchange import GradientExchange
+
+    afm = build_model("afm", 1000, 6, ModelConfig(embedding_dim=64, attention_factor=64))
+    exchange = GradientExchange(afm)
+    assert sum(p.numel() for p in exchange.dense) == 4289
+    assert [exchange.gathers_dense(n) for n in (1, 2, 30, 31)] == [True, True, True, False]
+    assert not GradientExchange(afm, dense_gather_limit=0).gathers_dense(2)
+    deep = build_model("wide_deep", 1000, 6, ModelConfig(embedding_dim=64, mlp_sizes=(400, 400)))
+    assert not GradientExchange(deep).gathers_dense(2)
+
+
 def test_sum_rows_shares_one_unique_between_tables_of_the_same_ids():
     """Per table the rows summed per id, as ``coalesce`` does, whether or not the tables share ids."""
     import torch

@@ -147,7 +147,10 @@ def _read_all(path, convert):
     return {c: np.concatenate([getattr(x, c) for x in chunks]) for c in chunks[0]._fields}
 
 
-def test_list_columns_read_from_arrow_match_petastorm_s_own_conversion(tmp_path):
+def test_list_columns_read_from_arrow_match_petastorm_s_own_conversion(tmp_path, monkeypatch):
+    """A split's columns (row_id, ids int32, vals float32, mask int8 lists, label) through
+    ``make_batch_reader``: the list columns are read from Arrow, never by Petastorm's conversion,
+    and every column equals what Petastorm's conversion gives."""
     import pyarrow as pa
 
     from afm_dist import petastorm_patch
@@ -156,20 +159,33 @@ def test_list_columns_read_from_arrow_match_petastorm_s_own_conversion(tmp_path)
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 50, size=(rows, 4)).astype(np.int32)
     vals = rng.random((rows, 4)).astype(np.float32)
-    table = pa.table({"ids": pa.array(list(ids), type=pa.list_(pa.int32())),
+    mask = (rng.random((rows, 4)) < 0.8).astype(np.int8)
+    table = pa.table({"row_id": pa.array(np.arange(rows, dtype=np.int64)),
+                      "ids": pa.array(list(ids), type=pa.list_(pa.int32())),
                       "vals": pa.array(list(vals), type=pa.list_(pa.float32())),
+                      "mask": pa.array(list(mask), type=pa.list_(pa.int8())),
                       "label": pa.array(rng.random(rows).astype(np.float32))})
     (tmp_path / "d").mkdir()
     pq.write_table(table, tmp_path / "d" / "part-0.parquet", row_group_size=300)  # 4 row groups
 
+    petastorm_converts = petastorm_patch._PETASTORM_CONVERT
+    handed = set()
+
+    def spy(table, schema):
+        handed.update(table.column_names)
+        return petastorm_converts(table, schema)
+
+    monkeypatch.setattr(petastorm_patch, "_PETASTORM_CONVERT", spy)
     ours = _read_all(tmp_path / "d", petastorm_patch.convert_lists)
-    theirs = _read_all(tmp_path / "d", petastorm_patch._PETASTORM_CONVERT)
-    assert sorted(ours) == sorted(theirs) == ["ids", "label", "vals"]
+    assert handed == {"row_id", "label"}  # the list columns never went through Petastorm's conversion
+    theirs = _read_all(tmp_path / "d", petastorm_converts)
+    assert sorted(ours) == sorted(theirs) == ["ids", "label", "mask", "row_id", "vals"]
     for c in ours:
         assert ours[c].dtype == theirs[c].dtype and ours[c].shape == theirs[c].shape
         np.testing.assert_array_equal(ours[c], theirs[c])
     np.testing.assert_array_equal(ours["ids"], ids)  # row groups in order: the file's rows
     np.testing.assert_array_equal(ours["vals"], vals)
+    np.testing.assert_array_equal(ours["mask"], mask)
 
 
 def test_list_columns_of_ragged_or_null_rows_go_through_petastorm_s_conversion():
