@@ -121,10 +121,22 @@ def split_columns(lines: DataFrame, fmt: InputFormat, columns: Sequence[str] | N
                         skip.alias(SKIP), problem.alias(PROBLEM), cols.alias(COLS))
 
 
+def side_table_key(table: SideTable) -> Column:
+    """A side-table row's key (after ``split_columns``), trimmed: what a log row's ``log_key`` is
+    matched against."""
+    return F.trim(F.col(COLS).getField(table.key))
+
+
+def side_table_values(value_columns: Sequence[str]) -> Column:
+    """A side-table row's ``value_columns`` as one struct: of the rows of one key, the join keeps
+    the smallest (``side_table``), and ``summarize_tables`` sets the others aside by the same order."""
+    return F.struct(*[F.col(COLS).getField(c).alias(c) for c in value_columns])
+
+
 def side_table_problem(table: SideTable) -> Column:
     """Why a side-table row (after ``split_columns``) is malformed, naming the table, or null:
     its structure (e.g. the number of columns) or an empty key."""
-    key = F.trim(F.col(COLS).getField(table.key))
+    key = side_table_key(table)
     return (F.when(F.col(PROBLEM).isNotNull(), F.concat(F.lit(f"table '{table.name}': "), F.col(PROBLEM)))
             .when(key.isNull() | (key == ""), F.lit(f"table '{table.name}': key column '{table.key}' is empty")))
 
@@ -134,10 +146,8 @@ def side_table(rows: DataFrame, table: SideTable, value_columns: Sequence[str]) 
     key) and ``_t_NAME`` (a struct of ``value_columns``). Headers and malformed rows (those of
     ``side_table_problem``, which the jobs count and write to rejected/) are left out; a key
     listed twice keeps its smallest row, so the choice does not depend on order."""
-    key = F.trim(F.col(COLS).getField(table.key))
     good = rows.filter(F.col(SKIP).isNull() & side_table_problem(table).isNull())
-    values = F.struct(*[F.col(COLS).getField(c).alias(c) for c in value_columns])
-    return (good.select(key.alias(f"_k_{table.name}"), values.alias("_row"))
+    return (good.select(side_table_key(table).alias(f"_k_{table.name}"), side_table_values(value_columns).alias("_row"))
             .groupBy(f"_k_{table.name}").agg(F.min("_row").alias(_table_column(table.name))))
 
 

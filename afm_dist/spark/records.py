@@ -49,10 +49,7 @@ def read_records(spark: SparkSession, plan: Plan, *, quoted_line_breaks: bool | 
     needed = schema.log_columns()
     lines = _read(spark, fmt, plan.logs, needed, schema, None, quoted_line_breaks)
     records = parse.split_columns(lines, fmt, plan.logs.columns, needed, plan.logs.header_lines)
-    joined = []
-    for t in schema.tables:
-        cols = schema.table_columns(t.name)
-        joined.append((t, parse.side_table(_table_rows(spark, plan, t), t, [c for c in cols if c != t.key])))
+    joined = [(t, parse.side_table(_table_rows(spark, plan, t), t, _table_values(plan, t))) for t in schema.tables]
     return parse.parse_fields(parse.join_tables(records, joined), schema)
 
 
@@ -62,6 +59,11 @@ def _table_rows(spark: SparkSession, plan: Plan, table: SideTable) -> DataFrame:
     cols = plan.schema.table_columns(table.name)
     t_lines = _read(spark, table.format, files, cols, plan.schema, table.name, None)
     return parse.split_columns(t_lines, table.format, files.columns, cols, files.header_lines)
+
+
+def _table_values(plan: Plan, table: SideTable) -> list[str]:
+    """The columns a side table adds to a log row: its columns but the key."""
+    return [c for c in plan.schema.table_columns(table.name) if c != table.key]
 
 
 @dataclass
@@ -85,8 +87,7 @@ def summarize_tables(spark: SparkSession, plan: Plan) -> list[TableSummary]:
     out = []
     for t in plan.schema.tables:
         rows = _table_rows(spark, plan, t).withColumn(parse.REASON, parse.side_table_problem(t))
-        key = F.trim(F.col(parse.COLS).getField(t.key))
-        values = F.struct(*[F.col(parse.COLS).getField(c) for c in plan.schema.table_columns(t.name) if c != t.key])
+        key, values = parse.side_table_key(t), parse.side_table_values(_table_values(plan, t))
         # Rank the well-formed rows of each key as side_table chooses (smallest first).
         good = F.col(parse.SKIP).isNull() & F.col(parse.REASON).isNull()
         rank = F.row_number().over(Window.partitionBy(key).orderBy(values, readers.SOURCE, readers.BLOCK, readers.POS))
