@@ -42,6 +42,28 @@ class Batch:
         return self.ids.shape[0]
 
 
+def list_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """An Arrow list column as a (rows, width) array read from its flat values (no per-row work;
+    it shares Arrow's memory, so it may be read-only), or None when it is not a list column, or
+    its rows differ in width or hold nulls."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        return None
+    flat, rows = column.flatten(), len(column)
+    if column.null_count or flat.null_count:
+        return None
+    if pa.types.is_fixed_size_list(kind):
+        width = kind.list_size
+    else:
+        lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if rows else 0
+        if rows and not (lengths == width).all():
+            return None
+    return flat.to_numpy(zero_copy_only=False).reshape(rows, width)
+
+
 def fixed_width(column: Any, dtype: np.dtype | type, *, name: str = "column") -> np.ndarray:
     """A fixed-width list column as a writable (rows, width) array of ``dtype``.
 
@@ -51,16 +73,11 @@ def fixed_width(column: Any, dtype: np.dtype | type, *, name: str = "column") ->
     Raises:
         ValueError: rows of different lengths, or null rows, naming the column.
     """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if isinstance(column, pa.Array):
-        n = len(column)
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        width = flat.size // n if n else 0
-        if n and (flat.size != n * width or column.null_count):
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        out = list_matrix(column)
+        if out is None:
             raise ValueError(f"column {name!r} is not a fixed-width list (rows of different lengths or nulls): "
                              "read a split written by jobs/preprocess.py or raw logs of the model's schema")
-        out = flat.reshape(n, width)
     else:
         out = np.asarray(column)
         if out.dtype == object:  # a list column that Petastorm left as an array of arrays

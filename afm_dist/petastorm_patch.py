@@ -13,8 +13,9 @@ The conversion: ``make_batch_reader`` turns each row group's list columns (a spl
 ``vals`` and ``mask``, M values a row) into a matrix through pandas, a Python list of arrays and
 ``np.vstack``, on the thread that takes the batches. ``convert_lists`` reads a list column whose
 rows all have one width and no nulls straight from Arrow's flat values: the same (rows, width)
-matrix, tens of times faster (bench/bench_train.py measures both per row); other columns, and list columns it cannot read that way, go
-through Petastorm's own conversion, which also raises its own error for rows of different widths.
+matrix, tens of times faster (bench/bench_train.py measures both per row; ``batch.list_matrix``).
+Other columns, and list columns it cannot read that way, go through Petastorm's own conversion,
+which also raises its own error for rows of different widths.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from petastorm import arrow_reader_worker
 from petastorm.workers_pool import EmptyResultError, VentilatedItemProcessedMessage
 from petastorm.workers_pool import thread_pool
 from petastorm.workers_pool.thread_pool import ThreadPool
+
+from afm_dist.batch import list_matrix
 
 _VERIFY_END = thread_pool._VERIFY_END_OF_VENTILATION_PERIOD
 _PETASTORM_CONVERT = arrow_reader_worker.convert_arrow_table_to_numpy_dict
@@ -58,22 +61,6 @@ def _get_results(self):
         return result
 
 
-def _fixed_width(column: pa.ChunkedArray) -> np.ndarray | None:
-    """A list column as a (rows, width) matrix, or None when its rows differ in width or hold nulls."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not pa.types.is_list(array.type) or array.null_count:
-        return None
-    flat = array.flatten()
-    rows = len(array)
-    if flat.null_count or (rows and len(flat) % rows):
-        return None
-    width = len(flat) // rows if rows else 0
-    lengths = array.value_lengths().to_numpy(zero_copy_only=False)
-    if rows and not (lengths == width).all():
-        return None
-    return flat.to_numpy(zero_copy_only=False).reshape(rows, width)
-
-
 def convert_lists(result_table: pa.Table, schema) -> dict[str, np.ndarray]:
     """``convert_arrow_table_to_numpy_dict`` with fixed-width list columns read from Arrow directly.
 
@@ -88,7 +75,7 @@ def convert_lists(result_table: pa.Table, schema) -> dict[str, np.ndarray]:
     for name in result_table.column_names:
         matrix = None
         if pa.types.is_list(result_table.schema.field(name).type) and len(schema.fields[name].shape) <= 1:
-            matrix = _fixed_width(result_table.column(name))
+            matrix = list_matrix(result_table.column(name))
         if matrix is None:
             rest.append(name)
         else:

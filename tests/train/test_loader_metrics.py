@@ -209,3 +209,25 @@ def test_list_columns_of_ragged_or_null_rows_go_through_petastorm_s_conversion()
     sliced = pa.table({"ids": pa.array([[1, 2], [3, 4], [5, 6]], type=pa.list_(pa.int32())),
                        "label": [1.0, 0.0, 1.0]}).slice(1, 2)
     np.testing.assert_array_equal(petastorm_patch.convert_lists(sliced, schema)["ids"], [[3, 4], [5, 6]])
+
+
+def test_fixed_width_refuses_ragged_rows_even_when_their_total_divides_evenly():
+    """[[1, 2, 3], [4]]: 4 values over 2 rows looks like width 2 by the total alone; every row's
+    own length is checked, and the error names the column. Regular, sliced, chunked and
+    fixed-size lists are read as (rows, width)."""
+    import pyarrow as pa
+    import pytest
+
+    from afm_dist.batch import fixed_width
+
+    with pytest.raises(ValueError, match="'ids' is not a fixed-width list"):
+        fixed_width(pa.array([[1, 2, 3], [4]], type=pa.list_(pa.int32())), np.int64, name="ids")
+    with pytest.raises(ValueError, match="'ids' is not a fixed-width list"):
+        fixed_width(pa.array([[1, 2], None], type=pa.list_(pa.int32())), np.int64, name="ids")
+    regular = pa.array([[1, 2], [3, 4], [5, 6]], type=pa.list_(pa.int32()))
+    np.testing.assert_array_equal(fixed_width(regular.slice(1), np.int64), [[3, 4], [5, 6]])
+    np.testing.assert_array_equal(fixed_width(pa.chunked_array([regular[:1], regular[1:]]), np.int64),
+                                  [[1, 2], [3, 4], [5, 6]])
+    fixed = pa.array([[1.5, 2.5], [3.5, 4.5]], type=pa.list_(pa.float32(), 2))
+    out = fixed_width(fixed, np.float32)
+    assert out.flags.writeable and out.tolist() == [[1.5, 2.5], [3.5, 4.5]]
