@@ -186,10 +186,9 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by
         # epoch, so that a resumed run draws what the uninterrupted run drew.
         torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
-        train_start = time.time()
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
                               device=device, progress=progress, exchange=exchange)
-        train_seconds = time.time() - train_start
+        train_seconds = time.time() - epoch_start  # the steps alone, before the validation
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
