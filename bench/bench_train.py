@@ -11,6 +11,14 @@ reader (one rank's share of the machine) producing shuffled batches of 256 rows,
 of 2 workers, as fast as it can. Where the time goes: the CPU core-seconds each run spends per
 1,000 examples, and the cores it keeps busy (CPU time / wall time, startup included): two ranks
 that keep both cores busy cannot train faster than the CPU they spend per example allows.
+
+The floor of the exchange: 2 ranks run the trainer's step (its model, optimizer and gradient
+exchange) on random ids of the data set's shape, with no reader, so that both do the same work and
+reach the collective together; the lowest decile of rank 0's wait a step is what one synchronous
+collective a step costs on these cores when the ranks do not lag at all. One process's step plus that
+floor bounds what 2 workers can reach (``*_np2_bound``): each rank's half-batch step costs at least
+one process's whole step here, because one process already spreads its step over both cores
+(torch's intra-op threads), as the table's ms a step shows.
 """
 from __future__ import annotations
 
@@ -19,16 +27,73 @@ import json
 from pathlib import Path
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import RESULTS, VENV_BIN, WORK, history, run, save, synthetic_dataset  # noqa: E402
+from common import REPO, RESULTS, VENV_BIN, WORK, env, history, run, save, synthetic_dataset  # noqa: E402
 
 from afm_dist.dataset import TRAIN  # noqa: E402
 
 
 BATCH = 512  # the global batch
+PROBE_STEPS = 300  # steps of the exchange probe (the first 20 not counted)
+
+
+def probe_worker(data: Path, model_name: str) -> None:
+    """One rank of the exchange probe: the trainer's step on random ids, no reader; rank 0 prints
+    its wait for the exchange a step, in ms: the lowest decile (the ranks arriving together: the
+    floor) and the median, and the median step."""
+    import horovod.torch as hvd
+    import torch
+    import torch.nn.functional as F
+
+    from afm_dist.dataset import load_metadata
+    from afm_dist.models import ModelConfig, build_model
+    from afm_dist.training.exchange import GradientExchange
+    from afm_dist.training.loop import broadcast_optimizer_tensors
+    from afm_dist.training.optimizers import build_optimizer
+
+    hvd.init()
+    torch.set_num_threads(1)  # the trainer's threads for 2 ranks on 2 cores
+    meta = load_metadata(data)
+    torch.manual_seed(0)
+    model = build_model(model_name, meta.num_features, meta.num_slots,
+                        ModelConfig(embedding_dim=64, attention_factor=64))
+    optimizer = build_optimizer("adagrad", model, 0.05)
+    exchange = GradientExchange(model)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    broadcast_optimizer_tensors(optimizer)
+    local = BATCH // hvd.size()
+    g = torch.Generator().manual_seed(100 + hvd.rank())
+    vals, mask = torch.ones(local, meta.num_slots), torch.ones(local, meta.num_slots, dtype=torch.bool)
+    waits, steps = [], []
+    for _ in range(PROBE_STEPS):
+        start, waited = time.perf_counter(), exchange.wait_seconds
+        ids = torch.randint(0, meta.num_features, (local, meta.num_slots), generator=g)
+        optimizer.zero_grad()
+        F.mse_loss(model(ids, vals, mask), torch.randn(local, generator=g)).backward()
+        exchange(max_rows=ids.numel())
+        optimizer.step()
+        waits.append(exchange.wait_seconds - waited)
+        steps.append(time.perf_counter() - start)
+    if hvd.rank() == 0:
+        print("PROBE " + json.dumps({"wait_ms": 1000 * statistics.quantiles(waits[20:], n=10)[0],
+                                     "median_wait_ms": 1000 * statistics.median(waits[20:]),
+                                     "step_ms": 1000 * statistics.median(steps[20:])}), flush=True)
+
+
+def exchange_floor(data: Path, model: str) -> dict[str, float]:
+    """``probe_worker`` under ``horovodrun -np 2``: {"wait_ms", "median_wait_ms", "step_ms"} of rank 0."""
+    cmd = [VENV_BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", "--network-interface", "lo",
+           VENV_BIN / "python", Path(__file__).resolve(), "--probe", model, "--data", data]
+    print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env(), capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if "PROBE " in ln]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the exchange probe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1].split("PROBE ", 1)[1])
 
 
 def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float, float, float]:
@@ -94,7 +159,12 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--epochs", type=int, default=4, help="at least 2: the first epoch is not counted")
+    p.add_argument("--probe", choices=["fm", "afm"], help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.probe:
+        probe_worker(args.data, args.probe)
+        return 0
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch is not counted")
     data = synthetic_dataset(args.rows)
@@ -111,6 +181,10 @@ def main() -> int:
             result[f"{model}_np{np_}_cores_busy"] = busy
             result[f"{model}_np{np_}_step_ms"] = step_ms
             result[f"{model}_np{np_}_exchange_wait_ms_per_step"] = wait_ms
+        floor = exchange_floor(data, model)
+        result[f"{model}_exchange_floor_ms"] = floor["wait_ms"]
+        result[f"{model}_probe_median_wait_ms"] = floor["median_wait_ms"]
+        result[f"{model}_probe_step_ms"] = floor["step_ms"]
     # With 2 workers each rank's loader feeds half of the consumption.
     consumed_per_rank = max(result["afm_np2_examples_per_s"], result["fm_np2_examples_per_s"]) / 2
     consumed_single = max(result["afm_np1_examples_per_s"], result["fm_np1_examples_per_s"])
@@ -118,6 +192,8 @@ def main() -> int:
     result["loader_over_training_np1"] = result["loader_examples_per_s"] / consumed_single
     for model in ("fm", "afm"):
         result[f"{model}_np2_over_np1"] = result[f"{model}_np2_examples_per_s"] / result[f"{model}_np1_examples_per_s"]
+        one = result[f"{model}_np1_step_ms"]
+        result[f"{model}_np2_bound"] = one / (one + result[f"{model}_exchange_floor_ms"])
     result["goal"] = "loader >= 3x what training consumes; 2 workers >= 0.9x one process"
     previous = RESULTS / "train.json"
     if previous.exists():  # the last run's examples/s, to read a change in the ratios against

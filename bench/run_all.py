@@ -130,6 +130,14 @@ def headline(name: str, r: dict) -> list[str]:
                     "the gradient exchange's allgather: the other rank's lag and the collective itself (Horovod's cycle "
                     "and coordination, Gloo's round trips between processes that share the 2 cores)")]
                   if "fm_np2_step_ms" in r else []),
+                *([("- the exchange's floor (2 ranks doing the same step on random ids, no reader; rank 0's wait a "
+                    f"step, lowest decile): FM {r['fm_exchange_floor_ms']:.1f} ms, AFM {r['afm_exchange_floor_ms']:.1f} ms "
+                    f"(medians {r['fm_probe_median_wait_ms']:.1f} and {r['afm_probe_median_wait_ms']:.1f} ms). Each rank's "
+                    "half-batch step costs at least one process's whole step here (one process already spreads its step "
+                    "over both cores: the table's ms a step), so 2 workers can reach at most one process's step / (that "
+                    f"step + the floor): FM {r['fm_np2_bound']:.2f}, AFM {r['afm_np2_bound']:.2f} of one process, "
+                    "with one synchronous collective a step on these 2 cores, whatever the code around it")]
+                  if "fm_np2_bound" in r else []),
                 *([f"- the previous run ({r['previous_run']['date']}), examples/s: FM 1 worker "
                    f"{r['previous_run']['fm_np1_examples_per_s']:,.0f}, 2 workers {r['previous_run']['fm_np2_examples_per_s']:,.0f}; "
                    f"AFM 1 worker {r['previous_run']['afm_np1_examples_per_s']:,.0f}, 2 workers "
