@@ -77,6 +77,20 @@ def _get(d: dict, path: str):
     return d
 
 
+
+def _bound_line(r: dict, model: str) -> str:
+    """What the exchange's floor bounds a 2-worker training step's speed to, for one model (bench_train)."""
+    m = model.upper()
+    line = (f"- {m}, a training step: each rank's half-batch step less its wait {r[f'{model}_np2_compute_ms']:.1f} ms, "
+            f"one process's whole step {r[f'{model}_np1_step_ms']:.1f} ms; step-time ratio 2 workers / 1 process "
+            f"{r[f'{model}_np2_step_ratio']:.2f}")
+    if f"{model}_np2_bound" not in r:
+        return line + " (a rank's step cost less than one process's: no bound from the floor in this run)"
+    return line + (f"; as a rank's step costs at least one process's, with the step as it is (every rank updates "
+                   f"the whole global batch's rows, one synchronous collective after backward) 2 workers can go at "
+                   f"most one process's step / (that step + the floor) = **{r[f'{model}_np2_bound']:.3f}** of one "
+                   "process's speed on these cores, in this run")
+
 def _verdict(value, goal: float, at_least: bool) -> str:
     if value is None:
         return "not measured"
@@ -130,14 +144,11 @@ def headline(name: str, r: dict) -> list[str]:
                     "the gradient exchange's allgather: the other rank's lag and the collective itself (Horovod's cycle "
                     "and coordination, Gloo's round trips between processes that share the 2 cores)")]
                   if "fm_np2_step_ms" in r else []),
-                *([("- the exchange's floor (2 ranks doing the same step on random ids, no reader; rank 0's wait a "
-                    f"step, lowest decile): FM {r['fm_exchange_floor_ms']:.1f} ms, AFM {r['afm_exchange_floor_ms']:.1f} ms "
-                    f"(medians {r['fm_probe_median_wait_ms']:.1f} and {r['afm_probe_median_wait_ms']:.1f} ms). Each rank's "
-                    "half-batch step costs at least one process's whole step here (one process already spreads its step "
-                    "over both cores: the table's ms a step), so 2 workers can reach at most one process's step / (that "
-                    f"step + the floor): FM {r['fm_np2_bound']:.2f}, AFM {r['afm_np2_bound']:.2f} of one process, "
-                    "with one synchronous collective a step on these 2 cores, whatever the code around it")]
-                  if "fm_np2_bound" in r else []),
+                *([("- the exchange's floor (2 ranks doing the same step on random ids, no reader; the 10th percentile "
+                    f"of rank 0's wait a step): FM {r['fm_exchange_floor_ms']:.1f} ms, AFM {r['afm_exchange_floor_ms']:.1f} ms "
+                    f"(medians {r['fm_probe_median_wait_ms']:.1f} and {r['afm_probe_median_wait_ms']:.1f} ms)")]
+                  if "fm_exchange_floor_ms" in r else []),
+                *(_bound_line(r, model) for model in ("fm", "afm") if f"{model}_np2_step_ratio" in r),
                 *([f"- the previous run ({r['previous_run']['date']}), examples/s: FM 1 worker "
                    f"{r['previous_run']['fm_np1_examples_per_s']:,.0f}, 2 workers {r['previous_run']['fm_np2_examples_per_s']:,.0f}; "
                    f"AFM 1 worker {r['previous_run']['afm_np1_examples_per_s']:,.0f}, 2 workers "
