@@ -88,8 +88,12 @@ class BiInteraction(nn.Module):
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """e (B, M, k) -> (B, k)."""
-        square_of_sum = e.sum(dim=1).square()  # (B, k)
-        sum_of_squares = e.square().sum(dim=1)  # (B, k)
+        # x * x, not x.square(): the same values, and the same gradients bit for bit (2 g x, as
+        # g x + g x), but autograd's backward of a product is about twice as fast on CPU as
+        # that of pow(x, 2), which builds pow(x, 1) first.
+        s = e.sum(dim=1)  # (B, k)
+        square_of_sum = s * s  # (B, k)
+        sum_of_squares = (e * e).sum(dim=1)  # (B, k)
         return 0.5 * (square_of_sum - sum_of_squares)  # (B, k)
 
 

@@ -41,6 +41,21 @@ def test_bi_interaction_is_sum_of_pair_products():
     torch.testing.assert_close(BiInteraction()(e), PairwiseInteraction(6)(e).sum(1))
 
 
+def test_bi_interaction_values_and_gradient_are_those_of_the_squares_bit_for_bit():
+    # The layer squares by products (faster to differentiate on CPU); its output and gradient are
+    # exactly those of Rendle's formula written with square().
+    torch.manual_seed(3)
+    e = torch.randn(64, 5, 16, dtype=torch.float32)
+    weights = torch.randn(16)
+    ours, textbook = e.clone().requires_grad_(True), e.clone().requires_grad_(True)
+    out = BiInteraction()(ours)
+    expected = 0.5 * (textbook.sum(dim=1).square() - textbook.square().sum(dim=1))
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.equal(out, expected)
+    assert torch.equal(ours.grad, textbook.grad)
+
+
 def test_efficient_attention_keeps_only_chunk_sized_tensors_for_backward():
     """With several chunks, what backward keeps is e, the (B, P) and (B, M, M) tensors and the
     the [W, b] matrix, never a (B, P, k) or (B, P, t) one; the naive path keeps several."""
