@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, VENV_BIN, WORK, env, history, run, save  # noqa: E402
+from common import REPO, RESULTS, VENV_BIN, WORK, env, history, horovodrun, run, save  # noqa: E402
 
 from afm_dist.dataset import METADATA_FILE, TEST, TRAIN, read_metadata  # noqa: E402
 from afm_dist.model_dir import TrainedModel  # noqa: E402
@@ -87,8 +87,7 @@ def main() -> int:
     root = WORK / f"large-model-{args.rows}"
     logs, data, fm, afm = root / "logs", root / "data", root / "fm", root / "afm"
     spark_env = {**env(), "AFM_SPARK_MASTER": "local[2]", "AFM_SPARK_SUBMIT_ARGS": f"--driver-memory {args.driver_memory}"}
-    horovod = [VENV_BIN / "horovodrun", "-np", 2, "-H", "localhost:2", "--gloo", "--network-interface", "lo",
-               VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--batch-size", GLOBAL_BATCH,
+    horovod = [*horovodrun(2), VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--batch-size", GLOBAL_BATCH,
                "--embedding-dim", DIM, "--log-every", 60]
     result: dict = {"command": "bench/bench_large_model.py " + " ".join(sys.argv[1:]), "rows": args.rows,
                     "cardinality": args.cardinality, "model": f"FM and AFM k=t={DIM}, sparse tables, Adagrad, "

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, VENV_BIN, WORK, env, history, run, save  # noqa: E402
+from common import REPO, VENV_BIN, WORK, env, history, horovodrun, run, save  # noqa: E402
 
 from afm_dist.dataset import METADATA_FILE, TEST, TRAIN, read_metadata  # noqa: E402
 from afm_dist.spark.scoring import METRICS_FILE  # noqa: E402
@@ -49,8 +49,7 @@ def main() -> int:
                      "--items", args.items, "--uniform", "--output", logs, "--overwrite"],
         "preprocess": [REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", "schemas/synthetic.yaml",
                        "--input", logs, "--output", data, "--overwrite"],
-        "train_np2_one_epoch": [VENV_BIN / "horovodrun", "-np", 2, "-H", "localhost:2", "--gloo",
-                                "--network-interface", "lo", VENV_BIN / "python", "-m", "afm_dist.train", "--data",
+        "train_np2_one_epoch": [*horovodrun(2), VENV_BIN / "python", "-m", "afm_dist.train", "--data",
                                 data, "--model", "afm", "--output", model, "--overwrite", "--epochs", 1,
                                 "--batch-size", 512, "--embedding-dim", 64, "--attention-factor", 64, "--log-every", 60],
         "score_test": [REPO / "spark-submit.sh", "jobs/score.py", "--model", model, "--input", data / TEST,

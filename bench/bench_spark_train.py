@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, VENV_BIN, WORK, env, history, run, save, synthetic_dataset  # noqa: E402
+from common import REPO, VENV_BIN, WORK, env, history, horovodrun, run, save, synthetic_dataset  # noqa: E402
 
 from afm_dist.spark.standalone import standalone_cluster  # noqa: E402
 
@@ -43,8 +43,7 @@ def main() -> int:
     flags = ["--data", data, "--epochs", args.epochs, *TRAINER]
     runs = []
     out = WORK / "spark-train-horovodrun"
-    runs.append(measure("horovodrun -np 2", [VENV_BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo",
-                                             "--network-interface", "lo", VENV_BIN / "python", "-m", "afm_dist.train",
+    runs.append(measure("horovodrun -np 2", [*horovodrun(2), VENV_BIN / "python", "-m", "afm_dist.train",
                                              *flags, "--output", out], out, env()))
     out = WORK / "spark-train-local2"
     runs.append(measure("jobs/train.py --num-proc 2, local[2]",

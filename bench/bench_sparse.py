@@ -22,17 +22,14 @@ gradients, Adagrad state and Horovod's buffer) is not run, and is recorded as su
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, VENV_BIN, env, save  # noqa: E402
+from common import random_id_step, result_line, run_ranks, save  # noqa: E402
 
 SLOTS, DIM, GLOBAL_BATCH = 10, 64, 512
 PATHS = {"dense": ("adagrad", "false"), "sparse": ("adagrad", "true"), "rowwise": ("rowwise_adagrad", "true")}
@@ -42,34 +39,11 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: build, broadcast and exchange as the trainer does, then time steps on random ids."""
     import horovod.torch as hvd
     import torch
-    import torch.nn.functional as F
-
-    from afm_dist.models import ModelConfig, build_model
-    from afm_dist.training.exchange import GradientExchange
-    from afm_dist.training.loop import broadcast_optimizer_tensors
-    from afm_dist.training.optimizers import build_optimizer
 
     hvd.init()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
     optimizer_name, sparse = PATHS[args.path]
-    torch.manual_seed(0)
-    model = build_model("afm", args.features, SLOTS, ModelConfig(embedding_dim=DIM, attention_factor=DIM,
-                                                                  sparse_embeddings=sparse == "true"))
-    optimizer = build_optimizer(optimizer_name, model, 0.05)
-    exchange = GradientExchange(model)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    broadcast_optimizer_tensors(optimizer)
-    local = GLOBAL_BATCH // hvd.size()
-    g = torch.Generator().manual_seed(100 + hvd.rank())
-    vals, mask = torch.ones(local, SLOTS), torch.ones(local, SLOTS, dtype=torch.bool)
-
-    def step() -> None:
-        ids = torch.randint(0, args.features, (local, SLOTS), generator=g)
-        optimizer.zero_grad()
-        F.mse_loss(model(ids, vals, mask), torch.randn(local, generator=g)).backward()
-        exchange(max_rows=ids.numel())
-        optimizer.step()
-
+    model, optimizer, _, step = random_id_step("afm", args.features, SLOTS, GLOBAL_BATCH, dim=DIM,
+                                               optimizer_name=optimizer_name, sparse=sparse == "true")
     for _ in range(2):  # warm-up: allocator, Horovod's first negotiation
         step()
     steps, start = 0, time.perf_counter()
@@ -81,23 +55,15 @@ def worker(args: argparse.Namespace) -> None:
                       if torch.is_tensor(t))
     peak = hvd.allgather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if hvd.rank() == 0:
-        print("RESULT " + json.dumps({
-            "examples_per_s": steps * GLOBAL_BATCH / elapsed, "steps": steps,
-            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-            "optimizer_state_bytes": state_bytes, "peak_rss_bytes": max(peak)}), flush=True)
+        result_line({"examples_per_s": steps * GLOBAL_BATCH / elapsed, "steps": steps,
+                     "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+                     "optimizer_state_bytes": state_bytes, "peak_rss_bytes": max(peak)})
 
 
 def run_config(features: int, np_: int, path: str, args: argparse.Namespace) -> dict:
-    cmd = [str(VENV_BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
-           "--network-interface", "lo", str(VENV_BIN / "python"), str(Path(__file__).resolve()), "--worker",
-           "--features", str(features), "--path", path, "--seconds", str(args.seconds),
-           "--min-steps", str(args.min_steps)]
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if "RESULT " in ln]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1].split("RESULT ", 1)[1])
+    result = run_ranks(np_, [Path(__file__).resolve(), "--worker", "--features", features, "--path", path,
+                             "--seconds", args.seconds, "--min-steps", args.min_steps],
+                       env_extra={"OMP_NUM_THREADS": "1"})
     print(f"  N={features:,} np={np_} {path}: {result['examples_per_s']:,.0f} examples/s, "
           f"peak {result['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
     return result

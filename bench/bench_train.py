@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import REPO, RESULTS, VENV_BIN, WORK, env, history, run, save, synthetic_dataset  # noqa: E402
+from common import (RESULTS, VENV_BIN, WORK, history, horovodrun, random_id_step, result_line, run,  # noqa: E402
+                    run_ranks, save, synthetic_dataset)
 
 from afm_dist.dataset import TRAIN  # noqa: E402
 
@@ -49,54 +48,27 @@ def probe_worker(data: Path, model_name: str) -> None:
     its wait for the exchange a step, in ms: the 10th percentile (the floor) and the median, and
     the median step."""
     import horovod.torch as hvd
-    import torch
-    import torch.nn.functional as F
 
     from afm_dist.dataset import load_metadata
-    from afm_dist.models import ModelConfig, build_model
-    from afm_dist.training.exchange import GradientExchange
-    from afm_dist.training.loop import broadcast_optimizer_tensors
-    from afm_dist.training.optimizers import build_optimizer
 
     hvd.init()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))  # the trainer's default
     meta = load_metadata(data)
-    torch.manual_seed(0)
-    model = build_model(model_name, meta.num_features, meta.num_slots,
-                        ModelConfig(embedding_dim=64, attention_factor=64))
-    optimizer = build_optimizer("adagrad", model, 0.05)
-    exchange = GradientExchange(model)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    broadcast_optimizer_tensors(optimizer)
-    local = BATCH // hvd.size()
-    g = torch.Generator().manual_seed(100 + hvd.rank())
-    vals, mask = torch.ones(local, meta.num_slots), torch.ones(local, meta.num_slots, dtype=torch.bool)
+    _, _, exchange, step = random_id_step(model_name, meta.num_features, meta.num_slots, BATCH)
     waits, steps = [], []
     for _ in range(PROBE_STEPS):
         start, waited = time.perf_counter(), exchange.wait_seconds
-        ids = torch.randint(0, meta.num_features, (local, meta.num_slots), generator=g)
-        optimizer.zero_grad()
-        F.mse_loss(model(ids, vals, mask), torch.randn(local, generator=g)).backward()
-        exchange(max_rows=ids.numel())
-        optimizer.step()
+        step()
         waits.append(exchange.wait_seconds - waited)
         steps.append(time.perf_counter() - start)
     if hvd.rank() == 0:
-        print("PROBE " + json.dumps({"wait_ms": 1000 * statistics.quantiles(waits[20:], n=10)[0],
-                                     "median_wait_ms": 1000 * statistics.median(waits[20:]),
-                                     "step_ms": 1000 * statistics.median(steps[20:])}), flush=True)
+        result_line({"wait_ms": 1000 * statistics.quantiles(waits[20:], n=10)[0],
+                     "median_wait_ms": 1000 * statistics.median(waits[20:]),
+                     "step_ms": 1000 * statistics.median(steps[20:])})
 
 
 def exchange_floor(data: Path, model: str) -> dict[str, float]:
     """``probe_worker`` under ``horovodrun -np 2``: {"wait_ms", "median_wait_ms", "step_ms"} of rank 0."""
-    cmd = [VENV_BIN / "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", "--network-interface", "lo",
-           VENV_BIN / "python", Path(__file__).resolve(), "--probe", model, "--data", data]
-    print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env(), capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if "PROBE " in ln]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"the exchange probe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1].split("PROBE ", 1)[1])
+    return run_ranks(2, [Path(__file__).resolve(), "--probe", model, "--data", data])
 
 
 def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, float, float, float]:
@@ -106,8 +78,7 @@ def train_rate(data, model: str, np_: int, epochs: int) -> tuple[float, float, f
     validation left out), and of rank 0's wait for the gradient exchange's collectives in a step."""
     out = WORK / f"train-{model}-np{np_}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = run([VENV_BIN / "horovodrun", "-np", np_, "-H", f"localhost:{np_}", "--gloo", "--network-interface", "lo",
-         VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
+    wall = run([*horovodrun(np_), VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model, "--output", out,
          "--overwrite", "--epochs", epochs, "--batch-size", BATCH, "--embedding-dim", "64",
          "--attention-factor", "64", "--log-every", "30"])
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run, waited for
