@@ -130,6 +130,7 @@ class TrainedModel:
         try:
             d = json.loads(text)
             config = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model_config"].items()}
+            config.setdefault("attention_scale", "one")  # written before the option: eq. 5 as printed
             return cls(name=d["model"], config=ModelConfig(**config), dataset=DatasetMetadata.from_dict(d["dataset"]),
                        num_parameters=int(d.get("num_parameters", 0)), train_config=d.get("train_config", {}),
                        best=d.get("best", {}), finished=bool(d.get("finished", False)), path=path)

@@ -27,6 +27,7 @@ import sys
 
 from afm_dist.io import UnsupportedSchemeError, local_path
 from afm_dist.models import MODEL_NAMES, ModelConfig
+from afm_dist.models.afm import ATTENTION_SCALES
 from afm_dist.training import TrainConfig
 from afm_dist.training.launch import run
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
@@ -77,6 +78,8 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool, default=value, metavar="BOOL")
         elif isinstance(value, (int, float)):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
+        elif isinstance(value, str):  # attention_scale
+            p.add_argument(f"--{f.name.replace('_', '-')}", choices=ATTENTION_SCALES, default=value)
         elif isinstance(value, tuple):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_ints, default=value, metavar="N,N,...")
     return p

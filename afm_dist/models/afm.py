@@ -9,6 +9,16 @@ order, N features, k embedding size, t attention factor; W (t, k), b (t,), h (t,
 R_x, the pairs the softmax runs over, is every pair of real (mask True) slots of the row.
 
 The training objective adds lambda ||W||^2 (``l2_penalty``); the trainer owns the loss.
+
+Scale of the attention (``attention_scale``). Eq. 5 as printed takes the attention-weighted *mean*
+of the pairs (a_ij sums to 1 over R_x), where the FM of eq. 1 takes their *sum*: an AFM initialised
+from a trained FM (the paper's pre-training) then starts from 1/|R_x| of the FM's pair term (1/45 on
+Frappe) and re-learns the scale with fresh steps on the pre-trained embeddings, overfitting as it does
+(docs/RESULTS.md). By default (``"pairs"``) the weights are |R_x| a_ij, which sum to |R_x|, and h
+starts at 0: the attention starts uniform, every weight 1, so that an AFM initialised from an FM
+computes exactly that FM before its first step (section 5.4 of the paper: "attention fixed to uniform
+simulates FM"), and learns only how far to move each pair's weight from 1. ``"one"`` is eq. 5 as
+printed (h initialised N(0, 1) as the reference code).
 """
 from __future__ import annotations
 
@@ -18,6 +28,9 @@ from torch import nn
 from afm_dist.models.attention import AttentionPooling
 from afm_dist.models.base import ScoringModel
 from afm_dist.models.layers import masked_values, pair_index
+
+
+ATTENTION_SCALES = ("pairs", "one")
 
 
 class AFM(ScoringModel):
@@ -32,15 +45,28 @@ class AFM(ScoringModel):
         naive: materialise the (B, P, k) pair products and keep every activation for backward
             (reference path); by default the memory-efficient path of ``AttentionPooling``.
         chunk_elements: memory budget of the efficient path (see ``AttentionPooling``).
+        attention_scale: ``"pairs"`` (default): the pair weights are |R_x| a_ij (sum |R_x|, 1 each
+            when uniform) and h starts at 0, so the model starts as the FM its embeddings come
+            from; ``"one"``: eq. 5 as printed, weights a_ij summing to 1.
+
+    Raises:
+        ValueError: an unknown ``attention_scale``.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, attention_factor: int,
                  dropout: float = 0.0, attention_dropout: float = 0.0, init_std: float = 0.01, naive: bool = False,
-                 chunk_elements: int = 1 << 22, sparse_embeddings: bool = False) -> None:
+                 chunk_elements: int = 1 << 22, sparse_embeddings: bool = False,
+                 attention_scale: str = "pairs") -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
+        if attention_scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale {attention_scale!r}: expected one of {ATTENTION_SCALES}")
         self.num_slots = num_slots
+        self.attention_scale = attention_scale
         self.attention = AttentionPooling(num_slots, embedding_dim, attention_factor, attention_dropout, naive,
                                           chunk_elements)
+        if attention_scale == "pairs":
+            with torch.no_grad():
+                self.attention.h.zero_()  # every logit 0: uniform attention, the FM's equal pair weights
         self.dropout = nn.Dropout(dropout)
         # Ones, as the reference implementation: at start the pair term is the attention-weighted
         # sum of <v_i, v_j> x_i x_j, an FM with its pair weights normalised by the attention.
@@ -77,6 +103,10 @@ class AFM(ScoringModel):
             y = w0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i * v_j) x_i x_j      (Xiao et al. 2017, eq. 5)
               = w0 + sum_i w_i x_i + sum_{i<j} a_ij s_ij,      s_ij = p^T (v_i * v_j) x_i x_j
 
+        With ``attention_scale="pairs"`` the interaction score carries the row's |R_x|:
+        s_ij = |R_x| p^T (v_i * v_j) x_i x_j, so that the same sum holds with the attention a_ij
+        (summing to 1) that ``forward`` returns and the heatmaps show.
+
         s_ij is 0 for a pair with a padded slot (its x is 0), as is a_ij. In eval mode (no dropout)
         the scores equal the linear part plus ``(attention * interaction).sum(1)``, up to
         floating-point rounding.
@@ -88,7 +118,15 @@ class AFM(ScoringModel):
         # with no (B, P, k) tensor of pair products.
         gram = torch.bmm(e * self.p, e.transpose(1, 2))  # (B, M, M)
         interaction = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
+        if self.attention_scale == "pairs":
+            interaction = interaction * self._num_pairs(mask).to(interaction.dtype).unsqueeze(1)
         return scores, attention, interaction
+
+    @staticmethod
+    def _num_pairs(mask: torch.Tensor) -> torch.Tensor:
+        """|R_x|, the row's pairs of real slots: mask (B, M) bool -> (B,) int64."""
+        real = mask.sum(dim=1)
+        return real * (real - 1) // 2
 
     def _scores(self, ids: torch.Tensor, vals: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,5 +134,7 @@ class AFM(ScoringModel):
         xs = masked_values(vals, mask)  # (B, M)
         e = self.embedding(ids, xs)  # (B, M, k)
         pooled, attention = self.attention(e, mask)  # (B, k), (B, P)
+        if self.attention_scale == "pairs":
+            pooled = pooled * self._num_pairs(mask).to(pooled.dtype).unsqueeze(1)  # sum_ij |R_x| a_ij q_ij
         scores = self.linear(ids, xs) + self.dropout(pooled) @ self.p  # (B,)
         return scores, attention, e

@@ -30,6 +30,9 @@ class ModelConfig:
     interaction_dropout: float = 0.5
     # Dropout on the attention weights a_ij: the reference code's keep[0], 1.0 in its commands.
     attention_dropout: float = 0.0
+    # AFM's pair weights: "pairs" (|R_x| a_ij, summing to the row's number of pairs, h starting at 0)
+    # starts an AFM initialised from an FM exactly as that FM; "one" is eq. 5 as printed (afm.py).
+    attention_scale: str = "pairs"
     # Wide&Deep's tower, as in the AFM paper's comparison.
     mlp_sizes: tuple[int, ...] = (1024, 512, 256)
     # DeepCross's five residual units and their inner widths, as in the AFM paper's comparison.
@@ -86,7 +89,7 @@ def build_model(name: str, num_features: int, num_slots: int, config: ModelConfi
     if name == "afm":
         return AFM(num_features, num_slots, c.embedding_dim, c.attention_factor, c.interaction_dropout,
                    c.attention_dropout, c.init_std, c.naive_attention, c.attention_chunk_elements,
-                   c.sparse_embeddings)
+                   c.sparse_embeddings, c.attention_scale)
     if name == "hofm":
         return HOFM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings)
     if name == "wide_deep":

@@ -181,6 +181,22 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     progress = Progress(rank == 0, cfg.log_every, steps, global_batch, cfg.epochs)
     clip = meta.target_range() if cfg.clip_predictions else None
     binary = M.is_binary(meta.target, cfg.loss)
+    if cfg.init_from and not state.history:
+        # Epoch 0: the model as initialised from the FM, before any step. An AFM starts as its FM
+        # (attention_scale "pairs"), so keeping the best epoch from here on means that its
+        # validation RMSE never ends above the FM's.
+        epoch_start = time.time()
+        train_m = evaluate(model, split_path(cfg.data, TRAIN), device=device, clip=None, binary=False)
+        val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
+        check_diverged(0, train_m, val_m, meta)
+        seconds = time.time() - epoch_start
+        state.record({"epoch": 0, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
+                      **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
+                      "seconds": seconds, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0})
+        if rank == 0:
+            log(f"epoch 0 (initialised from {cfg.init_from}, before any step): train RMSE {train_m['rmse']:.4f}, "
+                f"validation RMSE {val_m['rmse']:.4f}")
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=True, global_batch=global_batch)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         epoch_start = time.time()
         # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by

@@ -14,6 +14,7 @@ N, M, K, T = 20, 6, 5, 3
 
 def _afm(naive: bool = False, chunk_elements: int = 1 << 22, seed: int = 0, **kw) -> AFM:
     torch.manual_seed(seed)
+    kw.setdefault("attention_scale", "one")  # eq. 5 as printed, random h: the reference below
     model = AFM(N, M, K, T, init_std=0.5, naive=naive, chunk_elements=chunk_elements, **kw).double().eval()
     torch.nn.init.normal_(model.linear.weight.weight)
     torch.nn.init.normal_(model.p)
@@ -52,7 +53,46 @@ def test_afm_equals_equations_2_to_6(make_batch, naive):
 
 
 @pytest.mark.parametrize("naive", [True, False])
-def test_pair_terms_split_the_scores_pair_by_pair(naive):
+def test_pairs_scale_is_eq_5_times_the_number_of_real_pairs(make_batch, naive):
+    """attention_scale "pairs": weights |R_x| a_ij, so the pair term is |R_x| times eq. 5's."""
+    ids, vals, mask = make_batch(10, M, N, seed=4)
+    one = _afm(naive, seed=5)
+    pairs = _afm(naive, seed=5, attention_scale="pairs")
+    with torch.no_grad():
+        pairs.attention.h.copy_(one.attention.h)  # "pairs" starts h at 0; the same network as "one" here
+    real = mask.sum(1)
+    num_pairs = (real * (real - 1) // 2).to(torch.float64)
+    linear = one.linear(ids, vals * mask)
+    expected, attention = _reference(one, ids, vals, mask)
+    scores, got_attention = pairs(ids, vals, mask, return_attention=True)
+    torch.testing.assert_close(scores - linear, num_pairs * (expected - linear), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_attention, attention, rtol=1e-12, atol=1e-12)  # a_ij still sums to 1
+
+
+@pytest.mark.parametrize("naive", [True, False])
+def test_afm_initialised_from_fm_starts_as_that_fm(make_batch, naive):
+    """The default AFM (h = 0 at construction, weights |R_x| a_ij, p = 1) initialised from an FM
+    gives that FM's scores before any step, padded slots and rows without pairs included."""
+    ids, vals, mask = make_batch(16, M, N, seed=6)
+    torch.manual_seed(7)
+    fm = FM(N, K, init_std=0.5).double().eval()
+    torch.nn.init.normal_(fm.linear.weight.weight)
+    afm = init_from_fm(AFM(N, M, K, T, naive=naive).double().eval(), fm)
+    assert torch.all(afm.attention.h == 0)
+    torch.testing.assert_close(afm(ids, vals, mask), fm(ids, vals, mask), rtol=1e-12, atol=1e-12)
+    # Not the FM by construction: the paper's eq. 5 (weights summing to 1) starts elsewhere.
+    eq5 = init_from_fm(AFM(N, M, K, T, naive=naive, attention_scale="one").double().eval(), fm)
+    assert not torch.allclose(eq5(ids, vals, mask), fm(ids, vals, mask))
+
+
+def test_unknown_attention_scale_is_refused():
+    with pytest.raises(ValueError, match="attention_scale 'sum'"):
+        AFM(N, M, K, T, attention_scale="sum")
+
+
+@pytest.mark.parametrize("scale", ["pairs", "one"])
+@pytest.mark.parametrize("naive", [True, False])
+def test_pair_terms_split_the_scores_pair_by_pair(naive, scale):
     """pair_terms: forward's scores and attention, and p^T (v_i * v_j) x_i x_j of every pair from the
     table and p directly; scores = linear part + sum_P attention * interaction (eq. 5)."""
     ids = torch.tensor([[1, 4, 7, 9], [2, 5, 0, 8], [3, 6, 0, 0]])
@@ -60,9 +100,10 @@ def test_pair_terms_split_the_scores_pair_by_pair(naive):
     mask = torch.tensor([[True, True, True, True], [True, True, False, True], [True, False, False, False]])
     vals[1, 2] = 0.8  # a value under a padded slot: the mask must drop it
     torch.manual_seed(3)
-    model = AFM(10, 4, K, T, init_std=0.5, naive=naive).double().eval()
+    model = AFM(10, 4, K, T, init_std=0.5, naive=naive, attention_scale=scale).double().eval()
     torch.nn.init.normal_(model.linear.weight.weight)
     torch.nn.init.normal_(model.p)
+    torch.nn.init.normal_(model.attention.h)  # non-uniform attention
     with torch.no_grad():
         scores, attention, interaction = model.pair_terms(ids, vals, mask)
         forward_scores, forward_attention = model(ids, vals, mask, return_attention=True)
@@ -73,6 +114,9 @@ def test_pair_terms_split_the_scores_pair_by_pair(naive):
         for n, (i, j) in enumerate(pairs):
             if mask[b, i] and mask[b, j]:
                 expected[b, n] = model.p.detach() @ (v[ids[b, i]] * v[ids[b, j]]) * vals[b, i] * vals[b, j]
+                if scale == "pairs":  # s_ij carries |R_x|
+                    real = int(mask[b].sum())
+                    expected[b, n] *= real * (real - 1) // 2
     assert interaction.shape == attention.shape == (3, 6) and scores.shape == (3,)
     torch.testing.assert_close(interaction, expected, rtol=1e-12, atol=1e-12)
     assert torch.all(interaction[1, [1, 3, 5]] == 0.0) and torch.all(interaction[2] == 0.0)  # padded slot 2; one slot
