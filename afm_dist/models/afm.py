@@ -69,7 +69,7 @@ class AFM(ScoringModel):
                 self.attention.h.zero_()  # every logit 0: uniform attention, the FM's equal pair weights
         self.dropout = nn.Dropout(dropout)
         # Ones, as the reference implementation: at start the pair term is the attention-weighted
-        # sum of <v_i, v_j> x_i x_j, an FM with its pair weights normalised by the attention.
+        # sum of <v_i, v_j> x_i x_j; with "pairs" and h = 0 every weight is 1, the FM's own sum.
         self.p = nn.Parameter(torch.ones(embedding_dim))  # (k,)
 
     def pair_index(self) -> tuple[torch.Tensor, torch.Tensor]:
