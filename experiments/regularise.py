@@ -1,0 +1,162 @@
+"""Issue 24: which regularisation and averaging generalise at the defaults, chosen on validation.
+
+FM (and AFM from it) on one preprocessed data set, in one process with the product's model classes,
+Adagrad and regulariser (no Horovod, no Petastorm: quick looks at recipes before the product runs
+them). Each recipe prints the best validation RMSE, its epoch and the test RMSE there, and the
+validation curve. Recipes: ``none`` (no L2), ``l2=X`` (fixed --embedding-l2/--linear-l2 X),
+``adaptive`` (per-field strengths learnt on validation, afm_dist/training/regularization.py);
+each with ``+swa`` (the average of the epochs' weights from the first epoch that did not improve);
+an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the FM's last ones.
+
+    .venv/bin/python experiments/regularise.py DATA_DIR RECIPE [RECIPE ...] [--model afm --init-from RECIPE]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from afm_dist.batch import Batch, to_batch
+from afm_dist.dataset import load_metadata
+from afm_dist.models import ModelConfig, build_model, init_from_fm
+from afm_dist.training.optimizers import build_optimizer
+from afm_dist.training.regularization import AdaptiveL2
+
+
+def rmse(model: torch.nn.Module, b: Batch, clip, chunk: int = 8192) -> float:
+    model.eval()
+    se = 0.0
+    with torch.no_grad():
+        for i in range(0, len(b), chunk):
+            s = model(b.ids[i:i + chunk], b.vals[i:i + chunk], b.mask[i:i + chunk]).double()
+            s = s.clamp(*clip) if clip else s
+            se += ((s - b.label[i:i + chunk].double()) ** 2).sum().item()
+    return math.sqrt(se / len(b))
+
+
+def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
+        seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None) -> dict:
+    """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's)."""
+    train, val = data["train"], data["validation"]
+    opt = build_optimizer("adagrad", model, lr)
+    for name, acc in (carry or {}).items():
+        opt.state[dict(model.named_parameters())[name]]["sum"] = acc.clone()
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    base, _, swa = recipe.partition("+")
+    fixed = float(base.split("=")[1]) if base.startswith("l2=") else 0.0
+    reg = AdaptiveL2([f.offset for f in meta.fields], meta.num_features, **(adaptive_kw or {})) \
+        if base == "adaptive" else None
+    curve, best, bad = [], (math.inf, 0, None), 0
+    avg, n_avg, averaging = None, 0, False
+    t0 = time.time()
+    for epoch in range(0 if eval0 else 1, epochs + 1):
+        if epoch:
+            model.train()
+            perm = torch.randperm(len(train), generator=g)
+            vperm = torch.randperm(len(val), generator=g)
+            vpos = 0
+            for i in range(0, len(train) - batch + 1, batch):
+                idx = perm[i:i + batch]
+                opt.zero_grad()
+                ids, mask = train.ids[idx], train.mask[idx]
+                loss = F.mse_loss(model(ids, train.vals[idx], mask), train.label[idx])
+                if fixed:
+                    e, w = model.feature_penalty(ids, mask)
+                    loss = loss + fixed * (e + w)
+                if reg is not None:
+                    loss = loss + reg.penalty(model, ids, mask)
+                loss.backward()
+                opt.step()
+                if reg is not None:
+                    if vpos + batch > len(val):
+                        vperm, vpos = torch.randperm(len(val), generator=g), 0
+                    vi = vperm[vpos:vpos + batch]
+                    vpos += batch
+                    reg.apply(reg.gradient(model, opt, val.ids[vi], val.vals[vi], val.mask[vi], val.label[vi], lr, clip))
+        v = rmse(model, val, clip)
+        tag = ""
+        if swa and averaging:
+            state = model.state_dict()
+            n_avg += 1
+            for k in avg:
+                avg[k].mul_((n_avg - 1) / n_avg).add_(state[k], alpha=1 / n_avg)
+            shadow = copy.deepcopy(model)
+            shadow.load_state_dict(avg)
+            v_avg = rmse(shadow, val, clip)
+            tag = f"avg{n_avg}:{v_avg:.4f}"
+            if v_avg < v:
+                v, cand = v_avg, copy.deepcopy(avg)
+            else:
+                cand = copy.deepcopy(model.state_dict())
+        else:
+            cand = copy.deepcopy(model.state_dict())
+        curve.append(f"{v:.4f}" + (f"({tag})" if tag else ""))
+        if v < best[0]:
+            best, bad = (v, epoch, cand), 0
+        else:
+            bad += 1
+            if swa and not averaging and epoch:
+                averaging, avg, n_avg = True, copy.deepcopy(model.state_dict()), 1
+            if bad >= patience:
+                break
+    model.load_state_dict(best[2])
+    out = {"recipe": recipe, "val": round(best[0], 4), "epoch": best[1], "test": round(rmse(model, data["test"], clip), 4),
+           "epochs_run": len(curve), "seconds": round(time.time() - t0), "curve": " ".join(curve)}
+    out["accumulators"] = {n: opt.state[p]["sum"] for n, p in model.named_parameters()
+                           if n.startswith(("embedding.", "linear.weight")) and "sum" in opt.state[p]}
+    if reg is not None:
+        out["lambda_v"] = [float(f"{x:.3g}") for x in reg.lambdas()[0]]
+        out["lambda_w"] = [float(f"{x:.3g}") for x in reg.lambdas()[1]]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("data")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--model", default="fm")
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--fm-recipe", default="none", help="the FM an AFM starts from")
+    p.add_argument("--initial", type=float, default=1e-3)
+    p.add_argument("--step", type=float, default=0.01)
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    meta = load_metadata(a.data)
+    batch = a.batch or int(meta.schema.get("training", {}).get("batch_size", 128))
+    data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
+    clip = meta.target_range()
+    kw = {"initial": a.initial, "step": a.step}
+    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k)
+    fm_state, fm_acc = None, None
+    if a.model != "fm":
+        torch.manual_seed(2017)
+        fm = build_model("fm", meta.num_features, meta.num_slots, cfg)
+        r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw)
+        fm_acc = r.pop("accumulators")
+        print(json.dumps({"data": a.data, "model": "fm", **r}), flush=True)
+        fm_state = fm
+    for recipe in a.recipes:
+        torch.manual_seed(2017)
+        model = build_model(a.model, meta.num_features, meta.num_slots, cfg)
+        if fm_state is not None:
+            init_from_fm(model, fm_state)
+        base, carry = recipe.removesuffix("+carry"), recipe.endswith("+carry")
+        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
+                adaptive_kw=kw, carry=fm_acc if carry else None)
+        r.pop("accumulators")
+        r["recipe"] = recipe
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **r}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
