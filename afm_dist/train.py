@@ -54,11 +54,18 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                         "batch's MEAN loss. The paper's reference code adds it to the batch's sum of squared "
                         "errors (both halved), so its lambda equals this one times the global batch size: "
                         "the paper's lambda 8 at batch 128 is --attention-l2 0.0625")
-    p.add_argument("--embedding-l2", type=float, default=TrainConfig.embedding_l2,
-                   help="L2 on the embeddings v_i of each batch's features (libFM's SGD -regular r2), "
-                        "added to the mean loss")
-    p.add_argument("--linear-l2", type=float, default=TrainConfig.linear_l2,
-                   help="L2 on the linear weights w_i of each batch's features (libFM's -regular r1)")
+    p.add_argument("--embedding-l2", type=float, default=None,
+                   help="a fixed L2 on the embeddings v_i of each batch's features (libFM's SGD -regular r2), "
+                        "added to the mean loss; giving it or --linear-l2 turns --l2-schedule off (the other at 0)")
+    p.add_argument("--linear-l2", type=float, default=None,
+                   help="a fixed L2 on the linear weights w_i of each batch's features (libFM's -regular r1)")
+    p.add_argument("--l2-schedule", type=_parse_floats, default=TrainConfig.l2_schedule, metavar="X,X,...",
+                   help="the default regularisation: the L2 strength of the embeddings and linear weights starts "
+                        "at the first value; after --l2-patience epochs whose validation RMSE does not improve, "
+                        "training goes back to the best epoch's weights and on with the next value; --patience "
+                        "counts at the last (default %(default)s)")
+    p.add_argument("--l2-patience", type=int, default=TrainConfig.l2_patience,
+                   help="epochs without improvement before the next strength of --l2-schedule")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")
@@ -118,6 +125,13 @@ def _parse_bool(s: str) -> bool:
     if s.lower() in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _parse_floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
 
 
 def _parse_ints(s: str) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ from afm_dist.batch import Batch, to_batch
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
 from afm_dist.training.optimizers import build_optimizer
-from afm_dist.training.regularization import AdaptiveL2
+from sgda import AdaptiveL2  # experiments/sgda.py
 
 
 def rmse(model: torch.nn.Module, b: Batch, clip, chunk: int = 8192) -> float:
@@ -52,6 +52,15 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
     torch.manual_seed(seed)
     base, _, swa = recipe.partition("+")
     fixed = float(base.split("=")[1]) if base.startswith("l2=") else 0.0
+    # raised at each plateau: "ladder" from 0, "ladder=X" from X, "ladder/P" after P epochs without improvement
+    base, _, rung_patience = base.partition("/")
+    rung_patience = int(rung_patience or 1)
+    ladder = [x for x in (0.0, 0.01, 0.03, 0.1, 0.3) if x >= float(base.partition("=")[2] or 0)] \
+        if base.startswith("ladder") else None
+    if base.startswith("path"):  # lowered at each plateau: "path" from 0.3, "path=X" from X, down to 0
+        ladder = [x for x in (0.3, 0.1, 0.03, 0.01, 0.0) if x <= float(base.partition("=")[2] or 0.3)]
+    fixed = ladder[0] if ladder else fixed
+    rung = 0
     reg = AdaptiveL2([f.offset for f in meta.fields], meta.num_features, **(adaptive_kw or {})) \
         if base == "adaptive" else None
     curve, best, bad = [], (math.inf, 0, None), 0
@@ -101,6 +110,14 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
         curve.append(f"{v:.4f}" + (f"({tag})" if tag else ""))
         if v < best[0]:
             best, bad = (v, epoch, cand), 0
+        elif ladder is not None and rung + 1 < len(ladder) and bad + 1 < rung_patience:
+            bad += 1
+        elif ladder is not None and rung + 1 < len(ladder):
+            rung, bad = rung + 1, 0
+            fixed = ladder[rung]
+            model.load_state_dict(best[2])
+            curve.append(f"[l2={fixed}]")
+            continue
         else:
             bad += 1
             if swa and not averaging and epoch:
@@ -109,7 +126,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 break
     model.load_state_dict(best[2])
     out = {"recipe": recipe, "val": round(best[0], 4), "epoch": best[1], "test": round(rmse(model, data["test"], clip), 4),
-           "epochs_run": len(curve), "seconds": round(time.time() - t0), "curve": " ".join(curve)}
+           "epochs_run": sum(not c.startswith("[") for c in curve), "seconds": round(time.time() - t0), "curve": " ".join(curve)}
     out["accumulators"] = {n: opt.state[p]["sum"] for n, p in model.named_parameters()
                            if n.startswith(("embedding.", "linear.weight")) and "sum" in opt.state[p]}
     if reg is not None:
@@ -129,19 +146,22 @@ def main() -> None:
     p.add_argument("--fm-recipe", default="none", help="the FM an AFM starts from")
     p.add_argument("--initial", type=float, default=1e-3)
     p.add_argument("--step", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--floor", type=float, default=1e-6)
+    p.add_argument("--dropout", type=float, default=ModelConfig.interaction_dropout)
     a = p.parse_args()
     torch.set_num_threads(2)
     meta = load_metadata(a.data)
     batch = a.batch or int(meta.schema.get("training", {}).get("batch_size", 128))
     data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
     clip = meta.target_range()
-    kw = {"initial": a.initial, "step": a.step}
-    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k)
+    kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
+    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout)
     fm_state, fm_acc = None, None
     if a.model != "fm":
         torch.manual_seed(2017)
         fm = build_model("fm", meta.num_features, meta.num_slots, cfg)
-        r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw)
+        r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr)
         fm_acc = r.pop("accumulators")
         print(json.dumps({"data": a.data, "model": "fm", **r}), flush=True)
         fm_state = fm
@@ -151,11 +171,11 @@ def main() -> None:
         if fm_state is not None:
             init_from_fm(model, fm_state)
         base, carry = recipe.removesuffix("+carry"), recipe.endswith("+carry")
-        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
+        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None, lr=a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None)
         r.pop("accumulators")
         r["recipe"] = recipe
-        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **r}), flush=True)
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.lr, "dropout": a.dropout, **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     best: dict[str, Any] = field(default_factory=lambda: {"val_rmse": float("inf"), "epoch": 0})
     bad_epochs: int = 0  # epochs since the best one (early stopping)
+    l2_step: int = 0  # where the run is in TrainConfig.l2_schedule
 
     def record(self, record: dict[str, Any]) -> bool:
         """Add an epoch's record; True when it is the best so far."""
@@ -91,7 +92,7 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         "model": cfg.model, "schema_hash": meta.schema_hash, "num_features": meta.num_features,
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
-        "bad_epochs": state.bad_epochs,
+        "bad_epochs": state.bad_epochs, "l2_step": state.l2_step,
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 

@@ -19,12 +19,13 @@ from typing import Any
 import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from afm_dist import metrics as M
 from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
 from afm_dist.io import OutputPathError
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
-from afm_dist.model_dir import TrainedModel
+from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
@@ -199,11 +200,12 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
             artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=True, global_batch=global_batch)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         epoch_start = time.time()
+        l2 = cfg.l2_at(state.l2_step)
         # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by
         # epoch, so that a resumed run draws what the uninterrupted run drew.
         torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
-                              device=device, progress=progress, exchange=exchange)
+                              device=device, progress=progress, exchange=exchange, l2=l2)
         train_seconds = time.time() - epoch_start  # the steps alone, before the validation
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
@@ -213,13 +215,23 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         seconds = time.time() - epoch_start
         improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                                  **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
+                                 "embedding_l2": l2[0], "linear_l2": l2[1],
                                  "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
                                  "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"]})
         if rank == 0:
             log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
-                + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s")
+                + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s"
+                + (f", L2 {l2[0]:g}" if cfg.scheduled_l2 else ""))
+        if state.bad_epochs >= cfg.l2_patience and cfg.scheduled_l2 and state.l2_step + 1 < len(cfg.l2_schedule):
+            # Regularisation on plateau: back to the best epoch's weights, on with the next strength.
+            state.l2_step, state.bad_epochs = state.l2_step + 1, 0
+            rollback_to_best(model, out)
+            if rank == 0:
+                log(f"back to epoch {state.best['epoch']}'s weights; L2 of the embeddings and linear weights "
+                    f"now {cfg.l2_schedule[state.l2_step]:g}")
+        if rank == 0:
             artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=improved, global_batch=global_batch)
-        if state.bad_epochs >= cfg.patience:
+        if state.bad_epochs >= cfg.patience and not (cfg.scheduled_l2 and state.l2_step + 1 < len(cfg.l2_schedule)):
             if rank == 0:
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
@@ -241,6 +253,17 @@ def broadcast_optimizer_tensors(optimizer: torch.optim.Optimizer) -> None:
     tensors = [(f"optimizer.{i}.{key}", value) for i, state in enumerate(optimizer.state.values())
                for key, value in sorted(state.items()) if torch.is_tensor(value)]
     hvd.broadcast_parameters(tensors, root_rank=0)
+
+
+def rollback_to_best(model: ScoringModel, out: Path) -> None:
+    """Every rank's ``model`` back to the best epoch's weights, which rank 0 wrote into ``out``.
+
+    The optimizer's state (Adagrad's accumulators) is kept: the steps after the rollback stay as
+    small as the run had made them."""
+    if hvd.rank() == 0:
+        model.load_state_dict(load_file(str(out / MODEL_WEIGHTS)))
+    # Horovod: rank 0's weights on every rank.
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
 
 def init_from(model: ScoringModel, fm_dir: str) -> None:
@@ -266,13 +289,16 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])  # Adagrad's accumulators, Adam's moments
-    return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"])
+    return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],
+                    l2_step=int(saved.get("l2_step", 0)))
 
 
 def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,
                 local_batch: int, device: torch.device, progress: Progress,
-                exchange: GradientExchange | None = None) -> dict[str, float]:
+                exchange: GradientExchange | None = None, l2: tuple[float, float] | None = None) -> dict[str, float]:
     """One epoch: exactly ``steps`` batches of ``local_batch`` rows from this rank's shard.
+
+    ``l2``: the (embedding, linear) L2 strengths of this epoch (``cfg.l2_at(0)`` when not given).
 
     ``exchange``: what averages the gradients across ranks before each step (made from ``model``
     when not given).
@@ -289,6 +315,7 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
     waited_before = exchange.wait_seconds
     epoch_start = time.time()
     sums = M.new_sums(device)
+    emb_l2, lin_l2 = l2 if l2 is not None else cfg.l2_at(0)
     for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=hvd.rank(), size=hvd.size(),
                                                batch_size=local_batch, steps=steps, seed=cfg.seed + epoch,
                                                shuffle_buffer=cfg.shuffle_buffer), start=1):
@@ -298,9 +325,9 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         loss = loss_fn(scores, batch.label, cfg.loss)
         if cfg.attention_l2 > 0:
             loss = loss + cfg.attention_l2 * model.l2_penalty()
-        if cfg.embedding_l2 > 0 or cfg.linear_l2 > 0:
+        if emb_l2 > 0 or lin_l2 > 0:
             emb, lin = model.feature_penalty(batch.ids, batch.mask)
-            loss = loss + cfg.embedding_l2 * emb + cfg.linear_l2 * lin
+            loss = loss + emb_l2 * emb + lin_l2 * lin
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {hvd.rank()}; "

@@ -49,6 +49,10 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
         (["--model", "hofm", "--init-from", "x"], "not hofm"),
         (["--model", "fm", "--batch-size", "0"], "--batch-size must be positive"),
         (["--model", "afm", "--interaction-dropout", "1.0"], "--interaction-dropout is a probability"),
+        (["--model", "fm", "--l2-schedule", "0.1,0.01,0.1"], "--l2-schedule takes distinct strengths"),
+        (["--model", "fm", "--l2-schedule=-0.1,0"], "--l2-schedule takes distinct strengths"),
+        (["--model", "fm", "--l2-patience", "0"], "--l2-patience must be positive"),
+        (["--model", "fm", "--l2-schedule", "0,x"], "expected comma-separated numbers"),
     ]
     for flags, words in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -56,6 +60,9 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert words in capsys.readouterr().err, flags
     assert parse_args(base + ["--model", "fm", "--sparse-embeddings", "true"]).model_config.sparse_embeddings
+    # The default L2 follows the schedule; a fixed strength for either table turns it off.
+    assert parse_args(base + ["--model", "fm"]).l2_at(1) == (0.03, 0.03)
+    assert parse_args(base + ["--model", "fm", "--embedding-l2", "0.02"]).l2_at(3) == (0.02, 0.0)
 
 
 def test_afm_on_one_field_refused_before_training(spark, tmp_path, capsys):

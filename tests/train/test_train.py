@@ -13,6 +13,8 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
 from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE
@@ -115,6 +117,40 @@ def test_killed_rank_fails_fast_and_resume_finishes(planted_data, tmp_path):
     history = metrics(out)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert (out / COMPLETE_MARKER).exists()
+
+
+def test_l2_schedule_moves_on_at_a_plateau_from_the_best_weights(planted_data, tmp_path):
+    """The regularisation path (the default): --l2-patience epochs whose validation RMSE does not
+    improve send the run back to the best epoch's weights, on with the next L2 strength; patience
+    counts only at the last strength."""
+    schedule = [3.0, 0.1, 0.0]  # 3: so strong that the first strength soon stops improving
+    common = ["--batch-size", "128", "--lr", "0.3", "--l2-schedule", ",".join(map(str, schedule)),
+              "--l2-patience", "1", "--patience", "2", "--seed", "3"]
+    first = tmp_path / "whole"
+    check(run_horovod(train_args(planted_data, "fm", first, "--epochs", "10", *common), np=1))
+    history = metrics(first)
+    strengths = [h["embedding_l2"] for h in history]
+    assert [h["linear_l2"] for h in history] == strengths
+    assert len(set(strengths)) >= 2, history  # the premise: a plateau within the run
+    best, moved_at = float("inf"), None
+    for h, after in zip(history, history[1:]):
+        improved, best = h["val_rmse"] < best, min(best, h["val_rmse"])
+        step = schedule.index(h["embedding_l2"])
+        if not improved and step + 1 < len(schedule):
+            assert after["embedding_l2"] == schedule[step + 1], history
+            moved_at = moved_at or h["epoch"]
+        else:
+            assert after["embedding_l2"] == h["embedding_l2"], history
+    # The same run stopped at the first move: its checkpoint, what the next epoch starts from, holds
+    # the best epoch's weights, not the last epoch's, and the next strength.
+    stopped = tmp_path / "stopped"
+    check(run_horovod(train_args(planted_data, "fm", stopped, "--epochs", str(moved_at), *common), np=1))
+    assert [h["val_rmse"] for h in metrics(stopped)] == pytest.approx(
+        [h["val_rmse"] for h in history[:moved_at]], rel=1e-6)
+    saved, best_weights = load_checkpoint(stopped / CHECKPOINT), load_file(str(stopped / "model.safetensors"))
+    assert saved["l2_step"] == 1 and saved["best"]["epoch"] < moved_at
+    for name, tensor in best_weights.items():
+        assert torch.equal(saved["model_state"][name], tensor), name
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path):

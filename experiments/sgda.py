@@ -1,4 +1,4 @@
-"""L2 regularisation of the feature tables whose strength is learnt on the validation split while
+"""Experiment (measured, not the default: docs/results/quality.md): L2 regularisation of the feature tables whose strength is learnt on the validation split while
 the model trains: libFM's SGDA (Rendle, "Learning recommender systems with adaptive
 regularization", WSDM 2012; srendle/libfm ``fm_learn_sgd_element_adapt_reg.h``), for mini-batch
 Adagrad and data-parallel ranks.
@@ -49,13 +49,14 @@ class AdaptiveL2:
         initial: starting strength of every field, both tables.
         step: largest change of log lambda in one step (the RMS-normalised step size).
         decay: RMSprop's decay of the mean squared gradient of log lambda.
+        bounds: the smallest and largest strength.
 
     State (saved in checkpoints with ``state_dict``): ``log_lambda`` (2, G): row 0 embeddings,
     row 1 linear weights; ``mean_square`` (2, G).
     """
 
     def __init__(self, field_offsets: list[int], num_features: int, initial: float = 1e-3, step: float = 0.01,
-                 decay: float = 0.99) -> None:
+                 decay: float = 0.99, bounds: tuple[float, float] = (1e-6, 10.0)) -> None:
         if not field_offsets or field_offsets[0] != 0 or sorted(field_offsets) != list(field_offsets):
             raise ValueError(f"field offsets must start at 0 and ascend, got {field_offsets}")
         if not initial > 0 or not step > 0 or not 0 < decay < 1:
@@ -67,6 +68,7 @@ class AdaptiveL2:
         self.log_lambda = torch.full((2, g), math.log(initial), dtype=torch.float64)
         self.mean_square = torch.zeros((2, g), dtype=torch.float64)
         self.steps = 0
+        self.log_range = (math.log(bounds[0]), math.log(bounds[1]))
 
     @property
     def num_fields(self) -> int:
@@ -140,7 +142,7 @@ class AdaptiveL2:
         self.steps += 1
         corrected = self.mean_square / (1 - self.decay ** self.steps)
         move = torch.where(corrected > 0, g / corrected.sqrt().clamp_min(1e-300), torch.zeros_like(g))
-        self.log_lambda.sub_(self.step * move).clamp_(*LOG_RANGE)
+        self.log_lambda.sub_(self.step * move).clamp_(*self.log_range)
 
     def state_dict(self) -> dict:
         return {"log_lambda": self.log_lambda.clone(), "mean_square": self.mean_square.clone(), "steps": self.steps}

@@ -1,0 +1,120 @@
+"""Issue 24: FM and AFM at the defaults, and libFM SGD and MCMC, on the same rows of six data sets.
+
+Three real data sets, two splits each (``bash experiments/quality_data.sh WORK/data`` writes them),
+every step the product's command as a user types it with no flag beyond ``--data --model
+--init-from --output``: ``horovodrun -np 2 ... afm_dist.train`` for FM, then AFM initialised from it,
+``spark-submit.sh jobs/score.py`` on the test split for the test RMSE, and bench/bench_libfm.py for
+libFM (its settings chosen on the validation split). Each outcome is appended to
+``docs/results/defaults.json`` as soon as it is there; a recorded one is not run again unless
+``--again``. ``--report`` prints the markdown table of docs/results/quality.md.
+
+    .venv/bin/python experiments/defaults.py --work /tmp/q [--sets fl1 ml1 ...] [--no-libfm]
+    .venv/bin/python experiments/defaults.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+from afm_dist.dataset import TEST  # noqa: E402
+from afm_dist.io import write_text_atomic  # noqa: E402
+from afm_dist.model_dir import METRICS, TrainedModel  # noqa: E402
+from afm_dist.spark.scoring import METRICS_FILE  # noqa: E402
+from common import VENV_BIN, horovodrun, run  # noqa: E402
+
+RESULTS = REPO / "docs" / "results" / "defaults.json"
+SETS = {"fl1": "Frappe libFM file, given splits (lines by NR%10)", "fl2": "Frappe libFM file, given splits (random lines, srand 7)",
+        "fr1": "Frappe logs, seed 2017", "fr2": "Frappe logs, seed 99",
+        "ml1": "MovieLens ratings + genres, seed 2017", "ml2": "MovieLens ratings + genres, seed 99"}
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save(results: dict) -> None:
+    write_text_atomic(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def train(data: Path, work: Path, name: str, model: str, init_from: Path | None) -> dict:
+    out = work / "models" / name
+    cmd = [*horovodrun(2), VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, "--model", model,
+           "--output", out, "--overwrite", "--log-every", 60]
+    if init_from:
+        cmd += ["--init-from", init_from]
+    seconds = run(cmd)
+    info = TrainedModel.load(out)
+    history = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    scores = work / "scores" / name
+    run([REPO / "spark-submit.sh", "jobs/score.py", "--model", out, "--input", data / TEST, "--output", scores,
+         "--overwrite"])
+    m = json.loads((scores / METRICS_FILE).read_text())
+    cmd_text = " ".join(map(str, cmd[cmd.index("-m"):])).replace(str(work), "WORK")
+    return {"command": cmd_text, "best_epoch": info.best["epoch"], "best_val_rmse": info.best["val_rmse"],
+            "epochs_run": sum(1 for h in history if h["epoch"] > 0), "minutes": round(seconds / 60, 2),
+            "l2": [h.get("embedding_l2") for h in history], "val_rmse": [h["val_rmse"] for h in history],
+            "test_rmse": m["rmse"], "test_rows": m["rows"]}
+
+
+def libfm(data: Path, work: Path) -> dict:
+    from bench_libfm import run_libfm
+
+    start = time.time()
+    r = run_libfm(data, name=f"quality_{data.name}", work_dir=work / "libfm" / data.name, write=False)
+    out = {m: {"test_rmse": v["test"]["rmse"], "chosen": v.get("chosen")} for m, v in r["methods"].items()}
+    out["minutes"] = round((time.time() - start) / 60, 2)
+    return out
+
+
+def report(results: dict) -> str:
+    rows = ["| data set | FM test | AFM test | AFM vs FM | libFM SGD | libFM MCMC | FM: epochs, best, minutes | AFM: epochs, best, minutes |",
+            "|---|---:|---:|---:|---:|---:|---|---|"]
+    for s, label in SETS.items():
+        r = results.get(s)
+        if not r or "fm" not in r:
+            continue
+        fm, afm, lib = r["fm"], r.get("afm"), r.get("libfm", {})
+
+        def cell(x):
+            return f"{x:.4f}" if x is not None else "-"
+        gain = f"{100 * (afm['test_rmse'] / fm['test_rmse'] - 1):+.1f}%" if afm else "-"
+        rows.append(f"| {label} | {cell(fm['test_rmse'])} | {cell(afm and afm['test_rmse'])} | {gain} | "
+                    f"{cell(lib.get('sgd', {}).get('test_rmse'))} | {cell(lib.get('mcmc', {}).get('test_rmse'))} | "
+                    f"{fm['epochs_run']}, {fm['best_epoch']}, {fm['minutes']:.1f} | "
+                    + (f"{afm['epochs_run']}, {afm['best_epoch']}, {afm['minutes']:.1f} |" if afm else "- |"))
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=REPO / "out" / "quality")
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    p.add_argument("--no-libfm", action="store_true")
+    p.add_argument("--again", action="store_true", help="run recorded ones again")
+    p.add_argument("--report", action="store_true")
+    a = p.parse_args()
+    results = load()
+    if a.report:
+        print(report(results))
+        return 0
+    for s in a.sets:
+        data = a.work / "data" / s
+        r = results.setdefault(s, {})
+        for model in ("fm", "afm"):
+            if a.again or model not in r:
+                r[model] = train(data, a.work, f"{s}-{model}", model, a.work / "models" / f"{s}-fm" if model == "afm" else None)
+                save(results)
+        if not a.no_libfm and (a.again or "libfm" not in r):
+            r["libfm"] = libfm(data, a.work)
+            save(results)
+        print(report(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
