@@ -14,13 +14,21 @@ from afm_dist.io import atomic_path  # noqa: E402
 
 
 def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *, title: str) -> None:
-    """Train and validation RMSE per epoch (the paper's Figure 5)."""
+    """Train and validation RMSE per epoch (the paper's Figure 5); where the records carry the L2
+    strength of the feature tables (``embedding_l2``, the regularisation path), each epoch that
+    starts a new strength is marked and labelled."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(epochs, [h["train_rmse"] for h in history], marker="o", label="train")
     ax.plot(epochs, [h["val_rmse"] for h in history], marker="s", label="validation")
     best = min(history, key=lambda h: h["val_rmse"])
     ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")
+    strengths = [(h["epoch"], h["embedding_l2"]) for h in history if h.get("embedding_l2") is not None]
+    for i, (epoch, l2) in enumerate(strengths):
+        if i == 0 or l2 != strengths[i - 1][1]:
+            ax.axvline(epoch - 0.5, color="tab:red", linestyle="--", alpha=0.4)
+            ax.annotate(f"L2 {l2:g}", (epoch - 0.5, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                        va="top", ha="right", fontsize=7, color="tab:red")
     ax.set_xlabel("epoch")
     ax.set_ylabel("RMSE")
     ax.set_title(title)

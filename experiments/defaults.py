@@ -90,6 +90,35 @@ def report(results: dict) -> str:
     return "\n".join(rows)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Test RMSE of AFM, libFM SGD and libFM MCMC relative to our FM's, per data set (below 1: better)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from afm_dist.plots import save_figure
+
+    sets = [s for s in SETS if "fm" in results.get(s, {})]
+    series = {"AFM": lambda r: r.get("afm", {}).get("test_rmse"),
+              "libFM SGD": lambda r: r.get("libfm", {}).get("sgd", {}).get("test_rmse"),
+              "libFM MCMC": lambda r: r.get("libfm", {}).get("mcmc", {}).get("test_rmse")}
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    x = np.arange(len(sets))
+    for i, (name, get) in enumerate(series.items()):
+        values = [(get(results[s]) or np.nan) / results[s]["fm"]["test_rmse"] for s in sets]
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=name)
+    ax.axhline(1.0, color="black", linewidth=1, label="our FM")
+    ax.set_xticks(x, labels=sets)
+    ax.set_ylim(0.85, 1.1)
+    ax.set_ylabel("test RMSE / our FM's")
+    ax.set_title("At the defaults: AFM and libFM against our FM (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=REPO / "out" / "quality")
@@ -97,10 +126,19 @@ def main() -> int:
     p.add_argument("--no-libfm", action="store_true")
     p.add_argument("--again", action="store_true", help="run recorded ones again")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--libfm-json", action="append", default=[], metavar="SET=PATH",
+                   help="take SET's libFM results from a recorded bench/bench_libfm.py run on the same rows")
     a = p.parse_args()
     results = load()
+    for spec in a.libfm_json:
+        s, _, path = spec.partition("=")
+        r = json.loads(Path(path).read_text())
+        results.setdefault(s, {})["libfm"] = {m: {"test_rmse": v["test_rmse"], "chosen": v["chosen"]}
+                                              for m, v in r["methods"].items()} | {"source": path, "rows": r["rows"]}
+        save(results)
     if a.report:
         print(report(results))
+        plot(results, RESULTS.with_suffix(".png"))
         return 0
     for s in a.sets:
         data = a.work / "data" / s

@@ -147,6 +147,7 @@ def main() -> None:
     p.add_argument("--initial", type=float, default=1e-3)
     p.add_argument("--step", type=float, default=0.01)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--afm-lr", type=float, help="the AFM's learning rate (default --lr)")
     p.add_argument("--floor", type=float, default=1e-6)
     p.add_argument("--dropout", type=float, default=ModelConfig.interaction_dropout)
     a = p.parse_args()
@@ -171,11 +172,12 @@ def main() -> None:
         if fm_state is not None:
             init_from_fm(model, fm_state)
         base, carry = recipe.removesuffix("+carry"), recipe.endswith("+carry")
-        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None, lr=a.lr,
+        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
+                lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None)
         r.pop("accumulators")
         r["recipe"] = recipe
-        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.lr, "dropout": a.dropout, **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout, **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 
 if __name__ == "__main__":
