@@ -23,22 +23,12 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from afm_dist.batch import Batch, to_batch
+from afm_dist.batch import to_batch
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
 from afm_dist.training.optimizers import build_optimizer
+from afm_start import rmse  # experiments/afm_start.py: RMSE over a split, clipped
 from sgda import AdaptiveL2  # experiments/sgda.py
-
-
-def rmse(model: torch.nn.Module, b: Batch, clip, chunk: int = 8192) -> float:
-    model.eval()
-    se = 0.0
-    with torch.no_grad():
-        for i in range(0, len(b), chunk):
-            s = model(b.ids[i:i + chunk], b.vals[i:i + chunk], b.mask[i:i + chunk]).double()
-            s = s.clamp(*clip) if clip else s
-            se += ((s - b.label[i:i + chunk].double()) ** 2).sum().item()
-    return math.sqrt(se / len(b))
 
 
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,

@@ -223,7 +223,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
                 + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s"
                 + (f", L2 {l2[0]:g}" if cfg.scheduled_l2 else ""))
         if state.bad_epochs >= cfg.l2_patience and cfg.scheduled_l2 and state.l2_step + 1 < len(cfg.l2_schedule):
-            # Regularisation on plateau: back to the best epoch's weights, on with the next strength.
+            # The regularisation path: back to the best epoch's weights, on with the next strength.
             state.l2_step, state.bad_epochs = state.l2_step + 1, 0
             rollback_to_best(model, out)
             if rank == 0:
