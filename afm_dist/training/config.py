@@ -85,6 +85,9 @@ class TrainConfig:
         s = self.l2_schedule
         if not s or any(x < 0 for x in s) or len(set(s)) != len(s):
             raise ValueError(f"--l2-schedule takes distinct strengths of 0 or more, got {','.join(map(str, s))}")
+        if not self.scheduled_l2 and (s != TrainConfig.l2_schedule or self.l2_patience != TrainConfig.l2_patience):
+            raise ValueError("--embedding-l2 / --linear-l2 fix the L2 strengths, --l2-schedule and --l2-patience set "
+                             "the path that chooses them: pass one or the other")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer {self.optimizer}: expected one of {', '.join(OPTIMIZERS)}")
         if c.sparse_embeddings and self.optimizer not in SPARSE_OPTIMIZERS:

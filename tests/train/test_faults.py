@@ -52,6 +52,7 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
         (["--model", "fm", "--l2-schedule", "0.1,0.01,0.1"], "--l2-schedule takes distinct strengths"),
         (["--model", "fm", "--l2-schedule=-0.1,0"], "--l2-schedule takes distinct strengths"),
         (["--model", "fm", "--l2-patience", "0"], "--l2-patience must be positive"),
+        (["--model", "fm", "--l2-schedule", "0.1,0", "--linear-l2", "0.01"], "pass one or the other"),
         (["--model", "fm", "--l2-schedule", "0,x"], "expected comma-separated numbers"),
     ]
     for flags, words in cases:
