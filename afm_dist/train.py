@@ -127,18 +127,19 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def _parse_floats(s: str) -> tuple[float, ...]:
+def _parse_list(s: str, cast: type, what: str) -> tuple:
     try:
-        return tuple(float(x) for x in s.split(",") if x)
+        return tuple(cast(x) for x in s.split(",") if x)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}") from e
+
+
+def _parse_floats(s: str) -> tuple[float, ...]:
+    return _parse_list(s, float, "numbers")
 
 
 def _parse_ints(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.split(",") if x)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+    return _parse_list(s, int, "integers")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,10 @@ class TrainConfig:
         """The feature tables' L2 strength follows ``l2_schedule`` (neither --embedding-l2 nor --linear-l2 given)."""
         return self.embedding_l2 is None and self.linear_l2 is None
 
+    def l2_path_goes_on(self, step: int) -> bool:
+        """A strength of the path follows step ``step`` (the run moves on at a plateau rather than stop)."""
+        return self.scheduled_l2 and step + 1 < len(self.l2_schedule)
+
     def l2_at(self, step: int) -> tuple[float, float]:
         """(embedding, linear) L2 strengths at step ``step`` of the schedule, or the fixed ones."""
         if self.scheduled_l2:

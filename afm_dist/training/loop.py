@@ -222,7 +222,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
             log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
                 + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s"
                 + (f", L2 {l2[0]:g}" if cfg.scheduled_l2 else ""))
-        if state.bad_epochs >= cfg.l2_patience and cfg.scheduled_l2 and state.l2_step + 1 < len(cfg.l2_schedule):
+        if state.bad_epochs >= cfg.l2_patience and cfg.l2_path_goes_on(state.l2_step):
             # The regularisation path: back to the best epoch's weights, on with the next strength.
             state.l2_step, state.bad_epochs = state.l2_step + 1, 0
             rollback_to_best(model, out)
@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
                     f"now {cfg.l2_schedule[state.l2_step]:g}")
         if rank == 0:
             artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=improved, global_batch=global_batch)
-        if state.bad_epochs >= cfg.patience and not (cfg.scheduled_l2 and state.l2_step + 1 < len(cfg.l2_schedule)):
+        if state.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(state.l2_step):
             if rank == 0:
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
