@@ -26,7 +26,8 @@ from pyspark.sql import SparkSession
 
 from afm_dist.dataset import DatasetError, mark_complete
 from afm_dist.inputs import InputError, parse_table_specs
-from afm_dist.io import OutputPathError, UnsupportedSchemeError, local_path, publish_directory, validate_output_path
+from afm_dist.io import (OutputPathError, UnsupportedSchemeError, check_apart, local_path, publish_directory,
+                         validate_output_path)
 from afm_dist.schema import SchemaError
 from afm_dist.spark import session as spark_session
 
@@ -38,6 +39,8 @@ USER_ERRORS = (DatasetError, InputError, SchemaError, OutputPathError, Unsupport
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # The path arguments of the jobs (argparse names), each a local path once ``local_paths`` ran.
 PATH_ARGUMENTS = ("schema", "model", "output", "input", "data", "init_from")
+# The input path arguments of the jobs (argparse names), which ``--output`` must keep apart from.
+INPUT_ARGUMENTS = ("schema", "model", "input", "data", "init_from", "train", "validation", "test")
 
 
 # -- shared argument groups ---------------------------------------------------------------------
@@ -125,6 +128,19 @@ def local_paths(args: argparse.Namespace) -> None:
                       for name, _, path in (spec.partition("=") for spec in args.table)]
 
 
+def input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Every input path of a job by flag (``INPUT_ARGUMENTS`` and ``--table NAME=PATH``)."""
+    found: dict[str, list[str]] = {}
+    for name in INPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value:
+            found["--" + name.replace("_", "-")] = [value] if isinstance(value, str) else list(value)
+    for spec in getattr(args, "table", None) or []:
+        name, _, path = spec.partition("=")
+        found.setdefault(f"--table {name}", []).append(path)
+    return found
+
+
 # -- running a job ------------------------------------------------------------------------------
 
 
@@ -148,7 +164,8 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
                   failures: tuple[type[Exception], ...] = ()) -> int:
     """Run one job; return its exit status (see the module).
 
-    Before Spark starts: ``check_common(args)``, ``prepare()`` (the job's own checks: schema,
+    Before Spark starts: ``check_common(args)``, the output apart from every input
+    (``check_apart``: not one of them, not holding one, not inside one), ``prepare()`` (the job's own checks: schema,
     input plan, model; its result is handed to ``work``, None without ``prepare``) and the
     output path (``args.output``, ``args.overwrite``). Then
     ``work(spark, staging, prepared)`` writes into a staging directory beside
@@ -168,6 +185,7 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     setup_logging()
     try:
         check_common(args)
+        check_apart(Path(args.output).expanduser().resolve(), input_paths(args))  # nothing read yet
         prepared = prepare() if prepare is not None else None
         output = validate_output_path(args.output, overwrite=args.overwrite) if publish else Path(args.output)
     except USER_ERRORS as e:

@@ -8,6 +8,7 @@ One way to do each:
 - ``publish_directory``: build a job's whole output directory aside and move it into place only
   when the job succeeded;
 - ``validate_output_path``: refuse output paths that must not be (over)written, before any work;
+- ``check_apart``: refuse an output that is, contains or lies inside one of the job's inputs;
 - ``local_path``: a path or ``file://`` URI as a local path, any other URL scheme refused.
 
 Supported filesystems: every path (data sets, model directories, checkpoints, job outputs) is
@@ -24,7 +25,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 FILE_SCHEME = "file://"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -97,6 +98,36 @@ def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 _FORBIDDEN = {Path("/"), Path.home(), Path("/usr"), Path("/etc"), Path("/bin"), Path("/tmp")}
+
+
+def check_apart(output: Path, inputs: Mapping[str, Iterable[str | os.PathLike]]) -> None:
+    """Refuse an output directory that is, contains or lies inside one of the job's inputs.
+
+    Publishing the output replaces the directory: an output equal to an input, or holding one,
+    deletes that input (scoring ``--input D/test --output D/test`` replaced a data set's test
+    split with scores, and the data set still looked complete); an output inside an input
+    directory is read back as input by the next run that reads that directory.
+
+    ``output``: the resolved output directory. ``inputs``: the input paths by flag (files or
+    directories; absent ones are compared as given).
+
+    Raises:
+        OutputPathError: naming the flag, the input and what to do.
+    """
+    for flag, paths in inputs.items():
+        for raw in paths:
+            if raw is None or not str(raw).strip():
+                continue
+            source = Path(local_path(str(raw), flag)).expanduser().resolve()
+            if source == output:
+                raise OutputPathError(f"--output {output} is the {flag}: writing it would replace that input; "
+                                      "choose another output directory")
+            if output in source.parents:
+                raise OutputPathError(f"--output {output} contains the {flag} {source}: writing it would delete "
+                                      "that input; choose another output directory")
+            if source in output.parents:
+                raise OutputPathError(f"--output {output} lies inside the {flag} {source}: a later run would read "
+                                      "the output as input; choose an output directory outside it")
 
 
 def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from afm_dist.dataset import COMPLETE_MARKER, DatasetError
-from afm_dist.io import OutputPathError, validate_output_path, write_json_atomic, write_text_atomic
+from afm_dist.io import OutputPathError, check_apart, validate_output_path, write_json_atomic, write_text_atomic
 from afm_dist.model_dir import TrainedModel
 from afm_dist.train import parse_args as parse_train_args
 from afm_dist.training import check_run
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     try:
         out = validate_output_path(out, overwrite=True)  # an existing search continues
+        check_apart(out, {"--data": [args.data], "--init-from": [args.init_from] if args.init_from else []})
         trials = plan_trials(args, common)
     except (DatasetError, OutputPathError, ValueError) as e:
         print(f"[search] error: {e}", file=sys.stderr)

@@ -2,6 +2,8 @@
 scheme is refused before any work, naming the flag (afm_dist.io.local_path, afm_dist.cli)."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from afm_dist.io import UnsupportedSchemeError, local_path
@@ -43,3 +45,41 @@ def test_file_uris_reach_the_job_as_paths(tmp_path, capsys):
     assert job_module("preprocess").main(argv) == 2
     err = capsys.readouterr().err
     assert f"{missing}: no such file or directory" in err, err
+
+
+@pytest.mark.parametrize("module, argv, flag, why", [
+    # bugcases2 case 07: scoring a data set's test split into itself replaced the split with scores
+    ("score", ["--model", "M", "--input", "D/test", "--output", "D/test", "--overwrite"], "--input", "is the"),
+    ("explain", ["--model", "M", "--input", "D/test", "--output", "D", "--overwrite"], "--input", "contains the"),
+    ("score", ["--model", "M", "--input", "D/test", "--output", "M/scores"], "--model", "lies inside the"),
+    # a preprocessing rerun read its own earlier output as logs
+    ("preprocess", ["--schema", "schemas/synthetic.yaml", "--input", "D", "--output", "D/prep"], "--input",
+     "lies inside the"),
+    ("preprocess", ["--schema", "schemas/synthetic.yaml", "--train", "D/test/a.parquet", "--validation", "D/v",
+                    "--test", "D/t", "--output", "D", "--overwrite"], "--train", "contains the"),
+    ("preprocess", ["--schema", "schemas/movielens_ratings.yaml", "--input", "D/test/a.parquet",
+                    "--table", "movies=M", "--output", "M/out"], "--table movies", "lies inside the"),
+    ("train", ["--data", "D", "--model", "fm", "--num-proc", "1", "--output", "D/model"], "--data", "lies inside the"),
+    ("afm_dist.train", ["--data", "D", "--model", "afm", "--init-from", "M", "--output", "M", "--overwrite"],
+     "--init-from", "is the"),
+    ("afm_dist.search", ["--data", "D", "--model", "fm", "--grid", "lr=0.1", "--output", "D/search"], "--data",
+     "lies inside the"),
+])
+def test_every_job_refuses_an_output_that_is_holds_or_lies_inside_an_input(module, argv, flag, why, tmp_path, capsys):
+    """An output directory that is, contains or lies inside an input is refused before any work
+    (exit 2, one line naming the flag and the input), and the input is left as it was."""
+    data, model = tmp_path / "D", tmp_path / "M"
+    (data / "test").mkdir(parents=True)
+    (data / "test" / "a.parquet").write_text("rows")
+    model.mkdir()
+    argv = [str(data) + a[1:] if a.startswith("D") else str(model) + a[1:] if a.startswith("M") else
+            a.replace("=M", f"={model}") for a in argv]
+    if module.startswith("afm_dist."):
+        main = importlib.import_module(module).main
+    else:
+        main = job_module(module).main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f" {why} {flag}" in err and "error" in err and "Traceback" not in err, err
+    assert (data / "test" / "a.parquet").read_text() == "rows"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["D", "M", "a.parquet", "test"]

@@ -118,6 +118,10 @@ class TrainConfig:
             return self.l2_schedule[step], self.l2_schedule[step]
         return self.embedding_l2 or 0.0, self.linear_l2 or 0.0
 
+    def input_paths(self) -> dict[str, list[str]]:
+        """The run's input paths by flag (``--data``, ``--init-from``), which ``--output`` keeps apart from."""
+        return {"--data": [self.data], "--init-from": [self.init_from] if self.init_from else []}
+
     def to_dict(self) -> dict:
         """The settings without the model's hyperparameters (those are the model's own)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "model_config"}

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from afm_dist import metrics as M
 from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
-from afm_dist.io import OutputPathError
+from afm_dist.io import OutputPathError, check_apart
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
 from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
@@ -80,9 +80,11 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
 
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
+        OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``.
         ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
             the ``--init-from`` FM does not fit it (another embedding size or feature count).
     """
+    check_apart(Path(cfg.output).expanduser().resolve(), cfg.input_paths())
     meta = load_metadata(cfg.data)
     check_layout(cfg.model, meta.num_features, meta.num_slots)
     if cfg.init_from:
