@@ -3,7 +3,8 @@
 A data set directory written by ``jobs/preprocess.py`` looks like::
 
     DIR/
-      train/ validation/ test/   Parquet, one row per instance (columns below)
+      train/ validation/ test/   Parquet, one row per instance (columns below), and _dataset.json:
+                                 the data set's schema hash and feature count (a copied split keeps them)
       vocabulary/                Parquet: field, value, id, count (raw value -> global feature id)
       rejected/                  Parquet: source, line, raw, reason (every malformed input row)
       metadata.json              schema, schema hash, feature layout, counts, seed, inputs
@@ -33,6 +34,7 @@ from afm_dist.io import strip_file_scheme, write_text_atomic
 
 COMPLETE_MARKER = "_AFM_COMPLETE"
 METADATA_FILE = "metadata.json"
+SPLIT_IDENTITY = "_dataset.json"  # in each split directory: which data set its feature ids belong to
 # Split names: the single place they are spelled (the schema's split fractions, the split
 # writer's directories, the trainer and the benchmarks all take them from here).
 TRAIN, VALIDATION, TEST = SPLITS = ("train", "validation", "test")
@@ -98,9 +100,33 @@ class DatasetMetadata:
         return int(self.counts[split]["rows"])
 
     def save(self, directory: str | os.PathLike) -> None:
+        """``metadata.json`` in ``directory``, and in each split directory its identity
+        (``SPLIT_IDENTITY``: the schema hash and feature count), so that a split copied without
+        the data set still says which data set its feature ids belong to."""
         write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
+        for split in SPLITS:
+            if (Path(directory) / split).is_dir():
+                write_text_atomic(Path(directory) / split / SPLIT_IDENTITY, json.dumps(
+                    {"split": split, "schema_hash": self.schema_hash, "num_features": self.num_features}) + "\n")
 
 
+
+
+def read_split_identity(split_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A split directory's identity (``split``, ``schema_hash``, ``num_features``), from its own
+    ``SPLIT_IDENTITY`` file or else from the ``metadata.json`` of the data set around it (splits
+    written before the file existed); None when neither is there."""
+    d = Path(split_dir)
+    own, around = d / SPLIT_IDENTITY, d.parent / METADATA_FILE
+    try:
+        if own.exists():
+            return json.loads(own.read_text())
+        if around.exists():
+            meta = read_metadata(around)
+            return {"split": d.name, "schema_hash": meta.schema_hash, "num_features": meta.num_features}
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetError(f"{own if own.exists() else around}: unreadable ({e}); preprocess the data set again") from e
+    return None
 
 
 def mark_complete(directory: str | os.PathLike) -> None:

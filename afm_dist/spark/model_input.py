@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, VALS, DatasetError, read_metadata
+from afm_dist.dataset import (IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, SPLIT_IDENTITY, VALS, DatasetError,
+                              read_split_identity)
 from afm_dist.inputs import plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.model_dir import TrainedModel
@@ -40,25 +41,57 @@ def is_encoded_split(paths: Sequence[str]) -> bool:
 
 
 def check_encoded_split(path: str, model: TrainedModel) -> Path:
-    """The split directory, after refusing one without the preprocessed columns or one of another
-    data set than the model's (its feature ids would mean other values).
+    """The split directory, after refusing one without the preprocessed columns, or one that
+    cannot be shown to be of the model's data set: its feature ids would mean other values.
+
+    The split's identity (schema hash and feature count) comes from its ``_dataset.json`` or the
+    ``metadata.json`` around it (``read_split_identity``); its largest feature id from the
+    Parquet footers' statistics (no row is read).
 
     Raises:
         DatasetError: naming the split and what to score instead.
     """
     split_dir = Path(strip_file_scheme(path))
-    columns = pq.read_schema(next(iter(sorted(split_dir.glob("*.parquet"))))).names  # one footer
+    files = sorted(split_dir.glob("*.parquet"))
+    columns = pq.read_schema(files[0]).names  # one footer
     missing = {ROW_ID, IDS, VALS, MASK} - set(columns)
     if missing:
         raise DatasetError(f"{path}: Parquet without the columns {sorted(missing)} of a preprocessed split")
-    meta_path = split_dir.parent / METADATA_FILE
-    if meta_path.exists():
-        meta = read_metadata(meta_path)
-        if meta.schema_hash != model.dataset.schema_hash or meta.num_features != model.num_features:
-            raise DatasetError(
-                f"{split_dir}: this split was preprocessed with another schema or vocabulary than the model "
-                f"was trained on ({meta_path}); score raw logs instead, or the split the model was trained with")
+    identity = read_split_identity(split_dir)
+    if identity is None:
+        raise DatasetError(f"{split_dir}: this split says nothing of the data set it belongs to (no {SPLIT_IDENTITY} "
+                           f"in it, no {METADATA_FILE} beside it), so its feature ids cannot be checked against "
+                           f"the model's; score the split inside its data set directory, or raw logs instead")
+    if (identity.get("schema_hash"), identity.get("num_features")) != (model.dataset.schema_hash, model.num_features):
+        raise DatasetError(
+            f"{split_dir}: this split is not of the data set the model was trained on (schema hash "
+            f"{identity.get('schema_hash')}, {identity.get('num_features')} features; the model's: "
+            f"{model.dataset.schema_hash}, {model.num_features}); score raw logs instead, or the split the model "
+            "was trained with")
+    largest = _largest_id(files)
+    if largest is not None and largest >= model.num_features:
+        raise DatasetError(f"{split_dir}: feature id {largest} is beyond the model's {model.num_features} features; "
+                           "this split is not of the data set the model was trained on: score raw logs instead")
     return split_dir
+
+
+def _largest_id(files: Sequence[Path]) -> int | None:
+    """The largest feature id of the ``ids`` column, from the row groups' statistics; None when a
+    row group has none (then nothing is claimed)."""
+    largest = -1
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == IDS), None)
+        if leaf is None:
+            return None
+        for g in range(meta.num_row_groups):
+            if meta.row_group(g).num_rows == 0:
+                continue
+            stats = meta.row_group(g).column(leaf).statistics
+            if stats is None or not stats.has_min_max:
+                return None
+            largest = max(largest, int(stats.max))
+    return largest if largest >= 0 else None
 
 
 def load_encoded(spark: SparkSession, paths: Sequence[str], model: TrainedModel, staging: Path, *,

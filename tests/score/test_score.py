@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from afm_dist.batch import to_batch
-from afm_dist.dataset import COMPLETE_MARKER
+from afm_dist.dataset import COMPLETE_MARKER, SPLIT_IDENTITY
 from afm_dist.model_dir import TrainedModel
 from afm_dist.synthetic import PLANTED_PAIRS
 from tests.conftest import run_job
@@ -59,6 +61,45 @@ def test_score_refuses_existing_output_and_unfinished_model(spark, planted_data,
     assert run_job("score", ["--model", str(unfinished), "--input", str(planted_data / "test"),
                              "--output", str(tmp_path / "o")], spark) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_score_refuses_a_split_that_is_not_of_the_models_data_set(spark, planted_data, planted_models, tmp_path,
+                                                                     capfd):
+    """bugcases2 case 12: a split copied away from its data set keeps its identity (its own
+    _dataset.json) and scores as before; without it, with another data set's identity, or with a
+    feature id past the model's table it is refused in one line (exit 2), nothing published."""
+    model_dir = planted_models["fm"]
+    features = TrainedModel.load(model_dir).num_features
+    copied = tmp_path / "copied"
+    shutil.copytree(planted_data / "test", copied)
+    assert run_job("score", ["--model", model_dir, "--input", copied, "--output", tmp_path / "ok"], spark) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["rows"] == pq.read_table(copied).num_rows
+
+    def refused(split, expected):
+        out = tmp_path / f"out-{split.name}"
+        assert run_job("score", ["--model", model_dir, "--input", split, "--output", out], spark) == 2
+        err = capfd.readouterr().err
+        assert expected in err and "Traceback" not in err, err[-2000:]
+        assert not out.exists()
+
+    anonymous = tmp_path / "anonymous"
+    shutil.copytree(copied, anonymous)
+    (anonymous / SPLIT_IDENTITY).unlink()
+    refused(anonymous, "says nothing of the data set")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(copied, foreign)
+    (foreign / SPLIT_IDENTITY).write_text(json.dumps({"split": "test", "schema_hash": "0" * 16, "num_features": 19}))
+    refused(foreign, "is not of the data set the model was trained on")
+    # Same identity, but an id the model has no feature for (a split edited or of a larger vocabulary).
+    beyond = tmp_path / "beyond"
+    beyond.mkdir()
+    shutil.copy(copied / SPLIT_IDENTITY, beyond / SPLIT_IDENTITY)
+    table = pq.read_table(copied)
+    ids = table.column("ids").to_pylist()
+    ids[0][0] = features + 4
+    pq.write_table(table.set_column(table.schema.get_field_index("ids"), "ids",
+                                    pa.array(ids, type=table.schema.field("ids").type)), beyond / "part-0.parquet")
+    refused(beyond, f"feature id {features + 4} is beyond the model's {features} features")
 
 
 def test_explain_heatmap_peaks_on_a_planted_pair(spark, planted_data, planted_models, tmp_path):
