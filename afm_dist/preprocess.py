@@ -32,7 +32,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, VOCABULARY, DatasetError, DatasetMetadata,
+from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN, VOCABULARY, DatasetError, DatasetMetadata,
                               FieldLayout)
 from afm_dist.inputs import Plan
 from afm_dist.io import strip_file_scheme
@@ -94,6 +94,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     n_input, n_rejected, n_accepted = summary.rows, summary.rejected, summary.accepted
     log.info("input rows: %d, rejected: %d, accepted: %d (blank lines: %d, lines joined into multi-line records: %d)",
              n_input, n_rejected, n_accepted, summary.blank, summary.continued)
+    raw_records.log_truncated(summary, "input")
     # A malformed side table is named first: the log rows whose key it lacks are rejected too.
     tables = raw_records.summarize_tables(spark, plan_)
     for t in tables:
@@ -138,6 +139,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     write_splits(table, out_dir, tasks, repartition=schema.target.kind == "implicit" and per_positive > 0)
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
+    if summary.truncated:
+        counts["truncated"] = summary.truncated
     if tables:
         counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count, "duplicate_keys": t.duplicate_keys}
                             for t in tables}
@@ -146,8 +149,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         log.info("%s: %d rows (%d positive, %d negative)", s, counts[s]["rows"], counts[s]["positive"],
                  counts[s]["negative"])
     if schema.target.kind == "implicit" and schema.target.negatives:
-        made = sum(counts[s]["negative"] for s in SPLITS)
-        extra["negatives_unavailable"] = n_accepted * schema.target.negatives.per_positive - made
+        extra["negatives_unavailable"] = check_negatives(counts, schema.target.negatives)
         target = {"kind": "implicit", "min": encode.NEGATIVE, "max": encode.POSITIVE}
     else:
         target = {"kind": "explicit", "min": float(totals["label_min"]), "max": float(totals["label_max"])}
@@ -160,6 +162,33 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         num_features=sum(lay.size for lay in layouts), num_slots=sum(lay.width for lay in layouts),
         target=target, counts=counts, seed=schema.seed, inputs=plan_.inputs(), extra=extra,
     )
+
+
+def check_negatives(counts: dict, negatives) -> dict[str, int]:
+    """Negatives requested but not drawn, per split (a positive whose context has seen every
+    value of the replaced field within ``max_tries`` draws gets fewer). Logs a warning naming
+    the field when some are short.
+
+    ``counts``: the splits' rows, positives and negatives (``split_counts``); ``negatives``: the
+    schema's ``target.negatives``. Returns {split: negatives not drawn}.
+
+    Raises:
+        DatasetError: the train split has positives and not one negative: a model trained on it
+            would see one class only.
+    """
+    short = {s: counts[s]["positive"] * negatives.per_positive - counts[s]["negative"] for s in SPLITS}
+    requested = sum(counts[s]["positive"] for s in SPLITS) * negatives.per_positive
+    why = (f"the contexts have seen (nearly) every value of field {negatives.replace!r}, so {negatives.max_tries} "
+           f"draws (target.negatives.max_tries) found no unseen one")
+    if counts[TRAIN]["positive"] and not counts[TRAIN]["negative"]:
+        raise DatasetError(f"0 of {counts[TRAIN]['positive'] * negatives.per_positive} negatives of the train split "
+                           f"could be sampled: {why}; an implicit data set needs negatives: use logs with more "
+                           f"values of {negatives.replace!r}, replace another field, or an explicit target")
+    if any(short.values()):
+        log.warning("%d of %d negatives could not be sampled (%s): %s; raise max_tries or expect fewer negatives "
+                    "than target.negatives.per_positive", sum(short.values()), requested,
+                    ", ".join(f"{s} {n}" for s, n in short.items()), why)
+    return short
 
 
 def _dense_id_space(accepted: DataFrame, max_id: int) -> int:

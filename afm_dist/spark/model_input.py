@@ -165,6 +165,7 @@ def _screen(spark: SparkSession, records: DataFrame, schema: Schema, staging: Pa
                   "listed again, left out (in rejected/)", file=sys.stderr, flush=True)
     summary = raw_records.summarize_input(records, schema)
     raw_records.check_rejected(records, summary, max_rejected_fraction, require_rows=False)
+    raw_records.log_truncated(summary, "input")
     raw_records.write_rejected(spark, records, summary, staging / REJECTED, tables)
     return records.filter(raw_records.accepted_row()), summary.rejected
 

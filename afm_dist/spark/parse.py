@@ -6,7 +6,8 @@ after it:
 
     categorical        string           the trimmed value (null when missing)
     multi_categorical  array<string>    distinct non-empty values, in input order, at most
-                                        max_values (null when there is none)
+                                        max_values (null when there is none); and
+                                        ``_width_NAME`` (int), their number before that cut
     numeric            double           the value after the field's transform (log, log1p)
 
 plus ``_label`` (double, explicit targets) and ``_reason`` (string; null for a good row).
@@ -35,6 +36,7 @@ from afm_dist.spark.readers import CONT, MAX_RECORD_LINES, TEXT, blank, quoted_v
 SKIP, COLS, REASON, LABEL, PROBLEM = "_skip", "_cols", "_reason", "_label", "_problem"
 HEADER, BLANK, CONTINUATION = "header", "blank", "continuation"  # the values of ``_skip``
 LIBFM_IDS, LIBFM_VALS = "_fids", "_fvals"
+WIDTH_PREFIX = "_width_"  # + a multi-valued field's name: its distinct values before the cut at max_values
 
 # A decimal number as text: what a numeric field or a label may hold (no NaN, no Infinity).
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
@@ -220,9 +222,11 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
                     F.split(text, regex_char(f.delimiter), -1))
             else:
                 items = F.split(text, regex_char(f.delimiter), -1)
-            items = F.slice(F.array_distinct(F.filter(F.transform(items, F.trim), lambda v: v.isNotNull() & (v != ""))),
-                            1, f.max_values)
+            every = F.array_distinct(F.filter(F.transform(items, F.trim), lambda v: v.isNotNull() & (v != "")))
+            items = F.slice(every, 1, f.max_values)
             values.append(F.when(F.size(items) > 0, items).alias(f.name))
+            # values before the cut at max_values: truncation is counted (records.summarize_input)
+            values.append(F.when(every.isNotNull(), F.size(every)).otherwise(F.lit(0)).alias(WIDTH_PREFIX + f.name))
             if f.required:
                 problems.append(F.when(text.isNotNull() & ~(F.size(items) > 0), F.lit(_empty(f))))
         else:

@@ -16,7 +16,8 @@ them: preprocessing reads without joining, and reads again with joining only whe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +29,8 @@ from afm_dist.dataset import REJECTED_COLUMNS, DatasetError
 from afm_dist.inputs import InputError, InputFiles, Plan
 from afm_dist.schema import InputFormat, Schema, SideTable
 from afm_dist.spark import parse, readers
+
+log = logging.getLogger(__name__)
 
 
 class RejectedRowsError(DatasetError):
@@ -153,12 +156,16 @@ class InputSummary:
 
     ``totals`` has the label range (``label_min``, ``label_max``) of an explicit target's
     accepted rows, and for libFM input the widest row (``width``) and largest id (``max_id``).
+    ``truncated``: for each multi-valued field, its accepted rows that had more distinct values
+    than its ``max_values`` (``rows``), the values cut (``values``), the most distinct values of a
+    row (``widest``) and the field's ``max_values``.
     """
 
     blocks: DataFrame
     rows: int  # input rows: lines that are not headers, blank or continued lines
     rejected: int
     totals: dict[str, Any]
+    truncated: dict[str, dict[str, int]] = field(default_factory=dict)  # see ``summarize_input``
     blank: int = 0  # blank lines (not rows)
     continued: int = 0  # lines joined into the record of an earlier line (not rows)
     odd_quotes: int = 0  # rows with an odd number of quotes: records may hold quoted line breaks
@@ -185,15 +192,36 @@ def summarize_input(records: DataFrame, schema: Schema) -> InputSummary:
     if schema.target.kind == "explicit":
         extras += [F.min(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_min"),
                    F.max(F.when(accepted_row(), F.col(parse.LABEL))).alias("label_max")]
+    multi = [f for f in schema.fields if f.kind == "multi_categorical"]
+    for i, f in enumerate(multi):
+        width = F.when(accepted_row(), F.col(parse.WIDTH_PREFIX + f.name))
+        extras += [F.count(F.when(width > f.max_values, 1)).alias(f"_cut_rows_{i}"),
+                   F.sum(F.when(width > f.max_values, width - f.max_values)).alias(f"_cut_values_{i}"),
+                   F.max(width).alias(f"_widest_{i}")]
     blocks = readers.line_blocks(records, *extras).cache()
-    counted = ("_n", "skipped", "blank", "continued", "rejected", "odd_quotes")
+    counted = ("_n", "skipped", "blank", "continued", "rejected", "odd_quotes",
+               *(f"_cut_{what}_{i}" for i in range(len(multi)) for what in ("rows", "values")))
     totals = blocks.agg(*[F.sum(c).alias(c) for c in counted if c in blocks.columns],
                         *[(F.min if c.endswith("min") else F.max)(c).alias(c)
-                          for c in ("width", "max_id", "label_min", "label_max") if c in blocks.columns]).first()
+                          for c in ("width", "max_id", "label_min", "label_max", *(f"_widest_{i}" for i in range(len(multi))))
+                          if c in blocks.columns]).first()
     totals = totals.asDict()
     n = {c: int(totals.get(c) or 0) for c in counted}
+    truncated = {f.name: {"rows": n[f"_cut_rows_{i}"], "values": n[f"_cut_values_{i}"],
+                          "widest": int(totals.get(f"_widest_{i}") or 0), "max_values": f.max_values}
+                 for i, f in enumerate(multi)}
     return InputSummary(blocks=blocks, rows=n["_n"] - n["skipped"], rejected=n["rejected"], totals=totals,
-                        blank=n["blank"], continued=n["continued"], odd_quotes=n["odd_quotes"])
+                        truncated=truncated, blank=n["blank"], continued=n["continued"], odd_quotes=n["odd_quotes"])
+
+
+def log_truncated(summary: InputSummary, what: str) -> None:
+    """A warning for each multi-valued field whose lists were cut at ``max_values`` (``what``:
+    the input, as the log names it)."""
+    for name, t in summary.truncated.items():
+        if t["rows"]:
+            log.warning("%s: field '%s': %d row(s) had more than max_values %d distinct values (at most %d): %d "
+                        "value(s) past the first %d were dropped; raise max_values in the schema to keep them",
+                        what, name, t["rows"], t["max_values"], t["widest"], t["values"], t["max_values"])
 
 
 def check_rejected(records: DataFrame, summary: InputSummary, max_fraction: float, *, require_rows: bool) -> None:
