@@ -80,6 +80,7 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
 
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
+        DatasetError: ``--loss logistic`` on a target that is not two classes (``check_loss``).
         OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``.
         ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
             the ``--init-from`` FM does not fit it (another embedding size or feature count).
@@ -96,12 +97,35 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
+    check_loss(cfg.loss, meta)
     for split, why in ((TRAIN, "nothing to train on"),
                        (VALIDATION, "training needs it to keep the best epoch and stop early")):
         if meta.split_rows(split) == 0:
             raise DatasetError(f"{cfg.data}/{split}: the split is empty ({why}); preprocess again with a "
                                f"{split} fraction above 0 in the schema's split section, or with more rows")
     return meta
+
+
+def check_loss(loss: str, meta: DatasetMetadata) -> None:
+    """Refuse the logistic loss on a target that is not two classes: it reads label > 0 as a
+    positive, so on star ratings every row is a positive and the model learns one class.
+
+    Two classes: an implicit target (+1 / -1), or an explicit one whose labels range over 0/1 or
+    -1/1 with both a positive and a non-positive label in the train split.
+
+    Raises:
+        DatasetError: naming the target's range and what to use instead.
+    """
+    if loss != "logistic" or meta.target.get("kind") == "implicit":
+        return
+    lo, hi = meta.target.get("min"), meta.target.get("max")
+    if lo not in (-1.0, 0.0, 1.0) or hi not in (-1.0, 0.0, 1.0):  # the range of labels 0/1 or -1/1
+        raise DatasetError(f"--loss logistic needs binary labels (an implicit target, or labels 0/1 or -1/1); this "
+                           f"data set's target is explicit in [{lo:g}, {hi:g}]: use --loss squared")
+    train = meta.counts.get(TRAIN, {})
+    if not train.get("positive") or not train.get("negative"):
+        raise DatasetError(f"--loss logistic: the train split has {train.get('positive', 0)} positive and "
+                           f"{train.get('negative', 0)} non-positive labels: one class only, nothing to separate")
 
 
 def check_diverged(epoch: int, train_m: dict[str, float], val_m: dict[str, float], meta: DatasetMetadata) -> None:

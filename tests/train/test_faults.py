@@ -77,6 +77,26 @@ def test_afm_on_one_field_refused_before_training(spark, tmp_path, capsys):
     assert not (tmp_path / "afm").exists()  # refused before the output was made
 
 
+def test_logistic_loss_on_a_target_that_is_not_two_classes_is_refused(spark, tmp_path, capsys):
+    """bugcases2 case 11: --loss logistic reads label > 0 as a positive, so on star ratings every row
+    was a positive and a one-class model was published."""
+    from afm_dist.train import main
+    from afm_dist.training import TrainConfig, check_run
+
+    stars = preprocess(spark, tmp_path, "stars", "user\titem\trating", RATINGS, ["user", "item"])
+    assert main(["--data", str(stars), "--model", "fm", "--loss", "logistic", "--output", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--loss logistic needs binary labels" in err and "explicit in [1, 5]: use --loss squared" in err, err
+    assert not (tmp_path / "m").exists()
+    ones = preprocess(spark, tmp_path, "ones", "user\titem\trating", [r.rsplit("\t", 1)[0] + "\t1" for r in RATINGS],
+                      ["user", "item"])
+    assert main(["--data", str(ones), "--model", "fm", "--loss", "logistic", "--output", str(tmp_path / "m")]) == 2
+    assert "one class only" in capsys.readouterr().err
+    clicks = preprocess(spark, tmp_path, "clicks", "user\titem\trating",
+                        [r.rsplit("\t", 1)[0] + f"\t{i % 2}" for i, r in enumerate(RATINGS)], ["user", "item"])
+    assert check_run(TrainConfig(data=str(clicks), model="fm", output=str(tmp_path / "m"), loss="logistic"))
+
+
 def test_empty_validation_split_refused_up_front(spark, tmp_path, capsys):
     from afm_dist.train import main
 
