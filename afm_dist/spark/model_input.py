@@ -186,7 +186,7 @@ def _encode_libfm_logs(spark: SparkSession, paths: Sequence[str], model: Trained
     if remap:
         # The one field starts at offset 0, so its local ids are the model's feature ids.
         mapping = (_model_vocabulary(spark, model).filter(F.col("field") == LIBFM_FIELD)
-                   .select(F.col("value").cast("int").alias("_v"), F.col("local_id").alias("_id")))
+                   .select(F.col("value").cast("long").alias("_v"), F.col("local_id").alias("_id")))
         records = _reject_unknown_libfm_ids(records, mapping)
     accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction)
     raw_line = f"{RAW_PREFIX}line"

@@ -254,11 +254,13 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
     return records.select(*kept, *values, F.coalesce(*problems).alias(REASON))
 
 
-_LIBFM_TOKEN = r"^[0-9]{1,9}:[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_LIBFM_TOKEN = r"^[0-9]+:[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+LIBFM_ID_DIGITS = 18  # ids are read as int64: up to 18 digits always fit (hashed 32-bit and 60-bit spaces)
+INT32_MAX = 2**31 - 1  # the largest id a data set can keep as it is (ids: keep): ids are int32 in the splits
 
 
 def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
-    """libFM lines ``label id:value ...`` -> ``_label``, ``_fids`` (array<int>, as in the file),
+    """libFM lines ``label id:value ...`` -> ``_label``, ``_fids`` (array<bigint>, as in the file),
     ``_fvals`` (array<double>), ``_skip`` (blank lines) and ``_reason``. A line that gives an id
     twice is rejected: the id would take two slots and interact with itself."""
     text = F.regexp_replace(F.col(TEXT), r"^\s+|\s+$", "")
@@ -267,7 +269,10 @@ def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
     feats = F.slice(tokens, 2, F.greatest(F.size(tokens) - 1, F.lit(1)))
     feats = F.when(F.size(tokens) > 1, feats).otherwise(F.array().cast("array<string>"))
     bad = F.filter(feats, lambda t: ~t.rlike(_LIBFM_TOKEN))
-    ids = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", 1).cast("int")))
+    long_ids = F.filter(feats, lambda t: F.length(F.substring_index(t, ":", 1)) > LIBFM_ID_DIGITS)
+    ids = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN) & (F.length(F.substring_index(t, ":", 1))
+                                                                       <= LIBFM_ID_DIGITS),
+                                              F.substring_index(t, ":", 1).cast("long")))
     vals = F.transform(feats, lambda t: F.when(t.rlike(_LIBFM_TOKEN), F.substring_index(t, ":", -1).cast("double")))
     huge = F.filter(feats, lambda t: F.abs(_to_double(F.substring_index(t, ":", -1))) > FLOAT32_MAX)
     ordered = F.array_sort(ids)
@@ -275,6 +280,9 @@ def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
                         lambda i: F.element_at(ordered, i) == F.element_at(ordered, i - 1))
     problem = (F.when(F.size(bad) > 0, F.concat(F.lit("libfm: token '"), _shown(bad.getItem(0)),
                                                 F.lit("' is not id:value")))
+               .when(F.size(long_ids) > 0, F.concat(F.lit("libfm: token '"), _shown(long_ids.getItem(0)),
+                                                    F.lit(f"' has an id of more than {LIBFM_ID_DIGITS} digits; "
+                                                          "hash the ids into a smaller space")))
                .when(F.size(feats) == 0, F.lit("libfm: no features"))
                .when(F.size(F.array_distinct(ids)) < F.size(ids),
                      F.concat(F.lit("libfm: feature id "),
@@ -288,7 +296,13 @@ def parse_libfm(lines: DataFrame, fmt: InputFormat) -> DataFrame:
         problem = F.coalesce(problem, F.when(
             F.size(feats) > fmt.max_features,
             F.concat(F.size(feats).cast("string"), F.lit(f" features, more than max_features {fmt.max_features}"))))
-    parsed_ok = F.size(bad) == 0
+    parsed_ok = (F.size(bad) == 0) & (F.size(long_ids) == 0)
+    if fmt.ids != "remap":  # kept ids index the feature tables: int32
+        problem = F.coalesce(problem, F.when(
+            parsed_ok & (F.array_max(ids) > INT32_MAX),
+            F.concat(F.lit("libfm: feature id "), F.array_max(ids).cast("string"),
+                     F.lit(f" is above {INT32_MAX}, the largest id kept as it is; set format.ids: remap in the "
+                           "schema to number the ids used 0, 1, ..."))))
     if fmt.num_features is not None:
         problem = F.coalesce(problem, F.when(
             parsed_ok & (F.array_max(ids) >= fmt.num_features),

@@ -309,3 +309,29 @@ def test_libfm_ids_remapped_to_the_ids_used(spark, tmp_path):
             assert a["ids"][:n] == [new_id[i] for i in b["ids"][:n]]
             assert (a["vals"], a["mask"], a["label"]) == (b["vals"], b["mask"], b["label"])
     assert sum(len(read_all(outs["remap"])[s]) for s in SPLITS) == 40
+
+
+def test_libfm_ids_of_hashed_64_bit_spaces_are_remapped_or_refused_by_what_limits_them(spark, tmp_path, capsys):
+    """bugcases2 case 14: ids of 10 or more digits were 'not id:value' even with ids: remap."""
+    big = [3_000_000_039, 4_294_967_000, 123_456_789_012_345_678]
+    lines = [f"{(-1) ** i} {big[i % 3]}:1 {big[(i + 1) % 3]}:0.5" for i in range(30)]
+    lines.append("1 1234567890123456789:1")  # 19 digits: past int64's always-safe width
+    logs = write_lines(tmp_path / "hashed.libfm", lines)
+    outs = {}
+    for ids in ("remap", "keep"):
+        schema = schema_file(tmp_path, {"name": "h", "format": {"type": "libfm", "ids": ids},
+                                        "target": {"kind": "explicit"}, "seed": 3}, f"{ids}.yaml")
+        outs[ids] = tmp_path / ids
+        outs[ids + "_rc"] = run_job(spark, "--schema", schema, "--input", logs, "--output", outs[ids],
+                                    "--max-rejected-fraction", "0.05" if ids == "remap" else "1")
+    assert outs["remap_rc"] == 0
+    assert vocabulary(outs["remap"]) == {("features", str(v)): i for i, v in enumerate(sorted(big))}
+    assert rejected_rows(outs["remap"]) == [
+        (31, lines[30], "libfm: token '1234567890123456789:1' has an id of more than 18 digits; hash the ids into "
+                        "a smaller space")]
+    assert sum(len(read_all(outs["remap"])[s]) for s in SPLITS) == 30
+    # Kept as they are, the ids index the feature tables (int32): every line is set aside, saying so.
+    assert outs["keep_rc"] == 2
+    err = capsys.readouterr().err
+    assert "is above 2147483647, the largest id kept as it is; set format.ids: remap" in err, err[-3000:]
+    assert "Traceback" not in err and not outs["keep"].exists()
