@@ -9,16 +9,24 @@ Text input is UTF-8. A UTF-8 byte-order mark is ignored (here and when Spark rea
 file that starts with a UTF-16 or UTF-32 one is refused, naming it and how to convert it. A
 header is the first line of the file that is not blank.
 
+Compressed text: a file named ``.gz`` or ``.bz2`` is read decompressed, here as by Spark (whose
+Hadoop codecs choose by the same extension); one named for a codec that Spark does not decompress
+without native libraries (``.zst``, ``.lz4``, ``.snappy``, ...) or at all (``.xz``, ``.zip``, ...)
+is refused by name before Spark starts.
+
 Given splits (the paper's protocol with published files): ``plan(..., splits={"train": [...],
 "validation": [...], "test": [...]})`` keeps which split each file is for (``Plan.splits``); the
 files are read and encoded together, in one feature space, and each row stays in its file's split.
 """
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 from afm_dist.io import strip_file_scheme
 from afm_dist.schema import InputFormat, Schema
@@ -34,6 +42,12 @@ BLANK_CHARS = " \t\r\f\u000b" + BOM
 # Byte-order marks of the encodings afm-dist does not read (longest first).
 _OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
                (b"\xfe\xff", "UTF-16"))
+
+
+# Compressed text that Spark's text reader decompresses by extension (Hadoop's codecs in pure Java).
+_CODECS = {".gz": gzip.open, ".bz2": bz2.open}
+# Names of compressed files that it does not: read as text they would be binary garbage.
+_UNREADABLE_CODECS = (".zst", ".zstd", ".lz4", ".snappy", ".deflate", ".lzo", ".xz", ".lzma", ".zip", ".7z", ".z")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,27 +153,57 @@ def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(files))
 
 
+def _open_bytes(path: str, what: str) -> BinaryIO:
+    """The file's bytes as Spark reads them: decompressed when its name ends in .gz or .bz2.
+
+    Raises:
+        InputError: a compressed file of a codec Spark does not read, naming the file.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in _UNREADABLE_CODECS:
+        raise InputError(f"{what} {path}: {suffix} files are not read (compressed input is read when it is gzip "
+                         "(.gz) or bzip2 (.bz2)); decompress it, or compress it with gzip or bzip2")
+    return _CODECS.get(suffix, open)(path, "rb")
+
+
+def _read_start(path: str, what: str, read) -> object:
+    """``read(binary file)`` on the file as Spark reads it (``_open_bytes``).
+
+    Raises:
+        InputError: a compressed file whose bytes are not of its codec (a .gz that is not gzip,
+            or cut short), naming the file.
+    """
+    try:
+        with _open_bytes(path, what) as f:
+            return read(f)
+    except (OSError, EOFError) as e:
+        if Path(path).suffix.lower() not in _CODECS:
+            raise
+        raise InputError(f"{what} {path}: cannot be decompressed as its name says ({e}); "
+                         "check the file (an interrupted copy?) or its name") from e
+
+
 def _check_encoding(path: str, what: str) -> None:
     """Refuse a text file that starts with the byte-order mark of another encoding than UTF-8."""
-    with open(path, "rb") as f:
-        start = f.read(4)
+    start = _read_start(path, what, lambda f: f.read(4))
     for mark, encoding in _OTHER_BOMS:
         if start.startswith(mark):
             raise InputError(f"{what} {path}: the file is {encoding} (it starts with a {encoding} byte-order mark); "
                              f"afm-dist reads UTF-8 text: convert it, e.g. iconv -f {encoding} -t UTF-8")
 
 
-def _first_line(path: str) -> str | None:
+def _first_line(path: str, what: str) -> str | None:
     """The file's first line that is not blank, without byte-order mark and line end (\\n, \\r\\n
-    and \\r all end a line, as for Spark); None when there is none."""
-    with open(path, encoding="utf-8", errors="replace", newline=None) as f:
-        for line in f:
+    and \\r all end a line, as for Spark), decompressed as Spark reads it; None when there is none."""
+    def first(f: BinaryIO) -> str | None:
+        for line in io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline=None):
             line = line.rstrip("\n")
             if line.startswith(BOM):
                 line = line[1:]
             if line.strip(BLANK_CHARS):
                 return line
-    return None
+        return None
+    return _read_start(path, what, first)
 
 
 def _split_header(line: str, fmt: InputFormat) -> list[str]:
@@ -181,7 +225,7 @@ def _resolve(fmt: InputFormat, paths: Sequence[str], what: str, users: Mapping[s
     lines: list[str] = []
     first_file = ""
     for path in files:
-        line = _first_line(path)
+        line = _first_line(path, what)
         if line is None:
             continue  # an empty (or blank) file: no header, no rows
         cols = [c.strip() for c in _split_header(line, fmt)]
