@@ -14,7 +14,7 @@ from afm_dist.dataset import VOCABULARY, DatasetMetadata, mark_complete
 from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
 from afm_dist.model_dir import CURVES, METRICS, MODEL_WEIGHTS, TrainedModel, save_weights
 from afm_dist.plots import plot_training_curves
-from afm_dist.training.checkpoint import CHECKPOINT, save_checkpoint
+from afm_dist.training.checkpoint import CHECKPOINT, open_checkpoint, save_checkpoint
 from afm_dist.training.config import TrainConfig
 
 
@@ -45,13 +45,13 @@ def check_output(cfg: TrainConfig) -> Path:
     path a new run may (over)write. Returns it resolved.
 
     Raises:
-        OutputPathError: no checkpoint to ``--resume`` from, or an output that must not be written.
+        OutputPathError: no readable checkpoint to ``--resume`` from (missing, cut short, empty or
+            not a checkpoint: ``open_checkpoint``), or an output that must not be written.
         UnsupportedSchemeError: the output is a URL other than ``file://``.
     """
     out = Path(cfg.output)
     if cfg.resume:
-        if not (out / CHECKPOINT).exists():
-            raise OutputPathError(f"{out}: no {CHECKPOINT} to resume from; run without --resume to start")
+        open_checkpoint(out / CHECKPOINT)
         return out.resolve()
     return validate_output_path(cfg.output, overwrite=cfg.overwrite)
 

@@ -8,14 +8,19 @@ order by epoch, so a resumed epoch draws what it would have drawn in one uninter
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from afm_dist.dataset import DatasetError, DatasetMetadata
-from afm_dist.io import atomic_path
+from afm_dist.io import OutputPathError, atomic_path
 
 CHECKPOINT = "checkpoint.pt"
+# What ``resume`` reads from a checkpoint (afm_dist/training/artifacts.py writes them all).
+CHECKPOINT_KEYS = ("model", "schema_hash", "num_features", "num_slots", "epoch", "model_state", "optimizer_state",
+                   "history", "best", "bad_epochs")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -31,6 +36,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     copies each into the model's own parameters, so resuming a run with a 10-million-row table
     holds one copy of it in memory, not two (the file's pages are page cache, reclaimable)."""
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def open_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``load_checkpoint``, for ``--resume`` before Horovod starts: a file that is missing, cut
+    short (an interrupted copy), empty or not a checkpoint of this trainer is refused in one line.
+    Memory-mapped, so opening even a large checkpoint reads little of it.
+
+    Raises:
+        OutputPathError: naming the file, its size and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise OutputPathError(f"{path.parent}: no {CHECKPOINT} to resume from; run without --resume to start")
+    advice = "restore it, or train again without --resume (--overwrite starts the directory afresh)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise OutputPathError(f"{path}: cannot be read ({e.strerror}); {advice}") from e
+    try:
+        state = load_checkpoint(path)
+    # torch reports a cut or foreign file as any of these (an empty one as a misleading "mmap" error).
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise OutputPathError(f"{path} is truncated or not a checkpoint ({size} bytes); {advice}") from e
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise OutputPathError(f"{path} is not a checkpoint of afm_dist.train ({size} bytes, without "
+                              f"{', '.join(missing)}); {advice}")
+    return state
 
 
 def check_resume_compatible(state: dict[str, Any], model: str, data: str, meta: DatasetMetadata,

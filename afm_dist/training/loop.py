@@ -29,7 +29,7 @@ from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
-from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint
+from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
 from afm_dist.training.config import TrainConfig
 from afm_dist.training.exchange import GradientExchange, wait
 from afm_dist.training.optimizers import build_optimizer
@@ -81,7 +81,9 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
         DatasetError: ``--loss logistic`` on a target that is not two classes (``check_loss``).
-        OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``.
+        OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``; or, with
+            ``--resume``, its ``checkpoint.pt`` is missing, cut short, empty or not a checkpoint.
+        DatasetError: with ``--resume``, the checkpoint is of another model or data set.
         ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
             the ``--init-from`` FM does not fit it (another embedding size or feature count).
     """
@@ -97,6 +99,9 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
+    if cfg.resume:  # every rank, before Horovod starts: the checkpoint opens, and is of this run
+        saved = open_checkpoint(Path(cfg.output) / CHECKPOINT)
+        check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
     check_loss(cfg.loss, meta)
     for split, why in ((TRAIN, "nothing to train on"),
                        (VALIDATION, "training needs it to keep the best epoch and stop early")):

@@ -15,7 +15,7 @@ from afm_dist import metrics as M
 from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, TEST
 from afm_dist.model_dir import MODEL_WEIGHTS
 from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
-from tests.conftest import run_horovod, run_job
+from tests.conftest import job_module, run_horovod, run_job
 from tests.train.test_train import check, metrics, train_args
 
 RATINGS = ["u1\ti1\t4.0", "u2\ti2\t3.0", "u3\ti1\t5.0", "u1\ti3\t2.0", "u2\ti1\t3.5", "u4\ti2\t1.0",
@@ -168,3 +168,43 @@ def test_resumed_run_equals_the_uninterrupted_run(planted_data, tmp_path):
         [h["val_rmse"] for h in metrics(tmp_path / "whole")], rel=1e-5)
     best = load_file(str(tmp_path / "whole" / MODEL_WEIGHTS))
     assert set(best) == set(whole["model_state"])
+
+
+def test_resume_from_a_cut_or_empty_checkpoint_is_refused_in_one_line(spark, tmp_path, capsys):
+    """bugcases2 case 08: a checkpoint.pt cut short (an interrupted copy), empty or foreign gave torch
+    tracebacks on every rank after Horovod started; now one line naming the file and its size, exit 2,
+    before Horovod (horovodrun's ranks), before Spark (jobs/train.py), and the directory untouched."""
+    from afm_dist.train import main
+
+    data = preprocess(spark, tmp_path, "ckpt", "user\titem\trating", RATINGS, ["user", "item"])
+    out = tmp_path / "fm"
+    assert main(train_args(data, "fm", out, "--epochs", "1", "--batch-size", "8")[2:]) == 0
+    capsys.readouterr()
+    whole = (out / CHECKPOINT).read_bytes()
+    resume = train_args(data, "fm", out, "--epochs", "2", "--batch-size", "8", "--resume")
+    advice = "; restore it, or train again without --resume"
+    torch.save({"epoch": 1, "w": torch.zeros(3)}, tmp_path / "other.pt")  # a checkpoint, not of this trainer
+    variants = {"cut": whole[: len(whole) // 2], "empty": b"", "text": b"not a checkpoint\n",
+                "foreign": (tmp_path / "other.pt").read_bytes()}
+    for name, content in variants.items():
+        (out / CHECKPOINT).write_bytes(content)
+        assert main(resume[2:]) == 2, name
+        err = capsys.readouterr().err
+        what = "is not a checkpoint of afm_dist.train" if name == "foreign" else "is truncated or not a checkpoint"
+        assert err.count("\n") == 1 and f"{out / CHECKPOINT} {what} ({len(content)} bytes" in err, (name, err)
+        assert advice in err, err
+    # Under horovodrun: each rank refuses before hvd.init, exit 2, without a traceback of its own.
+    (out / CHECKPOINT).write_bytes(whole[:1000])
+    proc = run_horovod(resume, np=2)
+    text = proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert (f"[{rank}]<stderr>:[train] error: {out / CHECKPOINT} is truncated or not a checkpoint (1000 bytes)"
+                + advice) in text, text[-3000:]
+        assert f"[{rank}]<stderr>:Traceback" not in text
+    assert "exit with status code 2" in text
+    # jobs/train.py: refused before Spark starts (no session is given, none is built).
+    assert job_module("train").main([*resume[2:], "--num-proc", "2"]) == 2
+    assert "train: error: " in capsys.readouterr().err
+    # Nothing was trained or touched: the earlier complete model stays as it was.
+    assert (out / COMPLETE_MARKER).exists() and len(metrics(out)) == 1
+    assert (out / CHECKPOINT).read_bytes() == whole[:1000]
