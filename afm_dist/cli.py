@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from afm_dist.dataset import DatasetError, mark_complete
 from afm_dist.inputs import InputError, parse_table_specs
 from afm_dist.io import (OutputPathError, UnsupportedSchemeError, check_apart, local_path, publish_directory,
-                         validate_output_path)
+                         unreadable_by_spark, validate_output_path)
 from afm_dist.schema import SchemaError
 from afm_dist.spark import session as spark_session
 
@@ -165,7 +165,8 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     """Run one job; return its exit status (see the module).
 
     Before Spark starts: ``check_common(args)``, the output apart from every input
-    (``check_apart``: not one of them, not holding one, not inside one), ``prepare()`` (the job's own checks: schema,
+    (``check_apart``: not one of them, not holding one, not inside one), every path one that
+    Spark can read (``unreadable_by_spark``), ``prepare()`` (the job's own checks: schema,
     input plan, model; its result is handed to ``work``, None without ``prepare``) and the
     output path (``args.output``, ``args.overwrite``). Then
     ``work(spark, staging, prepared)`` writes into a staging directory beside
@@ -186,6 +187,11 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     try:
         check_common(args)
         check_apart(Path(args.output).expanduser().resolve(), input_paths(args))  # nothing read yet
+        for flag, paths in input_paths(args).items():  # files inside directories: the input plan checks them
+            for path in paths:
+                why = unreadable_by_spark(Path(path).expanduser().resolve())
+                if why:
+                    raise InputError(f"{flag} {why}")
         prepared = prepare() if prepare is not None else None
         output = validate_output_path(args.output, overwrite=args.overwrite) if publish else Path(args.output)
     except USER_ERRORS as e:

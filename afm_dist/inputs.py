@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Mapping, Sequence
 
-from afm_dist.io import strip_file_scheme
+from afm_dist.io import strip_file_scheme, unreadable_by_spark
 from afm_dist.schema import InputFormat, Schema
 
 
@@ -150,6 +150,9 @@ def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
             raise InputError(f"{what} {raw}: no such file or directory")
     if not files:
         raise InputError(f"{what}: no input given")
+    for f in files:
+        if unreadable_by_spark(f):
+            raise InputError(f"{what} {unreadable_by_spark(f)}")
     return tuple(dict.fromkeys(files))
 
 

@@ -9,6 +9,7 @@ One way to do each:
   when the job succeeded;
 - ``validate_output_path``: refuse output paths that must not be (over)written, before any work;
 - ``check_apart``: refuse an output that is, contains or lies inside one of the job's inputs;
+- ``unreadable_by_spark``: the one kind of local path that Spark cannot be handed;
 - ``local_path``: a path or ``file://`` URI as a local path, any other URL scheme refused.
 
 Supported filesystems: every path (data sets, model directories, checkpoints, job outputs) is
@@ -100,6 +101,21 @@ def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 _FORBIDDEN = {Path("/"), Path.home(), Path("/usr"), Path("/etc"), Path("/bin"), Path("/tmp")}
 
 
+_GLOB = "[]{}*?\\"
+
+
+def unreadable_by_spark(path: str | os.PathLike) -> str | None:
+    """Why Spark's readers cannot name ``path``, or None. They expand glob patterns (afm-dist escapes
+    the glob characters ``[ ] { } * ? \\``), and an escaped pattern is walked one name at a time,
+    where Hadoop reads a name holding ':' as a URI scheme: a path with both cannot be read."""
+    text = str(path)
+    if ":" in text and any(c in text for c in _GLOB):
+        glob = next(c for c in text if c in _GLOB)
+        return (f"{text}: Spark cannot read a path that holds both ':' and {glob!r} (Hadoop reads the one as a "
+                "URI scheme, the other as a glob pattern); rename it or move it to a path without one of them")
+    return None
+
+
 def check_apart(output: Path, inputs: Mapping[str, Iterable[str | os.PathLike]]) -> None:
     """Refuse an output directory that is, contains or lies inside one of the job's inputs.
 
@@ -137,7 +153,8 @@ def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
         UnsupportedSchemeError: a URL other than file://.
         OutputPathError: for an empty path, a system directory or the
             current directory (an ``--overwrite`` there would delete far more than a job's
-            output), a file, or an existing non-empty directory unless ``overwrite`` is set.
+            output), a file, an existing non-empty directory unless ``overwrite`` is set, or a path
+            Spark cannot read back (``unreadable_by_spark``).
     """
     raw = str(path).strip()
     if not raw:
@@ -147,6 +164,8 @@ def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
         raise OutputPathError(f"{p}: refusing to write job output there; choose a dedicated directory")
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{p}: exists and is not a directory")
+    if unreadable_by_spark(p):  # outputs are read back (split counts, predictions)
+        raise OutputPathError(unreadable_by_spark(p))
     if p.exists() and any(p.iterdir()) and not overwrite:
         raise OutputPathError(f"{p}: already exists; pass --overwrite to replace it")
     return p

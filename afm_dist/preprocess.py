@@ -326,7 +326,7 @@ def split_counts(spark: SparkSession, out_dir: Path) -> dict[str, dict[str, int]
     """Rows, positives (label > 0) and negatives of each written split, read back from Parquet
     in one job (counted per file, then per split on the driver)."""
     paths = [str(out_dir / s) for s in SPLITS]
-    per_file = (spark.read.parquet(*paths).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
+    per_file = (spark.read.parquet(*map(readers.spark_path, paths)).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
                 .groupBy("path")
                 .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive"))
                 .collect())

@@ -25,6 +25,7 @@ from afm_dist.batch import to_batch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 from afm_dist.model_dir import TrainedModel
 from afm_dist.plots import plot_attention_heatmap
+from afm_dist.spark import readers
 from afm_dist.spark.model_input import load_encoded
 from afm_dist.spark.scoring import PREDICTION, broadcast_model, executor_model
 
@@ -133,7 +134,7 @@ def with_raw_values(pairs: DataFrame, model: TrainedModel) -> DataFrame:
     slot_name = F.create_map(*[x for s, fi in enumerate(slot_fields) for x in (F.lit(s), F.lit(names[fi]))])
     pairs = pairs.withColumn("field_a", slot_name[F.col("slot_a")]).withColumn("field_b", slot_name[F.col("slot_b")])
     if model.vocabulary_path is not None:
-        vocab = pairs.sparkSession.read.parquet(str(model.vocabulary_path)).select(
+        vocab = pairs.sparkSession.read.parquet(readers.spark_path(model.vocabulary_path)).select(
             F.col("id").cast("long").alias("_id"), F.col("value").cast("string").alias("_value"))
         for side in ("a", "b"):
             v = vocab.withColumnRenamed("_id", f"id_{side}").withColumnRenamed("_value", f"value_{side}")

@@ -103,7 +103,7 @@ def load_encoded(spark: SparkSession, paths: Sequence[str], model: TrainedModel,
     dataset schema and encoded with the model's vocabulary (``encode_raw_logs``).
     """
     if is_encoded_split(paths):
-        return spark.read.parquet(str(check_encoded_split(paths[0], model))), [ROW_ID], 0
+        return spark.read.parquet(readers.spark_path(check_encoded_split(paths[0], model))), [ROW_ID], 0
     return encode_raw_logs(spark, paths, model, staging, max_rejected_fraction=max_rejected_fraction, tables=tables)
 
 
@@ -225,7 +225,7 @@ def _model_vocabulary(spark: SparkSession, model: TrainedModel) -> DataFrame:
         raise DatasetError(f"{model.path}: no vocabulary/ to encode raw logs with; retrain with this afm-dist")
     offsets = spark.createDataFrame([(lay.name, lay.offset) for lay in model.dataset.fields],
                                     "field string, offset int")
-    return (spark.read.parquet(str(model.vocabulary_path)).filter(F.col("value").isNotNull())
+    return (spark.read.parquet(readers.spark_path(model.vocabulary_path)).filter(F.col("value").isNotNull())
             .join(F.broadcast(offsets), "field")
             .select("field", "value", (F.col("id") - F.col("offset")).cast("int").alias("local_id")))
 

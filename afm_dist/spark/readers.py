@@ -24,6 +24,8 @@ Columns of a lines DataFrame:
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -36,6 +38,13 @@ SOURCE, BLOCK, POS, TEXT, LINE, CONT = "_source", "_block", "_pos", "_text", "_l
 # The most physical lines one record may span (a quoted value holding line breaks): an unclosed
 # quote cannot take in the rest of a file, and the lines of one record stay few.
 MAX_RECORD_LINES = 100
+_GLOB_CHARS = re.compile(r"([\[\]{}*?\\])")  # what Hadoop's glob reads as a pattern
+
+
+def spark_path(path: str | Path) -> str:
+    """A path to hand Spark's readers, which expand glob patterns: the glob characters of the name
+    escaped, so that a file named ``logs[1].tsv`` is read as itself (bugcases2 case 03)."""
+    return _GLOB_CHARS.sub(r"\\\1", str(path))
 
 
 def _source_column() -> Column:
@@ -60,7 +69,7 @@ def read_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
     """One row per line of the text files ``paths`` (\\n, \\r\\n and \\r all end a line), without
     a byte-order mark at its start."""
     value = F.col("value")
-    return spark.read.text(list(paths)).select(
+    return spark.read.text([spark_path(p) for p in paths]).select(
         _source_column().alias(SOURCE),
         F.col("_metadata.file_block_start").alias(BLOCK),
         # Evaluated on the scan, before any shuffle: rows of one block are consecutive.
@@ -79,7 +88,7 @@ def read_parquet_rows(spark: SparkSession, paths: Sequence[str], columns: Sequen
     """One row per Parquet row: the lines columns (``_text`` is the row as JSON, which identifies
     it) and ``_cols``, a struct of ``columns`` as strings. A list column is joined with its
     ``list_separators`` entry (the delimiter of the multi-valued field that reads it)."""
-    df = spark.read.parquet(*paths)
+    df = spark.read.parquet(*map(spark_path, paths))
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"column {missing[0]!r} is not in the Parquet input (columns: {', '.join(df.columns)})")

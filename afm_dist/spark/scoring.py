@@ -23,6 +23,7 @@ from afm_dist.batch import to_batch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 from afm_dist.io import write_json_atomic
 from afm_dist.model_dir import TrainedModel
+from afm_dist.spark import readers
 from afm_dist.spark.model_input import check_encoded_split, is_encoded_split, load_encoded
 
 SCORE = "score"  # the model's raw output: log loss and AUC read it (sigmoid(score) for implicit targets)
@@ -207,7 +208,7 @@ def score_input(spark: SparkSession, inputs: Sequence[str], model: TrainedModel,
     scored.write.parquet(str(out / PREDICTIONS))
     print(f"score: predictions written after {time.time() - start:.1f} s; computing metrics", file=sys.stderr,
           flush=True)
-    predictions = spark.read.parquet(str(out / PREDICTIONS))
+    predictions = spark.read.parquet(readers.spark_path(out / PREDICTIONS))
     summary: dict[str, Any] = {"model": str(model.path), "inputs": list(inputs), "clipped_to": clip_range,
                                "rejected_rows": rejected}
     if LABEL in predictions.columns:

@@ -11,7 +11,8 @@ def build_session(app_name: str, *, master: str | None = None, conf: dict[str, s
 
     The master comes from ``master``, else from what ``spark-submit`` set, else
     ``AFM_SPARK_MASTER``, else ``local[*]``. The Spark UI stays off unless
-    ``AFM_SPARK_UI=1``; when on it binds to the loopback address only.
+    ``AFM_SPARK_UI=1``; when on it binds to the loopback address only. Local files are read and
+    written by Hadoop's raw local filesystem: no ``.crc`` checksum side files are verified or written.
     """
     builder = SparkSession.builder.appName(app_name)
     chosen = master or os.environ.get("AFM_SPARK_MASTER")
@@ -26,6 +27,10 @@ def build_session(app_name: str, *, master: str | None = None, conf: dict[str, s
     defaults = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Local paths without Hadoop's checksum layer: a stale ".NAME.crc" beside an input (the file
+        # rewritten by a tool other than Hadoop) no longer fails the job with a ChecksumException, and
+        # a ':' in a file name no longer fails building the name of that side file (bugcases2 02, 03).
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     }
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
