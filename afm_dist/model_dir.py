@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from afm_dist.dataset import COMPLETE_MARKER, VOCABULARY, DatasetError, DatasetMetadata
 from afm_dist.io import atomic_path, strip_file_scheme, write_text_atomic
 from afm_dist.metrics import is_binary
 from afm_dist.models import ModelConfig, ScoringModel, build_model
+from afm_dist.schema import schema_from_dict
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+COPY_ADVICE = "copy the whole model directory"  # what a directory with a file missing or cut short usually is
 
 
 @dataclass
@@ -100,6 +103,26 @@ class TrainedModel:
         return self.path / VOCABULARY
 
     @property
+    def needs_vocabulary(self) -> bool:
+        """Raw logs are encoded with ``vocabulary/``: a field whose ids come from the data, or
+        libFM ids numbered by the data set (``ids: remap``)."""
+        schema = schema_from_dict(self.dataset.schema)
+        if schema.format.type == "libfm":
+            return schema.format.ids == "remap"
+        return any(f.indexed for f in schema.fields)
+
+    def check_raw_input(self) -> None:
+        """Refuse, before any work, to encode raw logs without the vocabulary they need.
+
+        Raises:
+            DatasetError: the model needs ``vocabulary/`` (``needs_vocabulary``) and its directory lacks it.
+        """
+        if self.needs_vocabulary and self.vocabulary_path is None:
+            raise DatasetError(f"{self.path}: no {VOCABULARY}/ to encode raw logs with: the directory is most likely an "
+                               f"incomplete copy ({COPY_ADVICE}); a model trained by an afm-dist that kept no "
+                               "vocabulary must be retrained")
+
+    @property
     def weights_path(self) -> Path:
         if self.path is None:
             raise DatasetError(f"the {self.name} model was not loaded from a directory: no {MODEL_WEIGHTS}")
@@ -142,21 +165,29 @@ class TrainedModel:
     def load(cls, directory: str | os.PathLike) -> "TrainedModel":
         """The description of a finished training run (its weights are read by ``build``).
 
+        Scoring, explanation and ``--init-from`` read the weights, so a directory without them
+        (an incomplete copy) is refused here, before any work; raw logs also need ``vocabulary/``
+        (``check_raw_input``).
+
         Raises:
-            DatasetError: no such directory, training did not finish (no completion marker), or
-                ``model.json`` is unreadable.
+            DatasetError: no such directory, training did not finish (no completion marker),
+                ``model.json`` is unreadable, or ``model.safetensors`` is missing or cut short
+                (``check_weights``).
         """
         d = Path(strip_file_scheme(str(directory))).expanduser().resolve()
         if not (d / COMPLETE_MARKER).exists():
             raise DatasetError(
-                f"{d}: not a finished model directory (no {COMPLETE_MARKER}); train with afm_dist.train "
-                "or finish the run with --resume."
+                f"{d}: not a finished model directory (no {COMPLETE_MARKER}); train with afm_dist.train, "
+                f"finish the run with --resume, or, for a copy, {COPY_ADVICE}."
             )
         try:
             text = (d / MODEL_INFO).read_text(encoding="utf-8")
         except OSError as e:
-            raise DatasetError(f"{d}: no readable {MODEL_INFO} ({e}); train the model again") from e
-        return cls.from_json(text, path=d)
+            raise DatasetError(f"{d}: no readable {MODEL_INFO} ({e.strerror}); {COPY_ADVICE}, or train the model "
+                               "again") from e
+        model = cls.from_json(text, path=d)
+        check_weights(d, COPY_ADVICE)
+        return model
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``model.json`` into ``directory`` atomically."""
@@ -175,6 +206,24 @@ class TrainedModel:
         model = self.new_model()
         model.load_state_dict(load_file(str(self.weights_path)), assign=True)
         return model.eval()
+
+
+def check_weights(directory: Path, advice: str) -> None:
+    """Refuse a model directory whose ``model.safetensors`` is missing, or cut short or not a
+    safetensors file (its header read and checked against the file's size; no tensor is read).
+
+    Raises:
+        DatasetError: naming the file and ``advice`` (what to do).
+    """
+    path = directory / MODEL_WEIGHTS
+    if not path.is_file():
+        raise DatasetError(f"{directory}: {MODEL_WEIGHTS} is missing; {advice}")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise DatasetError(f"{path} is truncated or not a safetensors file ({path.stat().st_size} bytes); "
+                           f"{advice}") from e
 
 
 def save_weights(model: torch.nn.Module, directory: str | os.PathLike) -> None:

@@ -31,10 +31,14 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
     """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
 
-    def prepare() -> TrainedModel:
+    def prepare() -> TrainedModel:  # before Spark starts: every file of the model that this input needs
+        from afm_dist.spark.model_input import is_encoded_split
+
         model = TrainedModel.load(args.model)
         if model.name != "afm":
             raise DatasetError(f"{args.model}: explanations need an AFM (attention weights); this is {model.name!r}")
+        if not is_encoded_split(args.input):
+            model.check_raw_input()
         return model
 
     def work(session, staging: Path, model: TrainedModel):

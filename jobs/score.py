@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
     """Run the job; ``spark``: an existing session to use (and leave running), as tests do."""
     args = parse_args(argv)
 
+    def prepare() -> TrainedModel:  # before Spark starts: every file of the model that this input needs
+        from afm_dist.spark.model_input import is_encoded_split
+
+        model = TrainedModel.load(args.model)
+        if not is_encoded_split(args.input):
+            model.check_raw_input()
+        return model
+
     def work(session, staging: Path, model: TrainedModel) -> dict:
         from afm_dist.spark.scoring import score_input
 
@@ -39,7 +47,7 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
                            threads=args.threads, tables=cli.tables(args),
                            max_rejected_fraction=args.max_rejected_fraction)
 
-    return cli.run_spark_job("score", args, work, prepare=lambda: TrainedModel.load(args.model), report=_print_table,
+    return cli.run_spark_job("score", args, work, prepare=prepare, report=_print_table,
                              spark=spark)
 
 

@@ -25,7 +25,7 @@ from afm_dist import metrics as M
 from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
 from afm_dist.io import OutputPathError, check_apart
 from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
-from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel
+from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel, check_weights
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
@@ -83,7 +83,9 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
         DatasetError: ``--loss logistic`` on a target that is not two classes (``check_loss``).
         OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``; or, with
             ``--resume``, its ``checkpoint.pt`` is missing, cut short, empty or not a checkpoint.
-        DatasetError: with ``--resume``, the checkpoint is of another model or data set.
+        DatasetError: with ``--resume``, the checkpoint is of another model or data set, or the
+            best epoch's ``model.safetensors`` that it goes back to is missing or cut short; an
+            ``--init-from`` directory without its weights (``TrainedModel.load``).
         ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
             the ``--init-from`` FM does not fit it (another embedding size or feature count).
     """
@@ -102,6 +104,8 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
     if cfg.resume:  # every rank, before Horovod starts: the checkpoint opens, and is of this run
         saved = open_checkpoint(Path(cfg.output) / CHECKPOINT)
         check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
+        if saved["history"]:  # an epoch ran, so its best weights were written: the L2 path and the end read them
+            check_weights(Path(cfg.output), "restore it, or train again without --resume")
     check_loss(cfg.loss, meta)
     for split, why in ((TRAIN, "nothing to train on"),
                        (VALIDATION, "training needs it to keep the best epoch and stop early")):

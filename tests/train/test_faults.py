@@ -4,7 +4,10 @@ is never published, a resumed run equal to the uninterrupted one, and one defini
 metric for the trainer and the scoring job."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from afm_dist import metrics as M
-from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, TEST
+from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE, TEST, VOCABULARY
 from afm_dist.model_dir import MODEL_WEIGHTS
 from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
 from tests.conftest import job_module, run_horovod, run_job
@@ -208,3 +211,56 @@ def test_resume_from_a_cut_or_empty_checkpoint_is_refused_in_one_line(spark, tmp
     # Nothing was trained or touched: the earlier complete model stays as it was.
     assert (out / COMPLETE_MARKER).exists() and len(metrics(out)) == 1
     assert (out / CHECKPOINT).read_bytes() == whole[:1000]
+
+
+def test_incomplete_copy_of_a_model_directory_is_refused_before_any_work(spark, tmp_path, capsys):
+    """bugcases2 case 13: a model directory copied without model.safetensors passed TrainedModel.load
+    and failed after Spark started (FileNotFoundError); now every file a job needs is checked first:
+    the weights for scoring, explanation, --init-from and --resume, vocabulary/ for raw logs only."""
+    from afm_dist.train import main
+
+    data = preprocess(spark, tmp_path, "copies", "user\titem\trating", RATINGS, ["user", "item"])
+    models = {name: tmp_path / name for name in ("fm", "afm")}
+    for name, directory in models.items():
+        assert main(train_args(data, name, directory, "--epochs", "1", "--batch-size", "8")[2:]) == 0
+    capsys.readouterr()
+
+    def copy(name: str, new: str, *, without: str = "", cut: str = "") -> Path:
+        shutil.copytree(models[name], tmp_path / new, ignore=shutil.ignore_patterns(without) if without else None)
+        if cut:
+            whole = (tmp_path / new / cut).read_bytes()
+            (tmp_path / new / cut).write_bytes(whole[: len(whole) // 2])
+        return tmp_path / new
+
+    fm_noweights, afm_noweights = copy("fm", "fm_noweights", without=MODEL_WEIGHTS), copy("afm", "afm_noweights",
+                                                                                          without=MODEL_WEIGHTS)
+    fm_cut, fm_novocab = copy("fm", "fm_cut", cut=MODEL_WEIGHTS), copy("fm", "fm_novocab", without=VOCABULARY)
+    half = (fm_cut / MODEL_WEIGHTS).stat().st_size
+    raw = tmp_path / "copies.tsv"  # the logs the data set was made from
+    missing, advice = "model.safetensors is missing; copy the whole model directory", "copy the whole model directory"
+    refusals = [("score", fm_noweights, data / TEST, f"{fm_noweights}: {missing}"),
+                ("score", fm_noweights, raw, f"{fm_noweights}: {missing}"),
+                ("explain", afm_noweights, data / TEST, f"{afm_noweights}: {missing}"),
+                ("score", fm_cut, data / TEST,
+                 f"{fm_cut / MODEL_WEIGHTS} is truncated or not a safetensors file ({half} bytes); {advice}"),
+                ("score", fm_novocab, raw, f"{fm_novocab}: no vocabulary/ to encode raw logs with: the directory is "
+                                           f"most likely an incomplete copy ({advice})")]
+    for i, (job, model, inputs, words) in enumerate(refusals):
+        out = tmp_path / f"out{i}"
+        # No Spark session is given: a refusal comes before one is built.
+        assert job_module(job).main(["--model", str(model), "--input", str(inputs), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{job}: error: {words}" in err, (job, model, err)
+        assert not out.exists()
+    # The vocabulary is for raw logs only: the copy without it scores the data set's own split.
+    assert run_job("score", ["--model", fm_novocab, "--input", data / TEST, "--output", tmp_path / "scores"], spark) == 0
+    assert json.loads((tmp_path / "scores" / "metrics.json").read_text())["rows"] == 8  # the test split's rows
+    capsys.readouterr()
+    # --init-from an FM without weights, and --resume a run whose best weights were cut: before Horovod.
+    assert main(train_args(data, "afm", tmp_path / "afm2", "--init-from", str(fm_noweights))[2:]) == 2
+    assert f"{fm_noweights}: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "afm2").exists()
+    assert main(train_args(data, "fm", fm_cut, "--epochs", "2", "--batch-size", "8", "--resume")[2:]) == 2
+    assert (f"{fm_cut / MODEL_WEIGHTS} is truncated or not a safetensors file ({half} bytes); restore it, or train "
+            "again without --resume") in capsys.readouterr().err
+    assert len(metrics(fm_cut)) == 1
