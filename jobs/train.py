@@ -15,8 +15,8 @@ Every other flag is the trainer's, with the same meaning, outputs, progress line
 driver's stderr), checkpoints, ``--resume`` and early stopping. Paths are local or shared-mount
 paths (every executor sees them at the same place) or ``file://`` URIs.
 
-Exit status: 0 done; 2 unusable flags, data set, model layout or output path, refused before
-Spark starts (one line on stderr, no traceback); 1 a rank failed, refused its work or was killed
+Exit status: 0 done; 2 unusable flags (a global batch that ``--num-proc`` ranks cannot split
+evenly included), data set, model layout or output path, refused before Spark starts (one line on stderr, no traceback); 1 a rank failed, refused its work or was killed
 (Horovod ends the others; the rank's error is above the job's one line). A failed run leaves no
 model directory that looks complete.
 """
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
 
     def prepare() -> DatasetMetadata:  # the trainer's own checks, before Spark starts
         try:
-            meta = check_run(cfg)
-        except ValueError as e:  # a model that cannot work on the data set's layout
+            meta = check_run(cfg, workers=launch.num_proc)
+        except ValueError as e:  # a model that cannot work on the data set's layout, a batch the ranks cannot split
             raise InputError(str(e)) from e
         check_output(cfg)
         return meta

@@ -75,8 +75,41 @@ def loss_fn(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tens
 DIVERGED_FACTOR = 1e3
 
 
-def check_run(cfg: TrainConfig) -> DatasetMetadata:
+def launched_workers() -> int:
+    """The number of ranks this process was started among, before ``hvd.init``: horovodrun's
+    ``HOROVOD_SIZE`` (set for each rank), mpirun's ``OMPI_COMM_WORLD_SIZE``, else 1."""
+    for name in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def global_batch_size(cfg: TrainConfig, meta: DatasetMetadata) -> int:
+    """``--batch-size``, else the data set schema's ``training.batch_size``, else 128."""
+    return cfg.batch_size or int(meta.schema.get("training", {}).get("batch_size", 128))
+
+
+def check_batch(cfg: TrainConfig, meta: DatasetMetadata, workers: int) -> int:
+    """The global batch, which ``workers`` ranks must split evenly (each takes batch / workers rows).
+
+    Raises:
+        ValueError: naming the batch size, where it comes from, and a size that works.
+    """
+    batch = global_batch_size(cfg, meta)
+    if batch % workers:
+        given = (f"--batch-size {batch}" if cfg.batch_size else
+                 f"the data set's batch size {batch} (training.batch_size of its schema; no --batch-size given)")
+        raise ValueError(f"{given} is not divisible by the {workers} workers, which each take an equal share of "
+                         f"every batch: pass --batch-size {-(-batch // workers) * workers} (a multiple of {workers}), "
+                         "or another number of workers")
+    return batch
+
+
+def check_run(cfg: TrainConfig, workers: int | None = None) -> DatasetMetadata:
     """What can be refused before Horovod starts: the data set, and the model against its layout.
+
+    ``workers``: the ranks the run will have (``--num-proc``, a search's ``--np``); by default the
+    ranks this process was started among (``launched_workers``: horovodrun's ``-np``).
 
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
@@ -86,12 +119,14 @@ def check_run(cfg: TrainConfig) -> DatasetMetadata:
         DatasetError: with ``--resume``, the checkpoint is of another model or data set, or the
             best epoch's ``model.safetensors`` that it goes back to is missing or cut short; an
             ``--init-from`` directory without its weights (``TrainedModel.load``).
-        ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), or
-            the ``--init-from`` FM does not fit it (another embedding size or feature count).
+        ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), the
+            ``--init-from`` FM does not fit it (another embedding size or feature count), or the
+            global batch is not divisible by the workers (``check_batch``).
     """
     check_apart(Path(cfg.output).expanduser().resolve(), cfg.input_paths())
     meta = load_metadata(cfg.data)
     check_layout(cfg.model, meta.num_features, meta.num_slots)
+    check_batch(cfg, meta, workers if workers is not None else launched_workers())
     if cfg.init_from:
         fm = TrainedModel.load(cfg.init_from)
         if fm.name != "fm":
@@ -176,9 +211,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
 
     meta = meta if meta is not None else check_run(cfg)
-    global_batch = cfg.batch_size or int(meta.schema.get("training", {}).get("batch_size", 128))
-    if global_batch % size:
-        raise ValueError(f"--batch-size {global_batch} is not divisible by the {size} workers")
+    global_batch = check_batch(cfg, meta, size)  # checked before start too (check_run); here the size is Horovod's
     steps = steps_per_epoch(meta.split_rows(TRAIN), global_batch)
 
     # Horovod: rank 0 checks and prepares the output; the others learn its verdict, so all fail together.

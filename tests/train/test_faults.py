@@ -26,14 +26,17 @@ RATINGS = ["u1\ti1\t4.0", "u2\ti2\t3.0", "u3\ti1\t5.0", "u1\ti3\t2.0", "u2\ti1\t
 
 
 def preprocess(spark, tmp_path, name: str, header: str, lines: list[str], fields: list[str], *,
-               split: str = "{train: 0.6, validation: 0.2, test: 0.2}", numeric: tuple[str, ...] = ()):
-    """A data set of its own: the lines as a TSV, the schema written here, jobs/preprocess.py."""
+               split: str = "{train: 0.6, validation: 0.2, test: 0.2}", numeric: tuple[str, ...] = (),
+               training: str | None = None):
+    """A data set of its own: the lines as a TSV, the schema written here (``training``: its
+    training section, e.g. "{batch_size: 7}"), jobs/preprocess.py."""
     logs = tmp_path / f"{name}.tsv"
     logs.write_text("\n".join([header, *lines]) + "\n")
     kinds = [f"  - {{name: {f}, kind: {'numeric' if f in numeric else 'categorical'}}}" for f in fields]
     schema = tmp_path / f"{name}.yaml"
     schema.write_text("\n".join([f"name: {name}", "format: {type: tsv, header: true}", "fields:", *kinds,
-                                 "target: {kind: explicit, column: rating}", f"split: {split}", "seed: 3"]) + "\n")
+                                 "target: {kind: explicit, column: rating}", f"split: {split}", "seed: 3",
+                                 *([f"training: {training}"] if training else [])]) + "\n")
     out = tmp_path / f"{name}-data"
     assert run_job("preprocess", ["--schema", schema, "--input", logs, "--output", out, "--min-row-groups", "2"],
                    spark) == 0
@@ -264,3 +267,41 @@ def test_incomplete_copy_of_a_model_directory_is_refused_before_any_work(spark, 
     assert (f"{fm_cut / MODEL_WEIGHTS} is truncated or not a safetensors file ({half} bytes); restore it, or train "
             "again without --resume") in capsys.readouterr().err
     assert len(metrics(fm_cut)) == 1
+
+
+def test_a_batch_the_workers_cannot_split_is_refused_before_start(spark, tmp_path, capsys, monkeypatch):
+    """bugcases2 case 16: --batch-size 7 on 2 ranks was refused only in train(), after hvd.init (and
+    under jobs/train.py after Spark and its ranks started); now before start, the schema's default
+    batch size included."""
+    from afm_dist.training import TrainConfig, check_run
+
+    data = preprocess(spark, tmp_path, "odd", "user\titem\trating", RATINGS, ["user", "item"],
+                      training="{batch_size: 7}")
+    out = tmp_path / "fm"
+    given = "--batch-size 7 is not divisible by the 2 workers, which each take an equal share of every batch: " \
+            "pass --batch-size 8 (a multiple of 2), or another number of workers"
+    schema_default = "the data set's batch size 7 (training.batch_size of its schema; no --batch-size given) is " \
+                     "not divisible by the 2 workers"
+    # Under horovodrun each rank knows the size from HOROVOD_SIZE before hvd.init: check_run refuses.
+    monkeypatch.setenv("HOROVOD_SIZE", "2")
+    with pytest.raises(ValueError) as refused:
+        check_run(TrainConfig(data=str(data), model="fm", output=str(out), batch_size=7))
+    assert str(refused.value) == given
+    with pytest.raises(ValueError, match=schema_default.replace("(", r"\(").replace(")", r"\)")):
+        check_run(TrainConfig(data=str(data), model="fm", output=str(out)))
+    assert check_run(TrainConfig(data=str(data), model="fm", output=str(out), batch_size=8)).num_features == 10
+    monkeypatch.delenv("HOROVOD_SIZE")
+    assert check_run(TrainConfig(data=str(data), model="fm", output=str(out))).num_features == 10  # one process
+    # A search's --np or jobs/train.py's --num-proc is passed as the number of workers.
+    with pytest.raises(ValueError, match="not divisible by the 3 workers"):
+        check_run(TrainConfig(data=str(data), model="fm", output=str(out), batch_size=8), workers=3)
+    # Through the real launchers: each rank's one line, exit 2; jobs/train.py before Spark starts.
+    proc = run_horovod(train_args(data, "fm", out, "--epochs", "1"), np=2)
+    text = proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"[{rank}]<stderr>:[train] error: {schema_default}" in text, text[-3000:]
+        assert f"[{rank}]<stderr>:Traceback" not in text
+    assert "exit with status code 2" in text
+    assert job_module("train").main([*train_args(data, "fm", out, "--batch-size", "7")[2:], "--num-proc", "2"]) == 2
+    assert f"train: error: {given}" in capsys.readouterr().err
+    assert not out.exists()
