@@ -7,16 +7,18 @@
 Every trial is the product's own training, ``python -m afm_dist.train`` (under ``horovodrun -np
 N`` with ``--np N`` > 1), on the grid point's flags plus the flags after ``--`` (the same for every
 trial). ``--parallel P`` trials run at once, each with cores / (P x N) torch threads. Every trial
-is checked before the first starts (``afm_dist.train``'s own checks: an impossible combination
-exits 2 naming the flags). A trial whose model directory is complete is not trained again, so an
-interrupted search continues where it stopped.
+is checked before the first starts (``afm_dist.train``'s own checks, a batch size that N workers
+cannot split included: an impossible grid point exits 2 in one line naming its ``--grid`` values).
+A trial whose model directory is complete is not trained again, so an interrupted search
+continues where it stopped.
 
 ``--output`` holds ``trials/<n>/`` (each trial's model directory and ``train.log``), and, rewritten
 after every trial, ``trials.csv`` (one row per trial: its flags, best epoch, validation RMSE and
-metrics, wall time), ``trials.md`` (the same table, best first), ``trials.png`` (validation RMSE of
-every trial) and ``best.json`` (the best trial's flags, its model directory and the command that
-trains it). Exit status: 0 done (a failed trial is reported in the table and does not stop the
-others); 2 bad arguments; 1 when no trial finished.
+that epoch's metrics as metrics.jsonl names them, and the trial's wall time ``trial_seconds``),
+``trials.md`` (the same table, best first), ``trials.png`` (validation RMSE of every trial) and
+``best.json`` (the best trial's flags, its model directory and the command that trains it). Exit
+status: 0 done (a failed trial is reported in the table and does not stop the others); 2 bad
+arguments; 1 when no trial finished.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from afm_dist.dataset import COMPLETE_MARKER, DatasetError
 from afm_dist.io import OutputPathError, check_apart, validate_output_path, write_json_atomic, write_text_atomic
 from afm_dist.model_dir import TrainedModel
-from afm_dist.train import parse_args as parse_train_args
+from afm_dist.train import check_args as check_train_args
 from afm_dist.training import check_run
 
 METRIC = "val_rmse"
@@ -92,24 +94,43 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def plan_trials(args: argparse.Namespace, common: list[str]) -> list[Trial]:
-    """One trial per grid point, each checked as ``afm_dist.train`` checks its flags.
+    """One trial per grid point, each checked before any trial starts as ``afm_dist.train``
+    checks its flags and its run (``check_run``, with the trial's ``--np`` workers).
 
     Raises:
-        SystemExit(2): a grid point the trainer refuses (argparse's message names the flags).
-        DatasetError, ValueError: the data set or --init-from cannot serve a trial.
+        ValueError: a grid point the trainer refuses (a value of the wrong type, an unknown flag,
+            an impossible combination, a batch size that ``--np`` workers cannot split), naming
+            the ``--grid`` values, or the flags after ``--`` when those alone are refused.
+        DatasetError: the data set or --init-from cannot serve a trial.
     """
     names = list(args.grid_values)
     threads = max(1, (os.cpu_count() or 1) // (args.parallel * args.np))
+    fixed = ["--data", args.data, "--model", args.model, *(["--init-from", args.init_from] if args.init_from else []),
+             "--threads", str(threads)]
+
+    def refusal(argv: list[str]) -> str | None:
+        try:
+            check_run(check_train_args(argv), workers=args.np)
+        except ValueError as e:
+            return str(e)
+        return None
+
     trials = []
     for number, values in enumerate(itertools.product(*args.grid_values.values()), start=1):
         flags = dict(zip(names, values))
-        directory = Path(args.output) / "trials" / f"{number:03d}"
-        argv = ["--data", args.data, "--model", args.model, "--output", str(directory),
-                *(["--init-from", args.init_from] if args.init_from else []), "--threads", str(threads),
-                *common, *[x for n, v in flags.items() for x in (f"--{n}", v)]]
-        cfg = parse_train_args(argv)  # exits 2 with the trainer's message on a combination it refuses
-        check_run(cfg)
-        trials.append(Trial(number, flags, argv, directory))
+        output = ["--output", str(Path(args.output) / "trials" / f"{number:03d}")]
+        argv = [*fixed, *output, *common, *[x for n, v in flags.items() for x in (f"--{n}", v)]]
+        why = refusal(argv)
+        if why is not None:
+            # Named by what is refused: the search's own arguments, the flags after --, or this grid point.
+            if refusal([*fixed, *output]) == why:
+                raise ValueError(why)
+            if common and refusal([*fixed, *output, *common]) == why:
+                raise ValueError(f"the flags after -- ({' '.join(common)}): {why}")
+            point = ",".join(f"{n}={v}" for n, v in flags.items())
+            workers = f" with --np {args.np}" if args.np > 1 else ""
+            raise ValueError(f"--grid point {point} (trial {number}){workers}: {why}")
+        trials.append(Trial(number, flags, argv, Path(output[1])))
     return trials
 
 
@@ -150,7 +171,9 @@ def write_report(out: Path, trials: list[Trial], np_: int) -> Trial | None:
     metric_names = sorted({k for t in done for k in t.best if k not in ("epoch", METRIC)})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["trial", *names, "status", "best_epoch", METRIC, *metric_names, "seconds"])
+    # The best epoch's metrics keep metrics.jsonl's names (its ``seconds`` too); the trial's wall
+    # time is ``trial_seconds``.
+    writer.writerow(["trial", *names, "status", "best_epoch", METRIC, *metric_names, "trial_seconds"])
     for t in trials:
         writer.writerow([t.number, *t.flags.values(), t.status, t.best.get("epoch", ""), t.best.get(METRIC, ""),
                          *[t.best.get(m, "") for m in metric_names], round(t.seconds, 1)])

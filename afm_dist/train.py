@@ -33,10 +33,10 @@ from afm_dist.training.launch import run
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 
 
-def build_parser(prog: str = "python -m afm_dist.train", description: str | None = __doc__) -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m afm_dist.train", description: str | None = __doc__, *,
+                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The trainer's flags; a launcher (jobs/train.py) adds its own before parsing."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_class(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="output directory of jobs/preprocess.py")
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     p.add_argument("--output", required=True, help="model directory to write")
@@ -95,6 +95,25 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The trainer's flags as a TrainConfig; a refusal exits 2 with the usage (see ``config_from``)."""
     p = build_parser()
+    return config_from(vars(p.parse_args(argv)), p)
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """The trainer's parser for callers that report a refusal themselves: ``error`` raises."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def check_args(argv: list[str]) -> TrainConfig:
+    """The trainer's flags as a TrainConfig, as ``parse_args`` makes it, for a caller that checks
+    flags for later runs (afm_dist.search): a refusal is raised, not printed with the usage.
+
+    Raises:
+        ValueError: argparse's message (a value of the wrong type, an unknown flag), or a
+            combination that cannot work (``TrainConfig.check``).
+    """
+    p = build_parser(parser_class=_RaisingParser)
     return config_from(vars(p.parse_args(argv)), p)
 
 

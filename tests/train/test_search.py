@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from afm_dist.model_dir import TrainedModel
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL_MODEL
 
 
 def _search(*args: str) -> subprocess.CompletedProcess:
@@ -51,3 +51,49 @@ def test_grid_point_the_trainer_refuses_stops_the_search_before_any_trial(plante
     assert proc.returncode == 2
     assert "--interaction-dropout is a probability" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "trials").exists()
+
+
+def test_every_grid_point_is_checked_before_the_first_trial(spark, tmp_path, capsys):
+    """bugcases2 case 17: a grid value of the wrong type, an unknown flag or a negative L2 exited with
+    the trainer's usage, not naming --grid, and a batch size that the trial's --np workers cannot
+    split failed only when its trial ran, after the others trained; now every grid point is refused
+    before the first trial, in one line naming it. And trials.csv has one column per name."""
+    from afm_dist.search import main, parse_args, plan_trials
+    from tests.train.test_faults import RATINGS, preprocess
+
+    data = preprocess(spark, tmp_path, "grid", "user\titem\trating", RATINGS, ["user", "item"],
+                      training="{batch_size: 7}")  # the data set's own batch size: 2 workers cannot split it
+    base, small = ["--data", str(data), "--model", "fm"], ["--epochs", "1", *SMALL_MODEL]
+    refusals = [
+        (["--grid", "lr=0.05,abc"], small, "--grid point lr=abc (trial 2): argument --lr: invalid float value: 'abc'"),
+        (["--grid", "no-such-flag=1,2"], small,
+         "--grid point no-such-flag=1 (trial 1): unrecognized arguments: --no-such-flag 1"),
+        (["--grid", "embedding-l2=0.01,-1"], small,
+         "--grid point embedding-l2=-1 (trial 2): --embedding-l2 must be 0 or more, got -1.0"),
+        (["--grid", "batch-size=8,7", "--np", "2"], small,
+         "--grid point batch-size=7 (trial 2) with --np 2: --batch-size 7 is not divisible by the 2 workers"),
+        (["--grid", "lr=0.05,0.1", "--np", "2"], small,  # no grid point sets it: the schema's 7 applies to all
+         "the data set's batch size 7 (training.batch_size of its schema; no --batch-size given) is not divisible "
+         "by the 2 workers"),
+        (["--grid", "lr=0.05,0.1"], [*small, "--no-such", "1"],
+         f"the flags after -- ({' '.join(small)} --no-such 1): unrecognized arguments: --no-such 1"),
+    ]
+    for i, (grid, common, words) in enumerate(refusals):
+        out = tmp_path / f"refused{i}"
+        assert main([*base, "--output", str(out), *grid, "--", *common]) == 2, grid
+        err = capsys.readouterr().err
+        assert err.startswith(f"[search] error: {words}") and err.count("\n") == 1, (grid, err)
+        assert not out.exists()
+    # Batch sizes that two workers split are planned, the schema's 7 notwithstanding.
+    args, common = parse_args([*base, "--output", str(tmp_path / "planned"), "--grid", "batch-size=8,16", "--np", "2"])
+    assert [t.flags for t in plan_trials(args, common)] == [{"batch-size": "8"}, {"batch-size": "16"}]
+    # One trial for real: trials.csv names the best epoch's seconds and the trial's wall time apart.
+    out = tmp_path / "search"
+    assert main([*base, "--output", str(out), "--grid", "batch-size=8", "--", *small]) == 0
+    with open(out / "trials.csv", newline="") as f:
+        header, values = list(csv.reader(f))
+    row = dict(zip(header, values))
+    assert len(header) == len(set(header)) and {"seconds", "trial_seconds"} <= set(header), header
+    best = TrainedModel.load(out / "trials" / "001").best["metrics"]
+    assert float(row["seconds"]) == best["seconds"]  # the best epoch's, as in metrics.jsonl
+    assert float(row["trial_seconds"]) >= best["seconds"]  # the whole trial's wall time
