@@ -17,6 +17,7 @@ scheme (``hdfs://``, ``s3://``, ...) is refused before any work (``afm_dist.io.l
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -141,6 +142,32 @@ def input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
     return found
 
 
+# The causes of a failed write that are the storage's, not the job's: (errno, as Java and the OS say it).
+STORAGE_ERRORS = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
+                  (errno.EROFS, "Read-only file system"), (errno.EIO, "Input/output error"),
+                  (errno.EACCES, "Permission denied"))
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """The storage error behind ``e`` ("No space left on device", ...), or None when there is none.
+
+    Looks at an ``OSError``'s errno anywhere in the exception's chain, and at the text of the chain,
+    where a Spark writer's failure (``Py4JJavaError``, or the error PySpark converts it to) holds
+    the Java exception of its cause.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in dict(STORAGE_ERRORS):
+            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror or dict(STORAGE_ERRORS)[e.errno]
+        text = str(e)
+        for _, message in STORAGE_ERRORS:
+            if message in text:
+                return message
+        e = e.__cause__ or e.__context__
+    return None
+
+
 # -- running a job ------------------------------------------------------------------------------
 
 
@@ -178,7 +205,9 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     the output path, and ``work`` is handed the output path rather than a staging directory.
 
     ``failures``: errors of the work after it started that the job reports in one line, exit
-    status 1 (their cause was reported above them); any other exception is a bug (traceback).
+    status 1 (their cause was reported above them); so is a failure of the storage written to
+    (``storage_failure``: a full disk, a read-only or failing filesystem); any other exception is
+    a bug (traceback).
 
     ``spark``: an existing session to use and leave running (tests); otherwise one is built
     (``conf`` at build time, ``on_start`` right after) and stopped at the end.
@@ -213,6 +242,12 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
         return error(job, e)
     except failures as e:
         return error(job, e, EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - a failing disk is reported in one line; anything else is a bug
+        cause = storage_failure(e)
+        if cause is None:
+            raise
+        return error(job, f"writing {output} failed: {cause}; nothing was published (free space or fix the "
+                          "filesystem, then run again)", EXIT_FAILED)
     finally:
         if owned:
             spark.stop()

@@ -31,6 +31,8 @@ def build_session(app_name: str, *, master: str | None = None, conf: dict[str, s
         # rewritten by a tool other than Hadoop) no longer fails the job with a ChecksumException, and
         # a ':' in a file name no longer fails building the name of that side file (bugcases2 02, 03).
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+        # ... also where spark-submit already cached a checksummed one for file: (its --py-files)
+        "spark.hadoop.fs.file.impl.disable.cache": "true",
     }
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
