@@ -6,7 +6,11 @@ them). Each recipe prints the best validation RMSE, its epoch and the test RMSE 
 validation curve. Recipes: ``none`` (no L2), ``l2=X`` (fixed --embedding-l2/--linear-l2 X),
 ``adaptive`` (per-field strengths learnt on validation, afm_dist/training/regularization.py);
 each with ``+swa`` (the average of the epochs' weights from the first epoch that did not improve);
-an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the FM's last ones.
+an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the FM's last ones,
+``+fixp`` keeps p at its ones, ``+honest`` fits on the first half of validation (rows the FM
+never saw) and judges on its second half, ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
+``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
+al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
 
     .venv/bin/python experiments/regularise.py DATA_DIR RECIPE [RECIPE ...] [--model afm --init-from RECIPE]
 """
@@ -23,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from afm_dist.batch import to_batch
+from afm_dist.batch import Batch, to_batch
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
 from afm_dist.training.optimizers import build_optimizer
@@ -31,10 +35,38 @@ from afm_start import rmse  # experiments/afm_start.py: RMSE over a split, clipp
 from sgda import AdaptiveL2  # experiments/sgda.py
 
 
+def add_field_bias(model, meta) -> None:
+    """AFM logits a'_ij + c_{F(i) F(j)}: one learnt scalar per field pair (naive attention path)."""
+    import torch.nn.functional as F_
+    from afm_dist.models.layers import masked_softmax
+    field_of_slot = torch.tensor([n for n, f in enumerate(meta.fields) for _ in range(f.width)])
+    att = model.attention
+    att.naive = True
+    nf = len(meta.fields)
+    fi, fj = field_of_slot[att.pairs.rows], field_of_slot[att.pairs.cols]
+    pair_field = torch.minimum(fi, fj) * nf + torch.maximum(fi, fj)  # (P,)
+    att.field_bias = torch.nn.Parameter(torch.zeros(nf * nf))
+
+    def forward(e, mask):
+        valid = att.pairs.pair_mask(mask)
+        pairs = att.pairs(e)
+        logits = F_.relu(F_.linear(pairs, att.weight, att.bias)) @ att.h + att.field_bias[pair_field]
+        attention = masked_softmax(logits, valid)
+        return (att.attention_dropout(attention).unsqueeze(-1) * pairs).sum(dim=1), attention
+    att.forward = forward
+
+
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
-        seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None) -> dict:
-    """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's)."""
+        seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
+        frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0) -> dict:
+    """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's);
+    ``frozen``: the feature tables (embeddings, linear weights, bias) are not trained."""
     train, val = data["train"], data["validation"]
+    if frozen:
+        for n, q in model.named_parameters():
+            q.requires_grad_(not n.startswith(("embedding.", "linear.")))
+    if fixp:
+        model.p.requires_grad_(False)
     opt = build_optimizer("adagrad", model, lr)
     for name, acc in (carry or {}).items():
         opt.state[dict(model.named_parameters())[name]]["sum"] = acc.clone()
@@ -69,7 +101,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 loss = F.mse_loss(model(ids, train.vals[idx], mask), train.label[idx])
                 if fixed:
                     e, w = model.feature_penalty(ids, mask)
-                    loss = loss + fixed * (e + w)
+                    loss = loss + fixed * (e + linear_factor * w)
                 if reg is not None:
                     loss = loss + reg.penalty(model, ids, mask)
                 loss.backward()
@@ -140,6 +172,9 @@ def main() -> None:
     p.add_argument("--afm-lr", type=float, help="the AFM's learning rate (default --lr)")
     p.add_argument("--floor", type=float, default=1e-6)
     p.add_argument("--dropout", type=float, default=ModelConfig.interaction_dropout)
+    p.add_argument("--linear-factor", type=float, default=1.0,
+                   help="the linear weights' L2 as a multiple of the embeddings' (default 1: the same)")
+    p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     a = p.parse_args()
     torch.set_num_threads(2)
     meta = load_metadata(a.data)
@@ -152,22 +187,40 @@ def main() -> None:
     if a.model != "fm":
         torch.manual_seed(2017)
         fm = build_model("fm", meta.num_features, meta.num_slots, cfg)
-        r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr)
-        fm_acc = r.pop("accumulators")
-        print(json.dumps({"data": a.data, "model": "fm", **r}), flush=True)
+        if a.fm_cache and Path(a.fm_cache).exists():
+            saved = torch.load(a.fm_cache, weights_only=True)
+            fm.load_state_dict(saved["model"])
+            fm_acc = saved["accumulators"]
+        else:
+            r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr)
+            fm_acc = r.pop("accumulators")
+            print(json.dumps({"data": a.data, "model": "fm", **r}), flush=True)
+            if a.fm_cache:
+                torch.save({"model": fm.state_dict(), "accumulators": fm_acc}, a.fm_cache)
         fm_state = fm
     for recipe in a.recipes:
         torch.manual_seed(2017)
         model = build_model(a.model, meta.num_features, meta.num_slots, cfg)
         if fm_state is not None:
             init_from_fm(model, fm_state)
-        base, carry = recipe.removesuffix("+carry"), recipe.endswith("+carry")
-        r = fit(model, data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
+        flags = recipe.split("+")
+        if "fieldbias" in flags:
+            add_field_bias(model, meta)
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest"))
+        run_data = data
+        if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
+            v, h = data["validation"], len(data["validation"]) // 2
+            half = lambda a, b: Batch(ids=v.ids[a:b], vals=v.vals[a:b], mask=v.mask[a:b], label=v.label[a:b])
+            run_data = {"train": half(0, h), "validation": half(h, len(v)), "test": data["test"]}
+        carry = "carry" in flags
+        r = fit(model, run_data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
                 lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
-                adaptive_kw=kw, carry=fm_acc if carry else None)
+                adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
+                fixp="fixp" in flags, linear_factor=a.linear_factor)
         r.pop("accumulators")
         r["recipe"] = recipe
-        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout, **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
+                          **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Issue 24: how much of libFM MCMC's lead is averaging? Several FMs (or AFMs) trained with different
+seeds by one recipe, and the average of their predictions, in one process with the product's
+model classes (experiments/regularise.py's ``fit``). Prints each member's and the average's
+validation and test RMSE (the average of n members for n = 1, 2, ...), one JSON line.
+
+    .venv/bin/python experiments/ensemble.py DATA_DIR --recipe path=0.1/2 --members 4 --k 64 --epochs 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from afm_dist.batch import Batch, to_batch
+from afm_dist.dataset import load_metadata
+from afm_dist.models import ModelConfig, build_model
+from regularise import fit  # experiments/regularise.py
+
+
+def predictions(model: torch.nn.Module, b: Batch, chunk: int = 8192) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(b.ids[i:i + chunk], b.vals[i:i + chunk], b.mask[i:i + chunk]).double()
+                          for i in range(0, len(b), chunk)])
+
+
+def rmse(pred: torch.Tensor, b: Batch, clip) -> float:
+    p = pred.clamp(*clip) if clip else pred
+    return math.sqrt(((p - b.label.double()) ** 2).mean().item())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("data")
+    p.add_argument("--recipe", default="path=0.1/2")
+    p.add_argument("--members", type=int, default=4)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--lr", type=float, default=0.05)
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    meta = load_metadata(a.data)
+    batch = int(meta.schema.get("training", {}).get("batch_size", 128))
+    data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
+    clip = meta.target_range()
+    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k)
+    sums = {"validation": 0.0, "test": 0.0}
+    members, average = [], []
+    t0 = time.time()
+    for n in range(1, a.members + 1):
+        torch.manual_seed(2017 + n)
+        model = build_model("fm", meta.num_features, meta.num_slots, cfg)
+        r = fit(model, data, meta, clip, a.recipe, epochs=a.epochs, batch=batch, lr=a.lr, seed=n)
+        members.append({"val": r["val"], "test": r["test"], "epoch": r["epoch"]})
+        for s in sums:
+            sums[s] = sums[s] + predictions(model, data[s])
+        average.append({"members": n, "val": round(rmse(sums["validation"] / n, data["validation"], clip), 4),
+                        "test": round(rmse(sums["test"] / n, data["test"], clip), 4)})
+        print(json.dumps(average[-1]), flush=True)
+    print(json.dumps({"data": a.data, "experiment": "ensemble", "model": "fm", "k": a.k, "recipe": a.recipe,
+                      "members": members, "average": average, "seconds": round(time.time() - t0)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
