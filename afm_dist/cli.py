@@ -17,7 +17,6 @@ scheme (``hdfs://``, ``s3://``, ...) is refused before any work (``afm_dist.io.l
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from pyspark.sql import SparkSession
 from afm_dist.dataset import DatasetError, mark_complete
 from afm_dist.inputs import InputError, parse_table_specs
 from afm_dist.io import (OutputPathError, UnsupportedSchemeError, check_apart, local_path, publish_directory,
-                         unreadable_by_spark, validate_output_path)
+                         storage_failure, unreadable_by_spark, validate_output_path)
 from afm_dist.schema import SchemaError
 from afm_dist.spark import session as spark_session
 
@@ -140,32 +139,6 @@ def input_paths(args: argparse.Namespace) -> dict[str, list[str]]:
         name, _, path = spec.partition("=")
         found.setdefault(f"--table {name}", []).append(path)
     return found
-
-
-# The causes of a failed write that are the storage's, not the job's: (errno, as Java and the OS say it).
-STORAGE_ERRORS = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
-                  (errno.EROFS, "Read-only file system"), (errno.EIO, "Input/output error"),
-                  (errno.EACCES, "Permission denied"))
-
-
-def storage_failure(e: BaseException) -> str | None:
-    """The storage error behind ``e`` ("No space left on device", ...), or None when there is none.
-
-    Looks at an ``OSError``'s errno anywhere in the exception's chain, and at the text of the chain,
-    where a Spark writer's failure (``Py4JJavaError``, or the error PySpark converts it to) holds
-    the Java exception of its cause.
-    """
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in dict(STORAGE_ERRORS):
-            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror or dict(STORAGE_ERRORS)[e.errno]
-        text = str(e)
-        for _, message in STORAGE_ERRORS:
-            if message in text:
-                return message
-        e = e.__cause__ or e.__context__
-    return None
 
 
 # -- running a job ------------------------------------------------------------------------------

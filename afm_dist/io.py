@@ -10,6 +10,7 @@ One way to do each:
 - ``validate_output_path``: refuse output paths that must not be (over)written, before any work;
 - ``check_apart``: refuse an output that is, contains or lies inside one of the job's inputs;
 - ``unreadable_by_spark``: the one kind of local path that Spark cannot be handed;
+- ``storage_failure``: the storage's own error (a full disk, ...) behind a failed write;
 - ``local_path``: a path or ``file://`` URI as a local path, any other URL scheme refused.
 
 Supported filesystems: every path (data sets, model directories, checkpoints, job outputs) is
@@ -19,6 +20,7 @@ such paths. URLs of other schemes (``hdfs://``, ``s3://``, ...) are refused befo
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -99,6 +101,32 @@ def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 _FORBIDDEN = {Path("/"), Path.home(), Path("/usr"), Path("/etc"), Path("/bin"), Path("/tmp")}
+
+
+# The causes of a failed write that are the storage's, not the job's: (errno, as Java and the OS say it).
+STORAGE_ERRORS = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
+                  (errno.EROFS, "Read-only file system"), (errno.EIO, "Input/output error"),
+                  (errno.EACCES, "Permission denied"))
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """The storage error behind ``e`` ("No space left on device", ...), or None when there is none.
+
+    Looks at an ``OSError``'s errno anywhere in the exception's chain, and at the text of the chain,
+    where a Spark writer's failure (``Py4JJavaError``, or the error PySpark converts it to) holds
+    the Java exception of its cause.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in dict(STORAGE_ERRORS):
+            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror or dict(STORAGE_ERRORS)[e.errno]
+        text = str(e)
+        for _, message in STORAGE_ERRORS:
+            if message in text:
+                return message
+        e = e.__cause__ or e.__context__
+    return None
 
 
 _GLOB = "[]{}*?\\"

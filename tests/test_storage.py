@@ -5,13 +5,14 @@ real ./spark-submit.sh job, its output on a 1 MiB tmpfs mounted in a private mou
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 
 import pytest
 
-from afm_dist.cli import storage_failure
-from tests.conftest import REPO
+from afm_dist.io import storage_failure
+from tests.conftest import REPO, SMALL_MODEL, horovod_command
 
 
 def _unshare_works(tmp_path) -> bool:
@@ -57,3 +58,28 @@ def test_preprocessing_onto_a_full_disk_fails_in_one_line(tmp_path):
     assert error.startswith(f"preprocess: error: writing {out} failed: No space left on device"), proc.stdout[-3000:]
     assert left == "left: filler"  # the staging directory is gone: nothing looks complete
     assert "Traceback" not in proc.stdout and "\tat org.apache" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_training_onto_a_full_disk_fails_in_one_line(planted_data, tmp_path):
+    """horovodrun -np 2 with the model directory on a disk with 24 KiB left: rank 0's first
+    checkpoint does not fit; its one line says so (not torch's "unexpected pos"), nothing complete."""
+    full = tmp_path / "full"
+    full.mkdir()
+    if not _unshare_works(full):
+        pytest.skip("no private mount namespace here (unshare -rm): cannot fill a filesystem without root")
+    out = full / "fm"
+    cmd, env = horovod_command(["-m", "afm_dist.train", "--data", str(planted_data), "--model", "fm",
+                                "--output", str(out), "--epochs", "2", *SMALL_MODEL])
+    script = (f"mount -t tmpfs -o size=256k tmpfs {full} && "
+              f"dd if=/dev/zero of={full}/filler bs=1k count=232 status=none && "
+              f"{shlex.join(cmd)}; rc=$?; echo left: $(ls -A {out} 2>/dev/null); exit $rc")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: writing" in line]
+    assert lines and f"error: writing {out} failed: " in lines[0] and "No space left on device" in lines[0], \
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "unexpected pos" not in proc.stdout + proc.stderr
+    assert "[1]<stderr>:[train] error: stopped because another rank failed" in proc.stdout + proc.stderr
+    assert "HorovodInternalError" not in proc.stdout + proc.stderr  # no rank's traceback (only horovodrun's own)
+    assert "_AFM_COMPLETE" not in proc.stdout.strip().splitlines()[-1]  # the "left:" listing

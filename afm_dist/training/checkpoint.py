@@ -24,9 +24,12 @@ CHECKPOINT_KEYS = ("model", "schema_hash", "num_features", "num_slots", "epoch",
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a training state so that an interrupted write leaves the previous file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a training state so that an interrupted write leaves the previous file intact.
+
+    Written through a Python file, so that a failing disk raises the ``OSError`` that says why
+    (``torch.save`` to a path says only "unexpected pos")."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

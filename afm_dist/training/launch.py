@@ -22,14 +22,16 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from horovod.common.exceptions import HorovodInternalError
+
 from afm_dist.dataset import DatasetError, DatasetMetadata
-from afm_dist.io import OutputPathError, UnsupportedSchemeError
+from afm_dist.io import OutputPathError, UnsupportedSchemeError, storage_failure
 from afm_dist.training.config import TrainConfig
 from afm_dist.training.loop import check_run, log, train
 
 # What a run reports in one line (exit status 2): unusable data, output or settings, a diverged run.
 TRAIN_ERRORS = (DatasetError, OutputPathError, UnsupportedSchemeError, FloatingPointError, ValueError)
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class RankFailed(RuntimeError):
@@ -38,7 +40,9 @@ class RankFailed(RuntimeError):
 
 def run(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> int:
     """Train on this rank; return the exit status: 0 done, 2 unusable data, output or settings,
-    or a diverged run (the error on stderr in one line, no traceback).
+    or a diverged run, 1 a failure of the storage written to (``storage_failure``: a full disk,
+    ...) or of another rank (this one then stops at its next collective operation); the error on
+    stderr in one line, no traceback.
 
     ``meta``: what ``check_run(cfg)`` returned, when the caller already checked (else it checks
     here, before Horovod starts).
@@ -48,6 +52,16 @@ def run(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> int:
     except TRAIN_ERRORS as e:
         log(f"error: {e}")
         return EXIT_USAGE
+    except HorovodInternalError:  # another rank failed first and said why above
+        log("error: stopped because another rank failed (its error is above)")
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - a failing disk is reported in one line; anything else is a bug
+        cause = storage_failure(e)
+        if cause is None:
+            raise
+        log(f"error: writing {cfg.output} failed: {cause}; the run is not complete (free space, then train "
+            "again, or --resume from the last checkpoint written)")
+        return EXIT_FAILED
     return EXIT_OK
 
 
