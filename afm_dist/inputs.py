@@ -139,8 +139,11 @@ def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
     for raw in paths:
         p = Path(strip_file_scheme(raw)).expanduser()
         if p.is_dir():
+            # As Spark lists a directory: hidden and "_" names (_SUCCESS, _temporary/, .crc side
+            # files) and Hadoop's copies in progress (NAME._COPYING_) are not input.
             found = sorted(str(c.resolve()) for c in p.rglob("*")
-                           if c.is_file() and not any(part.startswith((".", "_")) for part in c.relative_to(p).parts))
+                           if c.is_file() and not c.name.endswith("._COPYING_")
+                           and not any(part.startswith((".", "_")) for part in c.relative_to(p).parts))
             if not found:
                 raise InputError(f"{what} {raw}: the directory holds no input file")
             files.extend(found)

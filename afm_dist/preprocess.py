@@ -164,30 +164,30 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     )
 
 
-def check_negatives(counts: dict, negatives) -> dict[str, int]:
-    """Negatives requested but not drawn, per split (a positive whose context has seen every
-    value of the replaced field within ``max_tries`` draws gets fewer). Logs a warning naming
-    the field when some are short.
+def check_negatives(counts: dict, negatives) -> int:
+    """Negatives requested but not drawn (a positive whose context has seen every value of the
+    replaced field within ``max_tries`` draws gets fewer); a warning naming the field when some
+    are. Counted over the whole data set: a negative is split at random like any instance, so a
+    split's negatives are not its own positives'.
 
     ``counts``: the splits' rows, positives and negatives (``split_counts``); ``negatives``: the
-    schema's ``target.negatives``. Returns {split: negatives not drawn}.
+    schema's ``target.negatives``. Returns the number not drawn.
 
     Raises:
         DatasetError: the train split has positives and not one negative: a model trained on it
             would see one class only.
     """
-    short = {s: counts[s]["positive"] * negatives.per_positive - counts[s]["negative"] for s in SPLITS}
     requested = sum(counts[s]["positive"] for s in SPLITS) * negatives.per_positive
+    short = requested - sum(counts[s]["negative"] for s in SPLITS)
     why = (f"the contexts have seen (nearly) every value of field {negatives.replace!r}, so {negatives.max_tries} "
            f"draws (target.negatives.max_tries) found no unseen one")
     if counts[TRAIN]["positive"] and not counts[TRAIN]["negative"]:
-        raise DatasetError(f"0 of {counts[TRAIN]['positive'] * negatives.per_positive} negatives of the train split "
-                           f"could be sampled: {why}; an implicit data set needs negatives: use logs with more "
-                           f"values of {negatives.replace!r}, replace another field, or an explicit target")
-    if any(short.values()):
-        log.warning("%d of %d negatives could not be sampled (%s): %s; raise max_tries or expect fewer negatives "
-                    "than target.negatives.per_positive", sum(short.values()), requested,
-                    ", ".join(f"{s} {n}" for s, n in short.items()), why)
+        raise DatasetError(f"0 of {requested} negatives could be sampled for the train split: {why}; an implicit "
+                           f"data set needs negatives: use logs with more values of {negatives.replace!r}, replace "
+                           "another field, or an explicit target")
+    if short:
+        log.warning("%d of %d negatives could not be sampled: %s; raise max_tries or expect fewer negatives than "
+                    "target.negatives.per_positive", short, requested, why)
     return short
 
 

@@ -58,7 +58,7 @@ def add_field_bias(model, meta) -> None:
 
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
         seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
-        frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0) -> dict:
+        frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0) -> dict:
     """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's);
     ``frozen``: the feature tables (embeddings, linear weights, bias) are not trained."""
     train, val = data["train"], data["validation"]
@@ -99,6 +99,8 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 opt.zero_grad()
                 ids, mask = train.ids[idx], train.mask[idx]
                 loss = F.mse_loss(model(ids, train.vals[idx], mask), train.label[idx])
+                if attention_l2:
+                    loss = loss + attention_l2 * model.l2_penalty()
                 if fixed:
                     e, w = model.feature_penalty(ids, mask)
                     loss = loss + fixed * (e + linear_factor * w)
@@ -174,6 +176,7 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=ModelConfig.interaction_dropout)
     p.add_argument("--linear-factor", type=float, default=1.0,
                    help="the linear weights' L2 as a multiple of the embeddings' (default 1: the same)")
+    p.add_argument("--attention-l2", type=float, default=0.0, help="the AFM's --attention-l2")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     a = p.parse_args()
     torch.set_num_threads(2)
@@ -216,11 +219,12 @@ def main() -> None:
         r = fit(model, run_data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
                 lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
-                fixp="fixp" in flags, linear_factor=a.linear_factor)
+                fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2)
         r.pop("accumulators")
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
-                          **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
+                          **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
+                          **({"attention_l2": a.attention_l2} if a.attention_l2 else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,12 @@ def test_a_stale_hadoop_checksum_beside_an_input_is_not_verified(spark, tmp_path
     (logs / "part-00000.csv").write_bytes(_text())
     (logs / ".part-00000.csv.crc").write_bytes(b"crc\x00\x00\x00\x02\x00\xde\xad\xbe\xef")  # matches nothing
     (logs / "_SUCCESS").write_bytes(b"")
+    (logs / "part-00001.csv._COPYING_").write_bytes(_text()[:50])  # a copy in progress: not input
     out = tmp_path / "out"
     assert run_job(spark, "--schema", str(schema), "--input", str(logs), "--output", str(out)) == 0
-    assert load_metadata(out).counts["accepted"] == 40
+    meta = load_metadata(out)
+    assert meta.counts["accepted"] == 40
+    assert [p.rsplit("/", 1)[-1] for p in meta.inputs] == ["part-00000.csv"]
 
 
 def test_file_names_with_colons_and_glob_characters_are_read_as_themselves(spark, tmp_path):
