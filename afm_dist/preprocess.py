@@ -182,9 +182,9 @@ def check_negatives(counts: dict, negatives) -> int:
     why = (f"the contexts have seen (nearly) every value of field {negatives.replace!r}, so {negatives.max_tries} "
            f"draws (target.negatives.max_tries) found no unseen one")
     if counts[TRAIN]["positive"] and not counts[TRAIN]["negative"]:
-        raise DatasetError(f"0 of {requested} negatives could be sampled for the train split: {why}; an implicit "
-                           f"data set needs negatives: use logs with more values of {negatives.replace!r}, replace "
-                           "another field, or an explicit target")
+        raise DatasetError(f"{requested - short} of {requested} negatives could be sampled, none for the train split: "
+                           f"{why}; an implicit data set needs negatives: use logs with more values of "
+                           f"{negatives.replace!r}, replace another field, or an explicit target")
     if short:
         log.warning("%d of %d negatives could not be sampled: %s; raise max_tries or expect fewer negatives than "
                     "target.negatives.per_positive", short, requested, why)

@@ -51,7 +51,7 @@ def test_implicit_logs_where_no_negative_can_be_drawn_are_refused(spark, tmp_pat
     assert run_job(spark, "--schema", str(_schema(tmp_path, base)), "--input", str(logs), "--output", str(out)) == 2
     assert not out.exists()
     err = capfd.readouterr().err
-    assert "preprocess: error: 0 of" in err and "negatives could be sampled for the train split" in err, err[-2000:]
+    assert "preprocess: error: 0 of" in err and "negatives could be sampled, none for the train split" in err, err[-2000:]
     assert "field 'item'" in err and "Traceback" not in err
 
 
