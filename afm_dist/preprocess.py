@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -79,7 +80,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
             records = records.withColumn(encode.GIVEN_SPLIT, readers.given_split(spark, plan_.splits))
         return records
 
-    records = read(False)
+    records = read(False).persist(StorageLevel.MEMORY_AND_DISK)  # parsed once, read by every pass below
 
     # -- counts, line numbers, fail fast on malformed rows --------------------------------------
     summary = raw_records.summarize_input(records, schema)
@@ -87,10 +88,11 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         _stage(f"{summary.odd_quotes} row(s) with an odd number of quotes: read again, joining the lines of "
                "quoted values that hold line breaks")
         summary.blocks.unpersist()
-        records = read(True)
+        records.unpersist()
+        records = read(True).persist(StorageLevel.MEMORY_AND_DISK)
         summary = raw_records.summarize_input(records, schema)
     totals = summary.totals
-    cached = [summary.blocks]
+    cached = [summary.blocks, records]
     n_input, n_rejected, n_accepted = summary.rows, summary.rejected, summary.accepted
     log.info("input rows: %d, rejected: %d, accepted: %d (blank lines: %d, lines joined into multi-line records: %d)",
              n_input, n_rejected, n_accepted, summary.blank, summary.continued)
