@@ -80,6 +80,6 @@ def test_training_onto_a_full_disk_fails_in_one_line(planted_data, tmp_path):
     assert lines and f"error: writing {out} failed: " in lines[0] and "No space left on device" in lines[0], \
         proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "unexpected pos" not in proc.stdout + proc.stderr
-    assert "[1]<stderr>:[train] error: stopped because another rank failed" in proc.stdout + proc.stderr
-    assert "HorovodInternalError" not in proc.stdout + proc.stderr  # no rank's traceback (only horovodrun's own)
+    # Rank 1 stops in one line too, unless horovodrun ended it first: never with a traceback.
+    assert "HorovodInternalError" not in proc.stdout + proc.stderr and "<stderr>:Traceback" not in proc.stdout
     assert "_AFM_COMPLETE" not in proc.stdout.strip().splitlines()[-1]  # the "left:" listing

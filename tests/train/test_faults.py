@@ -199,14 +199,14 @@ def test_resume_from_a_cut_or_empty_checkpoint_is_refused_in_one_line(spark, tmp
         what = "is not a checkpoint of afm_dist.train" if name == "foreign" else "is truncated or not a checkpoint"
         assert err.count("\n") == 1 and f"{out / CHECKPOINT} {what} ({len(content)} bytes" in err, (name, err)
         assert advice in err, err
-    # Under horovodrun: each rank refuses before hvd.init, exit 2, without a traceback of its own.
+    # Under horovodrun: each rank refuses before hvd.init, exit 2, without a traceback of its own (the
+    # first rank to exit makes horovodrun end the other, which may not have printed its line yet).
     (out / CHECKPOINT).write_bytes(whole[:1000])
     proc = run_horovod(resume, np=2)
     text = proc.stdout + proc.stderr
-    for rank in (0, 1):
-        assert (f"[{rank}]<stderr>:[train] error: {out / CHECKPOINT} is truncated or not a checkpoint (1000 bytes)"
-                + advice) in text, text[-3000:]
-        assert f"[{rank}]<stderr>:Traceback" not in text
+    assert any((f"[{rank}]<stderr>:[train] error: {out / CHECKPOINT} is truncated or not a checkpoint (1000 bytes)"
+                + advice) in text for rank in (0, 1)), text[-3000:]
+    assert "<stderr>:Traceback" not in text
     assert "exit with status code 2" in text
     # jobs/train.py: refused before Spark starts (no session is given, none is built).
     assert job_module("train").main([*resume[2:], "--num-proc", "2"]) == 2
@@ -295,12 +295,12 @@ def test_a_batch_the_workers_cannot_split_is_refused_before_start(spark, tmp_pat
     # A search's --np or jobs/train.py's --num-proc is passed as the number of workers.
     with pytest.raises(ValueError, match="not divisible by the 3 workers"):
         check_run(TrainConfig(data=str(data), model="fm", output=str(out), batch_size=8), workers=3)
-    # Through the real launchers: each rank's one line, exit 2; jobs/train.py before Spark starts.
+    # Through the real launchers: a rank's one line, exit 2 (the first rank to exit makes horovodrun
+    # end the other, which may not have printed its own line yet); jobs/train.py before Spark starts.
     proc = run_horovod(train_args(data, "fm", out, "--epochs", "1"), np=2)
     text = proc.stdout + proc.stderr
-    for rank in (0, 1):
-        assert f"[{rank}]<stderr>:[train] error: {schema_default}" in text, text[-3000:]
-        assert f"[{rank}]<stderr>:Traceback" not in text
+    assert any(f"[{rank}]<stderr>:[train] error: {schema_default}" in text for rank in (0, 1)), text[-3000:]
+    assert "<stderr>:Traceback" not in text
     assert "exit with status code 2" in text
     assert job_module("train").main([*train_args(data, "fm", out, "--batch-size", "7")[2:], "--num-proc", "2"]) == 2
     assert f"train: error: {given}" in capsys.readouterr().err
