@@ -188,8 +188,9 @@ def run_spark_job(job: str, args: argparse.Namespace, work: Callable[[SparkSessi
     setup_logging()
     try:
         check_common(args)
-        check_apart(Path(args.output).expanduser().resolve(), input_paths(args))  # nothing read yet
-        for flag, paths in input_paths(args).items():  # files inside directories: the input plan checks them
+        inputs = input_paths(args)
+        check_apart(Path(args.output).expanduser().resolve(), inputs)  # nothing read yet
+        for flag, paths in inputs.items():  # files inside directories: the input plan checks them
             for path in paths:
                 why = unreadable_by_spark(Path(path).expanduser().resolve())
                 if why:

@@ -154,8 +154,9 @@ def _expand(paths: Sequence[str], what: str) -> tuple[str, ...]:
     if not files:
         raise InputError(f"{what}: no input given")
     for f in files:
-        if unreadable_by_spark(f):
-            raise InputError(f"{what} {unreadable_by_spark(f)}")
+        why = unreadable_by_spark(f)
+        if why:
+            raise InputError(f"{what} {why}")
     return tuple(dict.fromkeys(files))
 
 

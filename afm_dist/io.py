@@ -103,10 +103,10 @@ def replace_directory(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 _FORBIDDEN = {Path("/"), Path.home(), Path("/usr"), Path("/etc"), Path("/bin"), Path("/tmp")}
 
 
-# The causes of a failed write that are the storage's, not the job's: (errno, as Java and the OS say it).
-STORAGE_ERRORS = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
-                  (errno.EROFS, "Read-only file system"), (errno.EIO, "Input/output error"),
-                  (errno.EACCES, "Permission denied"))
+# The causes of a failed write that are the storage's, not the job's: errno -> as Java and the OS say it.
+STORAGE_ERRORS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                  errno.EROFS: "Read-only file system", errno.EIO: "Input/output error",
+                  errno.EACCES: "Permission denied"}
 
 
 def storage_failure(e: BaseException) -> str | None:
@@ -119,17 +119,17 @@ def storage_failure(e: BaseException) -> str | None:
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in dict(STORAGE_ERRORS):
-            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror or dict(STORAGE_ERRORS)[e.errno]
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror or STORAGE_ERRORS[e.errno]
         text = str(e)
-        for _, message in STORAGE_ERRORS:
+        for message in STORAGE_ERRORS.values():
             if message in text:
                 return message
         e = e.__cause__ or e.__context__
     return None
 
 
-_GLOB = "[]{}*?\\"
+GLOB_CHARS = "[]{}*?\\"  # what Hadoop's glob reads as a pattern
 
 
 def unreadable_by_spark(path: str | os.PathLike) -> str | None:
@@ -137,8 +137,8 @@ def unreadable_by_spark(path: str | os.PathLike) -> str | None:
     the glob characters ``[ ] { } * ? \\``), and an escaped pattern is walked one name at a time,
     where Hadoop reads a name holding ':' as a URI scheme: a path with both cannot be read."""
     text = str(path)
-    if ":" in text and any(c in text for c in _GLOB):
-        glob = next(c for c in text if c in _GLOB)
+    glob = next((c for c in text if c in GLOB_CHARS), None)
+    if ":" in text and glob is not None:
         return (f"{text}: Spark cannot read a path that holds both ':' and {glob!r} (Hadoop reads the one as a "
                 "URI scheme, the other as a glob pattern); rename it or move it to a path without one of them")
     return None
@@ -192,8 +192,9 @@ def validate_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
         raise OutputPathError(f"{p}: refusing to write job output there; choose a dedicated directory")
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{p}: exists and is not a directory")
-    if unreadable_by_spark(p):  # outputs are read back (split counts, predictions)
-        raise OutputPathError(unreadable_by_spark(p))
+    why = unreadable_by_spark(p)  # outputs are read back (split counts, predictions)
+    if why:
+        raise OutputPathError(why)
     if p.exists() and any(p.iterdir()) and not overwrite:
         raise OutputPathError(f"{p}: already exists; pass --overwrite to replace it")
     return p

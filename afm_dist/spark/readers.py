@@ -33,18 +33,19 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from afm_dist.inputs import BLANK_CHARS, BOM
+from afm_dist.io import GLOB_CHARS
 
 SOURCE, BLOCK, POS, TEXT, LINE, CONT = "_source", "_block", "_pos", "_text", "_line", "_cont"
 # The most physical lines one record may span (a quoted value holding line breaks): an unclosed
 # quote cannot take in the rest of a file, and the lines of one record stay few.
 MAX_RECORD_LINES = 100
-_GLOB_CHARS = re.compile(r"([\[\]{}*?\\])")  # what Hadoop's glob reads as a pattern
+_GLOB_PATTERN = re.compile(f"([{re.escape(GLOB_CHARS)}])")
 
 
 def spark_path(path: str | Path) -> str:
     """A path to hand Spark's readers, which expand glob patterns: the glob characters of the name
     escaped, so that a file named ``logs[1].tsv`` is read as itself (bugcases2 case 03)."""
-    return _GLOB_CHARS.sub(r"\\\1", str(path))
+    return _GLOB_PATTERN.sub(r"\\\1", str(path))
 
 
 def _source_column() -> Column:
