@@ -56,6 +56,42 @@ def add_field_bias(model, meta) -> None:
     att.forward = forward
 
 
+def pooled_model(name: str, meta, cfg: ModelConfig, weighting: str):
+    """FM or AFM whose multi-valued fields enter the pair layer as one vector each (the weighted sum of
+    their values' embeddings: ``sum``, ``mean`` or ``sqrt`` = 1/sqrt(n)); the linear part is unchanged."""
+    from afm_dist.models.afm import AFM
+    from afm_dist.models.fm import FM
+    from afm_dist.models.layers import masked_values
+    group = torch.tensor([n for n, f in enumerate(meta.fields) for _ in range(f.width)])
+    nf = len(meta.fields)
+    onehot = F.one_hot(group, nf).float()  # (M, F)
+
+    def pool(e, mask):
+        m = mask.float()  # (B, M)
+        n = m @ onehot  # (B, F) real slots per field
+        w = {"sum": torch.ones_like(n), "mean": 1 / n.clamp(min=1), "sqrt": n.clamp(min=1).rsqrt()}[weighting]
+        return torch.einsum("bmk,mf->bfk", e, onehot) * w.unsqueeze(-1), n > 0
+
+    if name == "fm":
+        class PooledFM(FM):
+            def forward(self, ids, vals, mask):
+                xs = masked_values(vals, mask)
+                e, _ = pool(self.embedding(ids, xs), mask)
+                return self.linear(ids, xs) + self.dropout(self.interaction(e)).sum(dim=1)
+        return PooledFM(meta.num_features, cfg.embedding_dim, cfg.interaction_dropout, cfg.init_std)
+
+    class PooledAFM(AFM):
+        def _scores(self, ids, vals, mask):
+            xs = masked_values(vals, mask)
+            e, fmask = pool(self.embedding(ids, xs), mask)
+            pooled, attention = self.attention(e, fmask)
+            if self.attention_scale == "pairs":
+                pooled = pooled * self._num_pairs(fmask).to(pooled.dtype).unsqueeze(1)
+            return self.linear(ids, xs) + self.dropout(pooled) @ self.p, attention, e
+    return PooledAFM(meta.num_features, nf, cfg.embedding_dim, cfg.attention_factor, cfg.interaction_dropout,
+                     cfg.attention_dropout, cfg.init_std, attention_scale=cfg.attention_scale)
+
+
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
         seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
         frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0) -> dict:
@@ -177,6 +213,9 @@ def main() -> None:
     p.add_argument("--linear-factor", type=float, default=1.0,
                    help="the linear weights' L2 as a multiple of the embeddings' (default 1: the same)")
     p.add_argument("--attention-l2", type=float, default=0.0, help="the AFM's --attention-l2")
+    p.add_argument("--attention-scale", default=ModelConfig.attention_scale, help="the AFM's --attention-scale")
+    p.add_argument("--pool", choices=("sum", "mean", "sqrt"),
+                   help="multi-valued fields pooled to one vector each in the pair layer (FM and AFM)")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     a = p.parse_args()
     torch.set_num_threads(2)
@@ -185,11 +224,12 @@ def main() -> None:
     data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
     clip = meta.target_range()
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
-    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout)
+    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
+                      attention_scale=a.attention_scale)
     fm_state, fm_acc = None, None
     if a.model != "fm":
         torch.manual_seed(2017)
-        fm = build_model("fm", meta.num_features, meta.num_slots, cfg)
+        fm = pooled_model("fm", meta, cfg, a.pool) if a.pool else build_model("fm", meta.num_features, meta.num_slots, cfg)
         if a.fm_cache and Path(a.fm_cache).exists():
             saved = torch.load(a.fm_cache, weights_only=True)
             fm.load_state_dict(saved["model"])
@@ -197,13 +237,14 @@ def main() -> None:
         else:
             r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr)
             fm_acc = r.pop("accumulators")
-            print(json.dumps({"data": a.data, "model": "fm", **r}), flush=True)
+            print(json.dumps({"data": a.data, "model": "fm", **({"pool": a.pool} if a.pool else {}), **r}), flush=True)
             if a.fm_cache:
                 torch.save({"model": fm.state_dict(), "accumulators": fm_acc}, a.fm_cache)
         fm_state = fm
     for recipe in a.recipes:
         torch.manual_seed(2017)
-        model = build_model(a.model, meta.num_features, meta.num_slots, cfg)
+        model = pooled_model(a.model, meta, cfg, a.pool) if a.pool else \
+            build_model(a.model, meta.num_features, meta.num_slots, cfg)
         if fm_state is not None:
             init_from_fm(model, fm_state)
         flags = recipe.split("+")
@@ -224,7 +265,8 @@ def main() -> None:
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
-                          **({"attention_l2": a.attention_l2} if a.attention_l2 else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
+                          **({"attention_l2": a.attention_l2} if a.attention_l2 else {}), **({"pool": a.pool} if a.pool else {}),
+                          **({"attention_scale": a.attention_scale} if a.attention_scale != ModelConfig.attention_scale else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 
 if __name__ == "__main__":
