@@ -61,6 +61,9 @@ class FieldLayout:
     size: int  # number of feature ids (vocabulary incl. out-of-vocabulary id, or buckets)
     slot: int  # first slot (column of ids/vals/mask) of this field
     width: int  # number of slots: 1, or max_values for a multi-valued field
+    # The field's slots enter the pair layer as one vector, the sum of their e_i = v_i x_i (a bag
+    # field: its values are not paired with each other); False: every slot is paired on its own.
+    pooled: bool = False
 
 
 @dataclass
@@ -94,6 +97,14 @@ class DatasetMetadata:
         if "min" not in self.target:
             return None
         return float(self.target["min"]), float(self.target["max"])
+
+    def slot_groups(self) -> tuple[int, ...]:
+        """Widths of the pair layer's inputs, in slot order: a pooled field's width (its slots summed
+        into one vector), 1 for every other slot. Sums to ``num_slots``; all ones when no field is pooled."""
+        out: list[int] = []
+        for f in self.fields:
+            out += [f.width] if f.pooled else [1] * f.width
+        return tuple(out)
 
     def split_rows(self, split: str) -> int:
         """Rows (instances) written to ``split``."""

@@ -41,7 +41,7 @@ def digest_of(out) -> str:
             h.update(json.dumps(pq.read_table(f).to_pylist(), sort_keys=True).encode())
     meta = load_metadata(out)
     h.update(json.dumps({"counts": meta.counts, "num_features": meta.num_features, "num_slots": meta.num_slots,
-                         "fields": [vars(f) for f in meta.fields], "target": meta.target,
+                         "fields": [{k: v for k, v in vars(f).items() if k != "pooled"} for f in meta.fields], "target": meta.target,
                          "negatives_unavailable": meta.extra.get("negatives_unavailable")},
                         sort_keys=True).encode())
     return h.hexdigest()
