@@ -96,6 +96,15 @@ class TrainedModel:
         return [i for i, f in enumerate(self.dataset.fields) for _ in range(f.width)]
 
     @property
+    def pair_inputs(self) -> list[tuple[int, int, bool]]:
+        """(first slot, field index, pooled) of each input of the pair layer, in order: every slot of
+        a field that is not pooled, one input for a pooled field (``DatasetMetadata.slot_groups``)."""
+        out = []
+        for i, f in enumerate(self.dataset.fields):
+            out += [(f.slot, i, True)] if f.pooled else [(f.slot + s, i, False) for s in range(f.width)]
+        return out
+
+    @property
     def vocabulary_path(self) -> Path | None:
         """The model directory's ``vocabulary/``, or None (a libFM data set has no vocabulary)."""
         if self.path is None or not (self.path / VOCABULARY).is_dir():
@@ -197,7 +206,7 @@ class TrainedModel:
 
     def new_model(self) -> ScoringModel:
         """A freshly initialised model of this name, configuration and feature layout."""
-        return build_model(self.name, self.num_features, self.num_slots, self.config)
+        return build_model(self.name, self.num_features, self.num_slots, self.config, self.dataset.slot_groups())
 
     def build(self) -> ScoringModel:
         """The trained model in eval mode, its weights read from the directory's safetensors file

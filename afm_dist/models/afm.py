@@ -27,7 +27,7 @@ from torch import nn
 
 from afm_dist.models.attention import AttentionPooling
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import masked_values, pair_index
+from afm_dist.models.layers import SlotPooling, masked_values, pair_index
 
 
 ATTENTION_SCALES = ("pairs", "one")
@@ -48,21 +48,28 @@ class AFM(ScoringModel):
         attention_scale: ``"pairs"`` (default): the pair weights are |R_x| a_ij (sum |R_x|, 1 each
             when uniform) and h starts at 0, so the model starts as the FM its embeddings come
             from; ``"one"``: eq. 5 as printed, weights a_ij summing to 1.
+        slot_groups: widths of the pair layer's inputs in slot order (``SlotPooling``): a pooled
+            field is one input, the sum of its slots' e_i, and the attention weighs pairs of the
+            G inputs (P = G (G - 1) / 2); None: every slot is an input (G = M).
 
     Raises:
-        ValueError: an unknown ``attention_scale``.
+        ValueError: an unknown ``attention_scale``, or ``slot_groups`` not covering the M slots.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, attention_factor: int,
                  dropout: float = 0.0, attention_dropout: float = 0.0, init_std: float = 0.01, naive: bool = False,
                  chunk_elements: int = 1 << 22, sparse_embeddings: bool = False,
-                 attention_scale: str = "pairs") -> None:
+                 attention_scale: str = "pairs", slot_groups: tuple[int, ...] | None = None) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         if attention_scale not in ATTENTION_SCALES:
             raise ValueError(f"attention_scale {attention_scale!r}: expected one of {ATTENTION_SCALES}")
+        if slot_groups and sum(slot_groups) != num_slots:
+            raise ValueError(f"slot groups {tuple(slot_groups)} do not cover the {num_slots} slots")
         self.num_slots = num_slots
+        self.pool = SlotPooling(slot_groups)
+        self.num_inputs = self.pool.num_groups if self.pool.pooling else num_slots  # G
         self.attention_scale = attention_scale
-        self.attention = AttentionPooling(num_slots, embedding_dim, attention_factor, attention_dropout, naive,
+        self.attention = AttentionPooling(self.num_inputs, embedding_dim, attention_factor, attention_dropout, naive,
                                           chunk_elements)
         if attention_scale == "pairs":
             with torch.no_grad():
@@ -73,8 +80,9 @@ class AFM(ScoringModel):
         self.p = nn.Parameter(torch.ones(embedding_dim))  # (k,)
 
     def pair_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots (i, j) of each attention column: two (P,) int64, ``torch.triu_indices(M, M, 1)``."""
-        return pair_index(self.num_slots)
+        """Inputs (i, j) of each attention column: two (P,) int64, ``torch.triu_indices(G, G, 1)``
+        (slots when no field is pooled)."""
+        return pair_index(self.num_inputs)
 
     def l2_penalty(self) -> torch.Tensor:
         """||W||^2 of the attention network (the reference code's lambda_attention regulariser)."""
@@ -87,7 +95,7 @@ class AFM(ScoringModel):
 
         A row with fewer than two real slots has no pair: its pair term is 0 and its attention row 0.
         """
-        scores, attention, _ = self._scores(ids, vals, mask)
+        scores, attention, _, _ = self._scores(ids, vals, mask)
         if return_attention:
             return scores, attention
         return scores
@@ -111,15 +119,15 @@ class AFM(ScoringModel):
         the scores equal the linear part plus ``(attention * interaction).sum(1)``, up to
         floating-point rounding.
         """
-        scores, attention, e = self._scores(ids, vals, mask)
-        B, M, _ = e.shape
+        scores, attention, e, real = self._scores(ids, vals, mask)
+        B, M, _ = e.shape  # M: the pair layer's inputs (G with pooled fields)
         rows, cols = self.attention.pairs.rows, self.attention.pairs.cols  # (P,)
         # p^T (e_i * e_j) = sum_f e_if p_f e_jf: entry (i, j) of the (B, M, M) matrix (e p) e^T,
         # with no (B, P, k) tensor of pair products.
         gram = torch.bmm(e * self.p, e.transpose(1, 2))  # (B, M, M)
         interaction = gram.view(B, M * M).index_select(1, rows * M + cols)  # (B, P)
         if self.attention_scale == "pairs":
-            interaction = interaction * self._num_pairs(mask).to(interaction.dtype).unsqueeze(1)
+            interaction = interaction * self._num_pairs(real).to(interaction.dtype).unsqueeze(1)
         return scores, attention, interaction
 
     @staticmethod
@@ -129,12 +137,13 @@ class AFM(ScoringModel):
         return real * (real - 1) // 2
 
     def _scores(self, ids: torch.Tensor, vals: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores (B,), attention a_ij (B, P) and the embeddings e_i = v_i x_i (B, M, k)."""
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores (B,), attention a_ij (B, P), the pair layer's inputs e (B, G, k) (e_i = v_i x_i,
+        a pooled field's summed) and their mask (B, G) bool."""
         xs = masked_values(vals, mask)  # (B, M)
-        e = self.embedding(ids, xs)  # (B, M, k)
-        pooled, attention = self.attention(e, mask)  # (B, k), (B, P)
+        e, real = self.pool(self.embedding(ids, xs), mask)  # (B, G, k), (B, G)
+        pooled, attention = self.attention(e, real)  # (B, k), (B, P)
         if self.attention_scale == "pairs":
-            pooled = pooled * self._num_pairs(mask).to(pooled.dtype).unsqueeze(1)  # sum_ij |R_x| a_ij q_ij
+            pooled = pooled * self._num_pairs(real).to(pooled.dtype).unsqueeze(1)  # sum_ij |R_x| a_ij q_ij
         scores = self.linear(ids, xs) + self.dropout(pooled) @ self.p  # (B,)
-        return scores, attention, e
+        return scores, attention, e, real

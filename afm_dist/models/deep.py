@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import MLP, ResidualUnit, masked_values
+from afm_dist.models.layers import MLP, ResidualUnit, SlotPooling, masked_values
 
 
 class WideDeep(ScoringModel):
@@ -20,17 +20,21 @@ class WideDeep(ScoringModel):
         num_slots: M.
         hidden_sizes: widths of the MLP's hidden layers (then a linear layer to 1).
         dropout: dropout after each hidden layer.
+        slot_groups: as FM's (``SlotPooling``): a pooled field is stacked as one vector, d = G k.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, hidden_sizes: tuple[int, ...],
-                 dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False) -> None:
+                 dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False,
+                 slot_groups: tuple[int, ...] | None = None) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
-        self.mlp = MLP(num_slots * embedding_dim, hidden_sizes, dropout)
+        self.pool = SlotPooling(slot_groups)
+        self.mlp = MLP((self.pool.num_groups if self.pool.pooling else num_slots) * embedding_dim, hidden_sizes,
+                       dropout)
 
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.embedding(ids, xs).flatten(start_dim=1)  # (B, M k)
+        stacked = self.pool(self.embedding(ids, xs), mask)[0].flatten(start_dim=1)  # (B, G k)
         return self.linear(ids, xs) + self.mlp(stacked)  # (B,)
 
 
@@ -44,12 +48,15 @@ class DeepCross(ScoringModel):
         num_slots: M.
         residual_sizes: inner width of each residual unit (each unit maps d to d).
         dropout: dropout after each residual unit.
+        slot_groups: as FM's (``SlotPooling``): a pooled field is stacked as one vector, d = G k.
     """
 
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, residual_sizes: tuple[int, ...],
-                 dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False) -> None:
+                 dropout: float = 0.0, init_std: float = 0.01, sparse_embeddings: bool = False,
+                 slot_groups: tuple[int, ...] | None = None) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
-        width = num_slots * embedding_dim
+        self.pool = SlotPooling(slot_groups)
+        width = (self.pool.num_groups if self.pool.pooling else num_slots) * embedding_dim
         self.residual = nn.Sequential(*(nn.Sequential(ResidualUnit(width, size), nn.Dropout(dropout))
                                         for size in residual_sizes))
         self.output = nn.Linear(width, 1)
@@ -57,5 +64,5 @@ class DeepCross(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.embedding(ids, xs).flatten(start_dim=1)  # (B, M k)
+        stacked = self.pool(self.embedding(ids, xs), mask)[0].flatten(start_dim=1)  # (B, G k)
         return self.linear(ids, xs) + self.output(self.residual(stacked)).squeeze(-1)  # (B,)

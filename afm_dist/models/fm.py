@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, masked_values
+from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, SlotPooling, masked_values
 
 
 class FM(ScoringModel):
@@ -22,20 +22,25 @@ class FM(ScoringModel):
     computed in O(M k) as 1^T [1/2 ((sum_i e_i)^2 - sum_i e_i^2)], the bi-interaction vector (k,)
     projected by ones, as the AFM paper's FM; dropout acts on that k-vector (its interaction layer).
 
+    A pooled field (``slot_groups``) is one input of the pair term, the sum of its slots' e_i: its
+    values are paired with the other fields, not with each other.
+
     Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``):
         dropout: dropout on the bi-interaction vector.
+        slot_groups: widths of the pair term's inputs in slot order (``SlotPooling``); None: every slot.
     """
 
     def __init__(self, num_features: int, embedding_dim: int, dropout: float = 0.0, init_std: float = 0.01,
-                 sparse_embeddings: bool = False) -> None:
+                 sparse_embeddings: bool = False, slot_groups: tuple[int, ...] | None = None) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
+        self.pool = SlotPooling(slot_groups)
         self.interaction = BiInteraction()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        e = self.embedding(ids, xs)  # (B, M, k)
+        e, _ = self.pool(self.embedding(ids, xs), mask)  # (B, G, k); G = M without pooled fields
         pair_term = self.dropout(self.interaction(e)).sum(dim=1)  # (B,)
         return self.linear(ids, xs) + pair_term  # (B,)
 
@@ -53,11 +58,13 @@ class HOFM(ScoringModel):
     Args (num_features, embedding_dim, init_std, sparse_embeddings: see ``ScoringModel``; the
     order-3 table u has the same size k, initialisation and gradients as the order-2 table v):
         dropout: dropout on each order's interaction vector (k,) before summing.
+        slot_groups: as FM's; a pooled field is one input of both orders.
     """
 
     def __init__(self, num_features: int, embedding_dim: int, dropout: float = 0.0, init_std: float = 0.01,
-                 sparse_embeddings: bool = False) -> None:
+                 sparse_embeddings: bool = False, slot_groups: tuple[int, ...] | None = None) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)  # self.embedding: v, order 2
+        self.pool = SlotPooling(slot_groups)
         self.embedding3 = FeaturesEmbedding(num_features, embedding_dim, init_std, sparse_embeddings)  # u, order 3
         self.interaction = BiInteraction()
         self.dropout = nn.Dropout(dropout)
@@ -73,6 +80,6 @@ class HOFM(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        order2 = self.dropout(self.interaction(self.embedding(ids, xs))).sum(dim=1)  # (B,)
-        order3 = self.dropout(self.order3(self.embedding3(ids, xs))).sum(dim=1)  # (B,)
+        order2 = self.dropout(self.interaction(self.pool(self.embedding(ids, xs), mask)[0])).sum(dim=1)  # (B,)
+        order3 = self.dropout(self.order3(self.pool(self.embedding3(ids, xs), mask)[0])).sum(dim=1)  # (B,)
         return self.linear(ids, xs) + order2 + order3  # (B,)

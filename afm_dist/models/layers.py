@@ -79,6 +79,43 @@ class FeaturesEmbedding(nn.Module):
         return self.embedding(ids) * xs.unsqueeze(-1)  # (B, M, k)
 
 
+class SlotPooling(nn.Module):
+    """The pair layer's inputs: every slot on its own, or a pooled field's slots summed into one vector.
+
+    A bag field (a user's history, or any multi-valued field the schema pools) enters the pair
+    layer as sum_{i in field} e_i, so its values are paired with the other fields but not with each
+    other, and the pairs are of G inputs instead of M slots. The weights of the sum (e.g. 1/sqrt(n))
+    are the slots' values x_i, set at preprocessing.
+
+    Args:
+        slot_groups: widths of the G inputs in slot order (summing to M): 1 for a slot on its own,
+            a pooled field's width; None or all ones: no pooling (forward returns its inputs).
+
+    Raises:
+        ValueError: a width below 1.
+    """
+
+    def __init__(self, slot_groups: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        groups = tuple(slot_groups or ())
+        if any(w < 1 for w in groups):
+            raise ValueError(f"slot groups {groups}: every width must be 1 or more")
+        self.slot_groups = groups
+        self.num_groups = len(groups)
+        self.pooling = any(w > 1 for w in groups)
+        group = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(groups, dtype=torch.long))  # (M,)
+        self.register_buffer("group", group, persistent=False)
+
+    def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e (B, M, k), mask (B, M) bool -> (B, G, k) and (B, G) bool (a group is real if any slot is)."""
+        if not self.pooling:
+            return e, mask
+        B, _, k = e.shape
+        pooled = e.new_zeros(B, self.num_groups, k).index_add_(1, self.group, e)  # (B, G, k)
+        real = mask.new_zeros(B, self.num_groups, dtype=torch.int32).index_add_(1, self.group, mask.to(torch.int32))
+        return pooled, real > 0
+
+
 class BiInteraction(nn.Module):
     """FM's pair term before summing over k: sum_{i<j} e_i * e_j, in O(M k) (Rendle 2010, lemma 3.1).
 

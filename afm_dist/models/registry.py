@@ -60,7 +60,7 @@ MODEL_NAMES = ("fm", "afm", "hofm", "wide_deep", "deep_cross")
 MIN_SLOTS = {"fm": 1, "afm": 2, "hofm": 1, "wide_deep": 1, "deep_cross": 1}
 
 
-def check_layout(name: str, num_features: int, num_slots: int) -> None:
+def check_layout(name: str, num_features: int, num_slots: int, slot_groups: tuple[int, ...] | None = None) -> None:
     """Refuse a model that cannot work on a data set's feature layout, before it is built.
 
     Raises:
@@ -74,30 +74,40 @@ def check_layout(name: str, num_features: int, num_slots: int) -> None:
     if num_slots < MIN_SLOTS[name]:
         raise ValueError(f"{name.upper()} needs at least {MIN_SLOTS[name]} slots (its attention weighs pairs of "
                          f"features) and this data set has {num_slots}: use --model fm, or add fields to the schema")
+    if slot_groups and sum(slot_groups) != num_slots:
+        raise ValueError(f"slot groups {tuple(slot_groups)} do not cover the data set's {num_slots} slots")
+    if slot_groups and len(slot_groups) < MIN_SLOTS[name]:
+        raise ValueError(f"{name.upper()} needs at least {MIN_SLOTS[name]} inputs to its pair layer and this data "
+                         f"set's {num_slots} slots pool into {len(slot_groups)}: use --model fm, or add fields")
 
 
-def build_model(name: str, num_features: int, num_slots: int, config: ModelConfig) -> ScoringModel:
+def build_model(name: str, num_features: int, num_slots: int, config: ModelConfig,
+                slot_groups: tuple[int, ...] | None = None) -> ScoringModel:
     """The model called ``name`` for N = ``num_features`` features and M = ``num_slots`` slots.
+
+    ``slot_groups``: the widths of the pair layer's inputs in slot order, a pooled field's width or
+    1 (``DatasetMetadata.slot_groups()``); None: every slot is an input.
 
     Raises:
         ValueError: see ``check_layout``.
     """
-    check_layout(name, num_features, num_slots)
+    check_layout(name, num_features, num_slots, slot_groups)
     c = config
+    groups = tuple(slot_groups) if slot_groups and any(w > 1 for w in slot_groups) else None
     if name == "fm":
-        return FM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings)
+        return FM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings, groups)
     if name == "afm":
         return AFM(num_features, num_slots, c.embedding_dim, c.attention_factor, c.interaction_dropout,
                    c.attention_dropout, c.init_std, c.naive_attention, c.attention_chunk_elements,
-                   c.sparse_embeddings, c.attention_scale)
+                   c.sparse_embeddings, c.attention_scale, groups)
     if name == "hofm":
-        return HOFM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings)
+        return HOFM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings, groups)
     if name == "wide_deep":
         return WideDeep(num_features, num_slots, c.embedding_dim, c.mlp_sizes, c.deep_dropout, c.init_std,
-                        c.sparse_embeddings)
+                        c.sparse_embeddings, groups)
     if name == "deep_cross":
         return DeepCross(num_features, num_slots, c.embedding_dim, c.residual_sizes, c.deep_dropout, c.init_std,
-                         c.sparse_embeddings)
+                         c.sparse_embeddings, groups)
     raise AssertionError(name)  # check_layout knows every name
 
 

@@ -42,15 +42,23 @@ class FieldPair:
     rows: int
 
 
-def attention_sums(encoded: DataFrame, payload: Broadcast, *, slot_fields: Sequence[int], batch_size: int = 8192,
-                   threads: int = 1) -> DataFrame:
+def input_mask(mask: np.ndarray, first_slots: np.ndarray) -> np.ndarray:
+    """Slot mask (B, M) -> mask of the pair layer's inputs (B, G): an input starting at slot
+    ``first_slots[g]`` (a pooled field spans the slots up to the next input) is real if any slot is."""
+    return np.logical_or.reduceat(mask.astype(bool), first_slots, axis=1)
+
+
+def attention_sums(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequence[tuple[int, int, bool]],
+                   batch_size: int = 8192, threads: int = 1) -> DataFrame:
     """Per field pair (fi <= fj): total attention over rows, and rows where the pair occurs.
 
-    ``slot_fields[s]`` is the field index of slot s; attention of slot pairs in the same field
-    pair (multi-valued fields) is added within a row. Partial sums per batch are reduced by Spark.
+    ``pair_inputs``: (first slot, field index, pooled) of each input of the pair layer
+    (``TrainedModel.pair_inputs``); attention of input pairs in the same field pair (multi-valued
+    fields) is added within a row. Partial sums per batch are reduced by Spark.
     """
-    slot_fields_arr = np.asarray(slot_fields)
-    num_fields = int(slot_fields_arr.max()) + 1
+    first_slots = np.asarray([p[0] for p in pair_inputs])
+    input_fields = np.asarray([p[1] for p in pair_inputs])
+    num_fields = int(input_fields.max()) + 1
 
     def partial(batches):  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
         import pyarrow as pa
@@ -58,7 +66,7 @@ def attention_sums(encoded: DataFrame, payload: Broadcast, *, slot_fields: Seque
 
         model = executor_model(payload, threads)
         pi, pj = (t.numpy() for t in model.pair_index())
-        fa, fb = slot_fields_arr[pi], slot_fields_arr[pj]
+        fa, fb = input_fields[pi], input_fields[pj]
         lo_f, hi_f = np.minimum(fa, fb), np.maximum(fa, fb)
         pair_field = lo_f * num_fields + hi_f  # (P,) field-pair code of every slot pair
         codes = np.unique(pair_field)
@@ -68,7 +76,7 @@ def attention_sums(encoded: DataFrame, payload: Broadcast, *, slot_fields: Seque
                 rows = to_batch(batch.slice(start, batch_size))
                 with torch.inference_mode():
                     _, att = model(*rows.inputs, return_attention=True)
-                m = rows.mask.numpy()
+                m = input_mask(rows.mask.numpy(), first_slots)  # (B, G)
                 present = (m[:, pi] & m[:, pj]).astype(np.float64) @ onehot > 0  # (B, C)
                 per_row = att.double().numpy() @ onehot  # (B, C) attention of each field pair in each row
                 yield pa.RecordBatch.from_pydict({
@@ -95,11 +103,16 @@ def field_pair_table(sums: Sequence[Mapping], names: Sequence[str]) -> tuple[lis
     return table, matrix
 
 
-def explain_rows(encoded: DataFrame, payload: Broadcast, *, threads: int = 1) -> DataFrame:
-    """One output row per (input row, active slot pair): ids of both features, attention a_ij,
-    interaction score p^T (v_i * v_j) x_i x_j (``AFM.pair_terms``) and its weighted contribution
-    a_ij * score, and the row's prediction. Meant for a sample of rows (the paper's Table 1)."""
+def explain_rows(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequence[tuple[int, int, bool]],
+                 threads: int = 1) -> DataFrame:
+    """One output row per (input row, active pair of the pair layer's inputs): ids of both features
+    (-1 for a pooled field, a bag of values), attention a_ij, interaction score p^T (v_i * v_j) x_i x_j
+    (``AFM.pair_terms``) and its weighted contribution a_ij * score, and the row's prediction;
+    ``slot_a``/``slot_b`` are the inputs' first slots (``pair_inputs``: ``TrainedModel.pair_inputs``).
+    Meant for a sample of rows (the paper's Table 1)."""
     has_label = LABEL in encoded.columns
+    first_slots = np.asarray([p[0] for p in pair_inputs])
+    pooled = np.asarray([p[2] for p in pair_inputs])
 
     def explain(batches) -> Iterator:  # Iterator[pyarrow.RecordBatch] -> Iterator[pyarrow.RecordBatch]
         import pyarrow as pa
@@ -111,12 +124,13 @@ def explain_rows(encoded: DataFrame, payload: Broadcast, *, threads: int = 1) ->
             rows = to_batch(batch)
             with torch.inference_mode():
                 pred, att, inter = (t.double().numpy() for t in model.pair_terms(*rows.inputs))
-            ids, mask = rows.ids.numpy(), rows.mask.numpy()
+            ids = np.where(pooled, -1, rows.ids.numpy()[:, first_slots])  # (B, G)
+            mask = input_mask(rows.mask.numpy(), first_slots)  # (B, G)
             r, c = np.nonzero(mask[:, pi] & mask[:, pj])
             label = rows.label.double().numpy()[r] if has_label else np.full(len(r), np.nan)
             yield pa.RecordBatch.from_pydict({
                 ROW_ID: batch.column(ROW_ID).to_numpy()[r].astype(np.int64),
-                "slot_a": pi[c].astype(np.int64), "slot_b": pj[c].astype(np.int64),
+                "slot_a": first_slots[pi[c]].astype(np.int64), "slot_b": first_slots[pj[c]].astype(np.int64),
                 "id_a": ids[r, pi[c]], "id_b": ids[r, pj[c]],
                 "attention": att[r, c], "interaction": inter[r, c], PREDICTION: pred[r], LABEL: label,
                 "contribution": att[r, c] * inter[r, c],
@@ -158,7 +172,7 @@ def explain_input(spark: SparkSession, inputs: Sequence[str], model: TrainedMode
     payload = broadcast_model(spark, model)
 
     # Whole input: mean attention per field pair (over the rows where the pair occurs).
-    sums = attention_sums(encoded, payload, slot_fields=model.slot_fields, threads=threads).collect()
+    sums = attention_sums(encoded, payload, pair_inputs=model.pair_inputs, threads=threads).collect()
     table, matrix = field_pair_table(sums, model.field_names)
     with open(out / FIELD_PAIRS, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -169,7 +183,7 @@ def explain_input(spark: SparkSession, inputs: Sequence[str], model: TrainedMode
 
     # A deterministic sample of rows, explained pair by pair with raw values.
     sample = encoded.withColumn("_h", F.xxhash64(F.col(ROW_ID), F.lit(seed))).orderBy("_h").limit(rows).drop("_h")
-    pairs = with_raw_values(explain_rows(sample, payload, threads=threads), model).orderBy(ROW_ID, F.desc("attention"))
+    pairs = with_raw_values(explain_rows(sample, payload, pair_inputs=model.pair_inputs, threads=threads), model).orderBy(ROW_ID, F.desc("attention"))
     pairs.write.parquet(str(out / ROWS))
     pairs.toPandas().to_csv(out / f"{ROWS}.csv", index=False)  # a sample: small by construction
     return table

@@ -125,7 +125,7 @@ def check_run(cfg: TrainConfig, workers: int | None = None) -> DatasetMetadata:
     """
     check_apart(Path(cfg.output).expanduser().resolve(), cfg.input_paths())
     meta = load_metadata(cfg.data)
-    check_layout(cfg.model, meta.num_features, meta.num_slots)
+    check_layout(cfg.model, meta.num_features, meta.num_slots, meta.slot_groups())
     check_batch(cfg, meta, workers if workers is not None else launched_workers())
     if cfg.init_from:
         fm = TrainedModel.load(cfg.init_from)
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         raise OutputPathError(problem)
 
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank (rank 0's are broadcast anyway)
-    model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config)
+    model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config, meta.slot_groups())
     if cfg.init_from:
         init_from(model, cfg.init_from)
     model.to(device)

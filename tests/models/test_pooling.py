@@ -1,0 +1,102 @@
+"""Pooled fields (issue 26's bag fields): a field's slots enter the pair layer as one vector."""
+from __future__ import annotations
+
+from itertools import combinations
+
+import pytest
+import torch
+
+from afm_dist.models import FM, ModelConfig, build_model, check_layout, init_from_fm
+from afm_dist.models.layers import SlotPooling
+
+N, K = 30, 4
+# user (1 slot), item (1 slot), a bag of 3 slots pooled, a context field (1 slot): M = 6, G = 4.
+GROUPS = (1, 1, 3, 1)
+M = sum(GROUPS)
+
+
+def _batch():
+    ids = torch.tensor([[1, 5, 10, 11, 12, 20], [2, 6, 13, 0, 0, 21], [3, 7, 0, 0, 0, 22]])
+    vals = torch.tensor([[1.0, 1.0, 0.5, 0.5, 0.25, 1.0], [1.0, 1.0, 0.7, 0.0, 0.0, 1.0],
+                         [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    mask = ids.ne(0) | torch.tensor([[False] * 2 + [False] * 3 + [False]] * 3)
+    mask[:, [0, 1, 5]] = True
+    return ids, vals, mask
+
+
+def _fm(groups, seed=0) -> FM:
+    torch.manual_seed(seed)
+    model = FM(N, K, init_std=0.5, slot_groups=groups).double().eval()
+    torch.nn.init.normal_(model.linear.weight.weight)
+    return model
+
+
+def test_slot_pooling_sums_a_fields_slots_and_marks_an_empty_bag_padding():
+    e = torch.arange(2 * M * 2, dtype=torch.float64).view(2, M, 2)
+    mask = torch.tensor([[True, True, True, False, False, True], [True, True, False, False, False, False]])
+    pooled, real = SlotPooling(GROUPS)(e * mask.unsqueeze(-1), mask)
+    assert pooled.shape == (2, 4, 2)
+    assert torch.equal(pooled[0, 2], e[0, 2])  # only the bag's first slot is real in row 0
+    assert torch.equal(pooled[0, 0], e[0, 0]) and torch.equal(pooled[0, 3], e[0, 5])
+    assert real.tolist() == [[True, True, True, True], [True, True, False, False]]
+    same, same_mask = SlotPooling(None)(e, mask)  # no pooled field: the inputs themselves
+    assert same is e and same_mask is mask
+
+
+def test_fm_with_a_pooled_field_pairs_the_bag_with_every_other_field_but_not_with_itself():
+    ids, vals, mask = _batch()
+    model = _fm(GROUPS)
+    v, w = model.embedding.weight, model.linear.weight.weight[:, 0]
+    for b in range(ids.shape[0]):
+        real = [i for i in range(M) if mask[b, i]]
+        e = {i: v[ids[b, i]] * vals[b, i] for i in real}
+        y = model.linear.bias[0] + sum(w[ids[b, i]] * vals[b, i] for i in real)
+        bag = {2, 3, 4}
+        y = y + sum((e[i] * e[j]).sum() for i, j in combinations(real, 2) if not (i in bag and j in bag))
+        assert model(ids, vals, mask)[b].item() == pytest.approx(y.item(), rel=1e-12)
+    # Without pooling the within-bag pairs are there: row 0's differ by them.
+    unpooled = _fm(None)
+    e0 = [v[ids[0, i]] * vals[0, i] for i in (2, 3, 4)]
+    within = sum((a * b).sum() for a, b in combinations(e0, 2))
+    assert (unpooled(ids, vals, mask)[0] - model(ids, vals, mask)[0]).item() == pytest.approx(within.item())
+    assert within.abs().item() > 1e-3
+
+
+def test_afm_with_a_pooled_field_weighs_pairs_of_fields_and_starts_as_its_fm():
+    ids, vals, mask = _batch()
+    cfg = ModelConfig(embedding_dim=K, attention_factor=3, interaction_dropout=0.0, init_std=0.5,
+                      sparse_embeddings=False)
+    fm = _fm(GROUPS, seed=1)
+    afm = init_from_fm(build_model("afm", N, M, cfg, GROUPS).double().eval(), fm)
+    scores, attention = afm(ids, vals, mask, return_attention=True)
+    assert attention.shape == (3, 6)  # G = 4 inputs: 6 pairs, not M = 6 slots' 15
+    # Rows 0 and 1 have 4 real inputs (6 pairs), row 2 an empty bag (3 pairs): uniform attention.
+    assert attention.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert (attention[2] > 0).sum().item() == 3
+    assert torch.allclose(scores, fm(ids, vals, mask), rtol=1e-12, atol=1e-12)  # epoch 0 is the FM
+    # The explanation's pair terms add up to the score with pooled inputs too.
+    s, a, inter = afm.pair_terms(ids, vals, mask)
+    assert torch.allclose(s, afm.linear(ids, vals * mask) + (a * inter).sum(1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["hofm", "wide_deep", "deep_cross"])
+def test_other_models_take_a_pooled_field_as_one_input(name):
+    ids, vals, mask = _batch()
+    cfg = ModelConfig(embedding_dim=K, mlp_sizes=(8,), residual_sizes=(8,), sparse_embeddings=False)
+    model = build_model(name, N, M, cfg, GROUPS).double().eval()
+    out = model(ids, vals, mask)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    # A change to a padded bag slot's id (value 0) changes nothing; one to a real bag value does.
+    ids2 = ids.clone()
+    ids2[1, 3] = 29
+    assert torch.equal(model(ids2, vals, mask), out)
+    ids2[0, 3] = 29
+    assert not torch.equal(model(ids2, vals, mask)[0], out[0])
+
+
+def test_a_layout_whose_fields_pool_into_one_input_is_refused_for_afm():
+    check_layout("afm", N, 3, (1, 2))
+    with pytest.raises(ValueError, match="at least 2 inputs"):
+        check_layout("afm", N, 3, (3,))
+    with pytest.raises(ValueError, match="do not cover"):
+        check_layout("fm", N, 4, (1, 2))
