@@ -183,7 +183,8 @@ def explain_input(spark: SparkSession, inputs: Sequence[str], model: TrainedMode
 
     # A deterministic sample of rows, explained pair by pair with raw values.
     sample = encoded.withColumn("_h", F.xxhash64(F.col(ROW_ID), F.lit(seed))).orderBy("_h").limit(rows).drop("_h")
-    pairs = with_raw_values(explain_rows(sample, payload, pair_inputs=model.pair_inputs, threads=threads), model).orderBy(ROW_ID, F.desc("attention"))
+    pairs = with_raw_values(explain_rows(sample, payload, pair_inputs=model.pair_inputs, threads=threads), model)
+    pairs = pairs.orderBy(ROW_ID, F.desc("attention"))
     pairs.write.parquet(str(out / ROWS))
     pairs.toPandas().to_csv(out / f"{ROWS}.csv", index=False)  # a sample: small by construction
     return table
