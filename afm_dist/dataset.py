@@ -20,7 +20,7 @@ Split columns (fixed width, so a Petastorm batch is a set of dense arrays):
     label   float32          target: a rating, or +1 / -1 for implicit feedback
 
 M (``num_slots``) is the sum of the fields' widths: 1 for a categorical or numeric field,
-``max_values`` for a multi-valued field.
+``max_values`` for a multi-valued or history field.
 """
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ class FieldLayout:
     """Where one schema field lives in the global feature-id space and in the slot vector."""
 
     name: str
-    kind: str  # categorical | multi_categorical | numeric
+    kind: str  # categorical | multi_categorical | numeric | history (a bag built from the training split)
     offset: int  # first global feature id of this field
     size: int  # number of feature ids (vocabulary incl. out-of-vocabulary id, or buckets)
     slot: int  # first slot (column of ids/vals/mask) of this field
-    width: int  # number of slots: 1, or max_values for a multi-valued field
+    width: int  # number of slots: 1, or max_values for a multi-valued or history field
     # The field's slots enter the pair layer as one vector, the sum of their e_i = v_i x_i (a bag
     # field: its values are not paired with each other); False: every slot is paired on its own.
     pooled: bool = False

@@ -114,7 +114,7 @@ def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[st
         if name not in {t.name for t in schema.tables}:
             raise InputError(f"--table {name}=...: the schema {schema.name!r} declares no table {name!r}")
     users: dict[str, str] = {}
-    for f in schema.fields:
+    for f in schema.source_fields:
         if f.table is None:
             users.setdefault(f.column, f"field '{f.name}'")
     if schema.target.column:

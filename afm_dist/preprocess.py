@@ -38,7 +38,7 @@ from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN, VOCAB
 from afm_dist.inputs import Plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.schema import LIBFM_FIELD, Schema
-from afm_dist.spark import encode, parse, readers, records as raw_records
+from afm_dist.spark import encode, history, parse, readers, records as raw_records
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,18 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
     # Explicit targets come partitioned by text already (one partition per output file).
-    write_splits(table, out_dir, tasks, repartition=schema.target.kind == "implicit" and per_positive > 0)
+    # The history's join by owner undoes the explicit target's partitioning by text.
+    write_splits(table, out_dir, tasks,
+                 repartition=(schema.target.kind == "implicit" and per_positive > 0) or bool(schema.history_fields))
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
     if summary.truncated:
         counts["truncated"] = summary.truncated
+    if "history_counts" in extra:
+        counts["history"] = extra.pop("history_counts")
+        for name, per_split in counts["history"].items():
+            log.info("history %s: rows with an empty bag %s, rows cut by the cap %s", name,
+                     {s: c["rows_empty"] for s, c in per_split.items()}, {s: c["rows_capped"] for s, c in per_split.items()})
     if tables:
         counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count, "duplicate_keys": t.duplicate_keys}
                             for t in tables}
@@ -262,15 +269,16 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
     for lay in layouts:
         log.info("field %s: %s, %d ids from %d, %d slot(s)", lay.name, lay.kind, lay.size, lay.offset, lay.width)
 
-    encoded = encode.encode_fields(accepted, fields, vocabulary, sizes, broadcast_limit=options.broadcast_limit,
+    read = list(schema.source_fields)  # the fields of the records; derived ones are built after the split
+    encoded = encode.encode_fields(accepted, read, vocabulary, sizes, broadcast_limit=options.broadcast_limit,
                                    lists=lists)
-    names = [f.name for f in fields]
+    names = [f.name for f in read]
     neg = schema.target.negatives
     carry = [encode.GIVEN_SPLIT] if given else []
     if schema.target.kind == "implicit" and neg.per_positive > 0:
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)
-        instances = encode.implicit_instances(encoded, fields, replaced, size, per_positive=neg.per_positive,
+        instances = encode.implicit_instances(encoded, read, replaced, size, per_positive=neg.per_positive,
                                               max_tries=neg.max_tries, seed=schema.seed, partitions=tasks,
                                               carry=carry)
     elif schema.target.kind == "implicit":
@@ -283,7 +291,20 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         stats = encode.train_statistics(instances, fields)
         instances = encode.standardize(instances, stats)
         more["numeric_statistics"] = stats
+    if schema.history_fields:
+        instances = _add_histories(schema, instances, cached)
+        more["history_counts"] = history.history_counts(instances, schema.history_fields)
     return encode.assemble(instances, fields, layouts), layouts, more
+
+
+def _add_histories(schema: Schema, instances: DataFrame, cached: list[DataFrame]) -> DataFrame:
+    """The history fields' bags, from the training split's rows (afm_dist/spark/history.py).
+    The instances are persisted first: the bags, the join and the counts all read them."""
+    _stage(f"history bags of {', '.join(f.name for f in schema.history_fields)} from the training split")
+    instances = instances.persist(StorageLevel.MEMORY_AND_DISK)
+    cached.append(instances)
+    return history.add_histories(instances, schema.history_fields, {f.name: f for f in schema.fields},
+                                 seed=schema.seed, positives_only=schema.target.kind == "implicit")
 
 
 def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:

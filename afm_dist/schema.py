@@ -66,6 +66,18 @@ Sections
     transform, standardize
                 numeric: none | log | log1p, then (x - mean) / std with training statistics
 
+    A field of kind ``history`` is derived, not read: ``{name, kind: history, of: FIELD,
+    items: FIELD, max_values: N}`` gives every row the bag of the other values of ``items`` that
+    its ``of`` value has in the training split (a user's other rated movies; SVD++'s implicit
+    feedback), each weighted x = 1/sqrt(n), n the row's values after the cap, pooled into one
+    vector by the models. ``of`` and ``items`` name categorical fields of the schema (``of`` not
+    hashed: buckets would merge users' bags). Only training rows feed bags (positives only, for an
+    implicit target); a training row's bag lacks its own occurrence of its item; a row whose ``of``
+    value is unknown (its out-of-vocabulary id) or has no training rows gets an empty bag. Cap: the
+    ``max_values`` values first in the order of xxhash64(seed, of id, item id) (a seeded sample).
+    The field has its own ids (``items``' size, same local ids) and ``max_values`` slots. Not for
+    libfm schemas; raw logs cannot be scored with it yet (score a preprocessed split).
+
 ``target``  ``{kind: explicit, column: NAME}`` (a rating) or ``{kind: implicit, negatives:
     {per_positive: N, replace: FIELD, max_tries: T}}``: every log is a positive with label +1,
     and N negatives with label -1 copy it with FIELD replaced by a value drawn uniformly from
@@ -92,7 +104,8 @@ from afm_dist.dataset import SPLITS, TRAIN
 
 FORMAT_TYPES = ("csv", "tsv", "json", "parquet", "libfm")
 LIBFM_IDS = ("keep", "remap")  # format.ids of a libfm schema
-FIELD_KINDS = ("categorical", "multi_categorical", "numeric")
+FIELD_KINDS = ("categorical", "multi_categorical", "numeric", "history")
+HISTORY_KEYS = ("of", "items")  # Field attributes of a history field only (left out of other fields' hash)
 TARGET_KINDS = ("explicit", "implicit")
 TRANSFORMS = ("none", "log", "log1p")
 LIBFM_FIELD = "features"  # the single field a libFM data set is laid out as
@@ -146,16 +159,24 @@ class Field:
     # numeric
     transform: str = "none"
     standardize: bool = False
+    # history (derived: built from other fields, read from no column; max_values is its cap)
+    of: str | None = None  # the field whose value owns the bag (user)
+    items: str | None = None  # the field whose values fill it (movie)
 
     @property
     def width(self) -> int:
         """Number of slots the field takes in ids/vals/mask."""
-        return self.max_values if self.kind == "multi_categorical" else 1
+        return self.max_values if self.kind in ("multi_categorical", "history") else 1
+
+    @property
+    def derived(self) -> bool:
+        """True if the field is built from other fields (history) rather than read from a column."""
+        return self.kind == "history"
 
     @property
     def indexed(self) -> bool:
         """True if the field's ids come from a vocabulary built on the data."""
-        return self.kind != "numeric" and self.hash_buckets is None
+        return self.kind in ("categorical", "multi_categorical") and self.hash_buckets is None
 
     @property
     def first_id(self) -> int:
@@ -203,6 +224,15 @@ class Schema:
     description: str = ""
     training: Training = field(default_factory=Training)
 
+    @property
+    def source_fields(self) -> tuple[Field, ...]:
+        """The fields read from the logs and side tables (every field but the derived ones), in order."""
+        return tuple(f for f in self.fields if not f.derived)
+
+    @property
+    def history_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.kind == "history")
+
     def field(self, name: str) -> Field:
         for f in self.fields:
             if f.name == name:
@@ -218,7 +248,7 @@ class Schema:
     def log_columns(self) -> list[str]:
         """Columns read from the logs, in first-use order: fields, label, side-table join keys."""
         cols: list[str] = []
-        for f in self.fields:
+        for f in self.source_fields:
             if f.table is None:
                 cols.append(f.column)
         if self.target.column:
@@ -236,7 +266,11 @@ class Schema:
         return json.loads(self.canonical_json())
 
     def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        plain = asdict(self)
+        # A history field's keys are left out of the other fields, so schemas without one keep their hash.
+        plain["fields"] = [{k: v for k, v in f.items() if not (k in HISTORY_KEYS and v is None)}
+                           for f in plain["fields"]]
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the parsed schema (formatting and comments ignored)."""
@@ -346,6 +380,11 @@ class _Parser:
         fmt = self.input_format(top["format"], "format", allow_libfm=True)
         tables = self.tables(top.get("tables") or [])
         if fmt.type == "libfm":
+            history = [f.get("name") for f in top.get("fields") or [] if isinstance(f, dict) and f.get("kind") == "history"]
+            if history:
+                raise self.fail(f"field {history[0]!r}", "a history field needs categorical fields of the logs, and a "
+                                                         "libfm schema has none: declare the logs' columns in a "
+                                                         "csv/tsv/json/parquet schema, or drop the field")
             if top.get("fields"):
                 raise self.fail("fields", "a libfm schema declares no fields: ids are kept as they are in the file")
             if tables:
@@ -438,7 +477,29 @@ class _Parser:
         dup = _first_duplicate([f.name for f in out])
         if dup:
             raise self.fail(f"field {dup!r}", "the name is used by more than one field")
+        by_name = {f.name: f for f in out}
+        for f in out:
+            if f.kind == "history":
+                self.check_history(f, by_name)
         return tuple(out)
+
+    def check_history(self, f: Field, by_name: dict[str, Field]) -> None:
+        """``of`` and ``items`` name two different categorical fields read from the data; ``of`` not hashed."""
+        where = f"field {f.name!r}"
+        for key in HISTORY_KEYS:
+            name = getattr(f, key)
+            other = by_name.get(name)
+            if other is None:
+                raise self.fail(where, f"{key}: no field named {name!r}; name a categorical field declared under "
+                                       f"fields (known: {', '.join(n for n, g in by_name.items() if not g.derived)})")
+            if other.kind != "categorical":
+                raise self.fail(where, f"{key}: field {name!r} is {other.kind}; a history bag needs a categorical "
+                                       "field (one value a row)")
+        if f.of == f.items:
+            raise self.fail(where, f"of and items both name {f.of!r}; a bag holds values of another field")
+        if by_name[f.of].hash_buckets is not None:
+            raise self.fail(where, f"of: field {f.of!r} is hashed (hash_buckets), so values sharing a bucket would "
+                                   "share one bag; index it instead (drop hash_buckets)")
 
     def field(self, value: Any, index: int, table_names: set[str]) -> Field:
         common = ("name", "kind", "column", "table", "required")
@@ -447,6 +508,7 @@ class _Parser:
             "categorical": common + categorical,
             "multi_categorical": common + categorical + ("delimiter", "max_values", "normalize"),
             "numeric": common + ("transform", "standardize"),
+            "history": ("name", "kind") + HISTORY_KEYS + ("max_values",),
         }
         if not isinstance(value, dict) or "name" not in value:
             raise self.fail(f"fields[{index}]", "expected a mapping with a name")
@@ -464,6 +526,13 @@ class _Parser:
                 problem = (f"key {key!r} does not apply to a {kind} field" if key in known
                            else f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
                 raise self.fail(where, problem)
+        if kind == "history":
+            for key in (*HISTORY_KEYS, "max_values"):
+                if key not in value:
+                    raise self.fail(where, f"a history field needs of, items and max_values (missing {key})")
+            return Field(name=name, kind=kind, column=name, oov=False,
+                         of=self.string(value["of"], f"{where}.of"), items=self.string(value["items"], f"{where}.items"),
+                         max_values=self.integer(value["max_values"], f"{where}.max_values", minimum=1))
         table = value.get("table")
         if table is not None:
             table = self.string(table, f"{where}.table")
@@ -522,7 +591,7 @@ class _Parser:
                 raise self.fail("target.negatives", "negative sampling applies to implicit feedback only")
             column = self.string(d.get("column"), "target.column")
             for f in fields:
-                if f.table is None and f.column == column:
+                if f.table is None and not f.derived and f.column == column:
                     raise self.fail(f"field {f.name!r}", f"reads column {column!r}, which is the target")
             return Target(kind="explicit", column=column)
         if "column" in d:
@@ -579,7 +648,7 @@ class _Parser:
                                         f"sampling replaces (field {replaced.name!r}); this is not supported")
         if fmt.columns is not None:
             for f in fields:
-                if f.table is None and f.column not in fmt.columns:
+                if f.table is None and not f.derived and f.column not in fmt.columns:
                     raise self.fail(f"field {f.name!r}", f"column {f.column!r} is not in format.columns")
             if target.column and target.column not in fmt.columns:
                 raise self.fail("target.column", f"column {target.column!r} is not in format.columns")

@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None, *, spark=None) -> int:
     args = parse_args(argv)
 
     def prepare() -> TrainedModel:  # before Spark starts: every file of the model that this input needs
-        from afm_dist.spark.model_input import is_encoded_split
+        from afm_dist.spark.model_input import check_raw_logs, is_encoded_split
 
         model = TrainedModel.load(args.model)
         if model.name != "afm":
             raise DatasetError(f"{args.model}: explanations need an AFM (attention weights); this is {model.name!r}")
         if not is_encoded_split(args.input):
+            check_raw_logs(model, ", ".join(args.input))
             model.check_raw_input()
         return model
 

@@ -123,20 +123,28 @@ def field_layouts(fields: Sequence[Field], vocabulary_sizes: Mapping[str, int]) 
     """Offsets and slots of the fields, in schema order.
 
     ``vocabulary_sizes`` holds the number of indexed values of every indexed field; its size
-    adds the out-of-vocabulary id when the field has one.
+    adds the out-of-vocabulary id when the field has one. A history field has its ``items``
+    field's size (the same local ids, its own range of global ids) and is pooled.
     """
+    by_name = {f.name: f for f in fields}
+
+    def size_of(f: Field) -> int:
+        if f.kind == "history":
+            return size_of(by_name[f.items])
+        if f.kind == "numeric":
+            return 1
+        if f.hash_buckets is not None:
+            return f.hash_buckets
+        return vocabulary_sizes.get(f.name, 0) + f.first_id
+
     layouts, offset, slot = [], 0, 0
     for f in fields:
-        if f.kind == "numeric":
-            size = 1
-        elif f.hash_buckets is not None:
-            size = f.hash_buckets
-        else:
-            size = vocabulary_sizes.get(f.name, 0) + f.first_id
+        size = size_of(f)
         if size == 0:
             raise DatasetError(f"field '{f.name}': no value to index (every row lacks it, and it has no "
                              "out-of-vocabulary id)")
-        layouts.append(FieldLayout(name=f.name, kind=f.kind, offset=offset, size=size, slot=slot, width=f.width))
+        layouts.append(FieldLayout(name=f.name, kind=f.kind, offset=offset, size=size, slot=slot, width=f.width,
+                                   pooled=f.kind == "history"))
         offset += size
         slot += f.width
     return layouts
@@ -145,8 +153,13 @@ def field_layouts(fields: Sequence[Field], vocabulary_sizes: Mapping[str, int]) 
 def vocabulary_table(vocabulary: DataFrame, rare: DataFrame, fields: Sequence[Field],
                      layouts: Sequence[FieldLayout]) -> DataFrame:
     """The vocabulary as written: ``field``, ``value``, ``id`` (global), ``count``. A field with
-    an out-of-vocabulary id has a row with a null value for it, counting its rare values."""
+    an out-of-vocabulary id has a row with a null value for it, counting its rare values. A
+    history field lists its ``items`` field's values at its own ids (count: as the items')."""
     spark = vocabulary.sparkSession
+    for f in fields:
+        if f.kind == "history" and next(g for g in fields if g.name == f.items).indexed:
+            vocabulary = vocabulary.unionByName(vocabulary.filter(F.col("field") == f.items)
+                                                .withColumn("field", F.lit(f.name)))
     offsets = spark.createDataFrame([(lay.name, lay.offset) for lay in layouts if lay.kind != "numeric"],
                                     "field string, offset int")
     known = vocabulary.join(F.broadcast(offsets), "field").select(
@@ -197,7 +210,7 @@ def encode_fields(records: DataFrame, fields: Sequence[Field], vocabulary: DataF
     joined by shuffle.
     """
     for f in fields:
-        if f.kind == "numeric":
+        if f.kind in ("numeric", "history"):
             continue
         if f.hash_buckets is not None:
             bucket = _bucket(f.hash_buckets)
@@ -405,7 +418,9 @@ def _final(ids: Column, vals: Column, mask: Column) -> list[Column]:
 
 def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[FieldLayout]) -> DataFrame:
     """Encoded instances -> ``row_id, ids, vals, mask, label, split`` with ids, vals and mask of
-    width M = sum of the fields' widths. Padded slots hold id 0, value 0.0 and mask 0."""
+    width M = sum of the fields' widths. Padded slots hold id 0, value 0.0 and mask 0. A history
+    field's column holds its bag's local ids (afm_dist/spark/history.py); each of its n values
+    is weighted 1/sqrt(n)."""
     ids, vals, mask = [], [], []
     one, zero = F.lit(1), F.lit(0)
     for f, lay in zip(fields, layouts):
@@ -421,7 +436,10 @@ def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[Fi
         else:
             values = F.coalesce(col, F.array().cast("array<int>"))
             n = F.size(values)
-            value = F.lit(1.0) / n if f.normalize else F.lit(1.0)
+            if f.kind == "history":
+                value = F.lit(1.0) / F.sqrt(n)
+            else:
+                value = F.lit(1.0) / n if f.normalize else F.lit(1.0)
             ids.append(_padded(F.transform(values, _shift(lay.offset)), lay.width, zero))
             vals.append(_padded(F.array_repeat(value, n), lay.width, F.lit(0.0)))
             mask.append(_padded(F.array_repeat(one, n), lay.width, zero))

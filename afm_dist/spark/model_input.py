@@ -40,6 +40,20 @@ def is_encoded_split(paths: Sequence[str]) -> bool:
     return d.is_dir() and any(d.glob("*.parquet")) and not any(d.glob("*.csv"))
 
 
+def check_raw_logs(model: TrainedModel, path: str) -> None:
+    """Refuse raw logs (``path``) that the model's data set cannot encode: a history field's bags
+    are built from the training split at preprocessing, and not yet for raw logs.
+
+    Raises:
+        DatasetError: naming the field and what to score instead.
+    """
+    schema = schema_from_dict(model.dataset.schema)
+    if schema.history_fields:
+        name = schema.history_fields[0].name
+        raise DatasetError(f"{path}: scoring raw logs with a history field (field {name!r} of the model's data set) "
+                           "is not supported yet; score a preprocessed split instead (--input DATA/test)")
+
+
 def check_encoded_split(path: str, model: TrainedModel) -> Path:
     """The split directory, after refusing one without the preprocessed columns, or one that
     cannot be shown to be of the model's data set: its feature ids would mean other values.
@@ -113,9 +127,10 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
     """Return (encoded rows, key columns, rejected count); write malformed rows to staging/rejected.
 
     Raises:
-        DatasetError: a model directory without vocabulary, or input files that do not match the
-            schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
+        DatasetError: a model directory without vocabulary, a data set with a history field
+            (``check_raw_logs``), or input files that do not match the schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
     """
+    check_raw_logs(model, ", ".join(paths))
     dataset = model.dataset
     schema = schema_from_dict(dataset.schema)
     if schema.format.type == "libfm":

@@ -194,14 +194,14 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
     """Add a typed column per field, ``_label`` for an explicit target, and ``_reason``."""
     # The trimmed text of every field (null when missing or empty), computed once.
     texts = []
-    for f in schema.fields:
+    for f in schema.source_fields:
         src = F.col(COLS) if f.table is None else F.col(_table_column(f.table))
         trimmed = F.trim(src.getField(f.column))
         texts.append(F.when(trimmed != "", trimmed).alias(f"_s_{f.name}"))
     records = records.select("*", *texts)
     problems: list[Column] = [F.col(PROBLEM)]
     values: list[Column] = []
-    for f in schema.fields:
+    for f in schema.source_fields:
         text = F.col(f"_s_{f.name}")
         if f.required and f.table is not None:
             t = schema.table(f.table)

@@ -1,0 +1,267 @@
+"""History bag fields (schema kind ``history``, issue 26): each row's bag of its user's other
+training-split items, built by the preprocessing job. The splits are given as files, so every row's
+split is known and its bag can be derived by hand from the logs."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from safetensors.torch import save_file
+
+from afm_dist.dataset import SPLITS, TRAIN, load_metadata, mark_complete
+from afm_dist.model_dir import TrainedModel
+from afm_dist.models import ModelConfig
+from afm_dist.schema import SchemaError, load_schema
+
+from tests.conftest import run_job as run_any_job
+
+from .util import read_all, run_job, vocabulary, write_lines
+
+# Markers: items that occur only in validation (mv) or test (mt) rows; no bag may hold them.
+MARKERS = ("mv", "mt")
+EXPLICIT = {
+    TRAIN: [("u1", "m1", 4), ("u1", "m2", 3), ("u1", "m2", 5), ("u1", "m3", 2), ("u1", "m4", 1),
+            ("u2", "m1", 5), ("u2", "m5", 3), ("u3", "m6", 4)],
+    "validation": [("u1", "mv", 3), ("u2", "m2", 4), ("u4", "m1", 2)],
+    "test": [("u1", "mt", 5), ("u2", "mt", 1), ("u3", "m1", 3), ("u4", "mv", 2)],
+}
+EXPLICIT_SCHEMA = {
+    "name": "history", "format": {"type": "tsv", "header": True},
+    "fields": [
+        {"name": "user", "kind": "categorical"},
+        {"name": "history", "kind": "history", "of": "user", "items": "movie", "max_values": 10},
+        {"name": "movie", "kind": "categorical"},
+        {"name": "sample", "kind": "history", "of": "user", "items": "movie", "max_values": 2},
+    ],
+    "target": {"kind": "explicit", "column": "rating"},
+    "seed": 11,
+}
+# Implicit: every log a positive, two negatives each (item replaced); bags from positives only.
+IMPLICIT = {
+    TRAIN: [("u1", "i1"), ("u1", "i2"), ("u1", "i3"), ("u2", "i1"), ("u2", "i4"), ("u3", "i5")],
+    "validation": [("u1", "mv"), ("u2", "i2")],
+    "test": [("u1", "mt"), ("u3", "i1"), ("u4", "i2")],
+}
+IMPLICIT_SCHEMA = {
+    "name": "history_implicit", "format": {"type": "tsv", "header": True},
+    "fields": [
+        {"name": "user", "kind": "categorical"},
+        {"name": "item", "kind": "categorical"},
+        {"name": "history", "kind": "history", "of": "user", "items": "item", "max_values": 5},
+    ],
+    "target": {"kind": "implicit", "negatives": {"per_positive": 2, "replace": "item"}},
+    "seed": 3,
+}
+
+
+def build(spark, directory, schema: dict, logs: dict, out_name: str = "out"):
+    """Preprocess ``logs`` (split -> rows) given as one file per split; return what was written."""
+    directory.mkdir(exist_ok=True)
+    header = "\t".join(["user", "movie", "rating"] if schema["target"]["kind"] == "explicit" else ["user", "item"])
+    args = ["--schema", str(write_lines(directory / "schema.yaml", [yaml.safe_dump(schema)]))]
+    for split, rows in logs.items():
+        lines = [header] + ["\t".join(map(str, r)) for r in rows]
+        args += [f"--{split}", str(write_lines(directory / f"{split}.tsv", lines))]
+    out = directory / out_name
+    assert run_job(spark, *args, "--output", str(out), "--min-row-groups", "2") == 0
+    return {"out": out, "splits": read_all(out), "meta": load_metadata(out), "vocabulary": vocabulary(out)}
+
+
+@pytest.fixture(scope="module")
+def explicit(spark, tmp_path_factory):
+    return build(spark, tmp_path_factory.mktemp("explicit"), EXPLICIT_SCHEMA, EXPLICIT)
+
+
+@pytest.fixture(scope="module")
+def implicit(spark, tmp_path_factory):
+    return build(spark, tmp_path_factory.mktemp("implicit"), IMPLICIT_SCHEMA, IMPLICIT)
+
+
+def decoded(data, owner: str, item: str, bag: str) -> list[dict]:
+    """Every row of every split as {split, user, item, label, bag: [item values], ids, vals}."""
+    layouts = {lay.name: lay for lay in data["meta"].fields}
+    value_of = {i: v for (f, v), i in data["vocabulary"].items() if f in (owner, item)}
+    items, history = layouts[item], layouts[bag]
+    out = []
+    for split, rows in data["splits"].items():
+        for r in rows:
+            slots = range(history.slot, history.slot + history.width)
+            ids = [r["ids"][s] for s in slots if r["mask"][s]]
+            out.append({
+                "split": split, "user": value_of[r["ids"][layouts[owner].slot]],
+                "item": value_of[r["ids"][items.slot]], "label": r["label"],
+                # a history id is its item's id moved from the items' range to the history's
+                "bag": [value_of[i - history.offset + items.offset] for i in ids], "ids": ids,
+                "vals": [r["vals"][s] for s in slots if r["mask"][s]],
+                "padding": [(r["ids"][s], r["vals"][s]) for s in slots if not r["mask"][s]],
+            })
+    return out
+
+
+def expected_bag(logs: dict, user: str, item: str, split: str, feeds_itself: bool) -> set[str]:
+    """By hand: the user's distinct training items, less the row's own occurrence when it fed the bags."""
+    seen = Counter((r[0], r[1]) for r in logs[TRAIN])
+    return {m for (u, m), n in seen.items() if u == user and not (feeds_itself and m == item and n == 1)}
+
+
+def test_bags_are_the_users_other_training_items_weighted_one_over_sqrt_n(explicit):
+    rows = decoded(explicit, "user", "movie", "history")
+    assert len(rows) == sum(len(v) for v in EXPLICIT.values())
+    for r in rows:
+        want = expected_bag(EXPLICIT, r["user"], r["item"], r["split"], feeds_itself=r["split"] == TRAIN)
+        assert set(r["bag"]) == want and len(r["bag"]) == len(want), r
+        assert r["vals"] == pytest.approx([1 / math.sqrt(len(want))] * len(want) if want else []), r
+        assert set(r["padding"]) <= {(0, 0.0)}, r
+    by_key = {(r["split"], r["user"], r["item"]): r for r in rows}
+    # A training row's bag lacks its own item ...
+    assert sorted(by_key[(TRAIN, "u1", "m1")]["bag"]) == ["m2", "m3", "m4"]
+    assert by_key[(TRAIN, "u1", "m1")]["vals"] == pytest.approx([3 ** -0.5] * 3)
+    # ... only its own occurrence of it: u1 has m2 in another training row too.
+    assert all(sorted(r["bag"]) == ["m1", "m2", "m3", "m4"]
+               for r in rows if (r["split"], r["user"], r["item"]) == (TRAIN, "u1", "m2"))
+    # Validation and test rows get all the user's training items; none for a user without any.
+    assert sorted(by_key[("validation", "u1", "mv")]["bag"]) == ["m1", "m2", "m3", "m4"]
+    assert by_key[("validation", "u1", "mv")]["vals"] == pytest.approx([0.5] * 4)
+    assert sorted(by_key[("test", "u2", "mt")]["bag"]) == ["m1", "m5"]
+    assert by_key[("test", "u3", "m1")]["bag"] == ["m6"] and by_key[("test", "u3", "m1")]["vals"] == [1.0]
+    for key in [(TRAIN, "u3", "m6"), ("validation", "u4", "m1"), ("test", "u4", "mv")]:
+        assert by_key[key]["bag"] == [] and by_key[key]["vals"] == [], key
+
+
+def test_layout_gives_history_its_own_pooled_id_range(explicit):
+    meta = explicit["meta"]
+    lay = {f.name: f for f in meta.fields}
+    assert [f.name for f in meta.fields] == ["user", "history", "movie", "sample"]  # the schema's order
+    movie = lay["movie"]
+    for name, width in [("history", 10), ("sample", 2)]:
+        h = lay[name]
+        assert (h.kind, h.size, h.width, h.pooled) == ("history", movie.size, width, True)
+    assert lay["history"].offset == lay["user"].size and lay["history"].slot == 1
+    assert movie.offset == lay["history"].offset + movie.size and movie.slot == 11
+    assert lay["sample"].offset == movie.offset + movie.size and lay["sample"].slot == 12
+    assert (meta.num_features, meta.num_slots) == (lay["user"].size + 3 * movie.size, 14)
+    assert not lay["user"].pooled and not movie.pooled
+    assert meta.slot_groups() == (1, 10, 1, 2)
+    # The vocabulary names the history's ids by their items.
+    vocab = explicit["vocabulary"]
+    movies = {v for (f, v) in vocab if f == "movie" and v is not None}
+    assert {v for (f, v) in vocab if f == "history"} == movies
+    assert all(vocab[("history", v)] == vocab[("movie", v)] - movie.offset + lay["history"].offset for v in movies)
+
+
+def test_no_value_of_a_validation_or_test_row_reaches_any_bag(explicit, implicit):
+    for data, item in [(explicit, "movie"), (implicit, "item")]:
+        lay = {f.name: f for f in data["meta"].fields}
+        items = lay[item]
+        histories = [f for f in data["meta"].fields if f.kind == "history"]
+        marker_ids = {data["vocabulary"][(item, m)] - items.offset + h.offset for m in MARKERS for h in histories}
+        assert len(marker_ids) == len(MARKERS) * len(histories)
+        for split in SPLITS:
+            for r in data["splits"][split]:
+                for h in histories:
+                    assert not marker_ids & set(r["ids"][h.slot:h.slot + h.width]), (split, r)
+
+
+def test_the_cap_keeps_a_seeded_sample_of_max_values(explicit, spark, tmp_path):
+    rows = decoded(explicit, "user", "movie", "sample")
+    full = {(r["split"], r["user"], r["item"], r["label"]): r["bag"]
+            for r in decoded(explicit, "user", "movie", "history")}
+    for r in rows:
+        bag = full[(r["split"], r["user"], r["item"], r["label"])]
+        n = min(len(bag), 2)
+        assert len(r["bag"]) == n and set(r["bag"]) <= set(bag), r
+        assert r["vals"] == pytest.approx([n ** -0.5] * n if n else []), r
+    # One order per user: the rows that fed no bag share one sample; a training row's differs only
+    # where its own item was in it.
+    u1 = {tuple(r["bag"]) for r in rows if r["user"] == "u1" and r["split"] != TRAIN}
+    assert len(u1) == 1
+    (sample,) = u1
+    for r in rows:
+        if r["user"] == "u1" and r["split"] == TRAIN and r["item"] not in sample:
+            assert tuple(r["bag"]) == sample, r
+    capped = explicit["meta"].counts["history"]
+    # u1's rows have 3 or 4 values for 2 slots; u2's validation row has exactly 2.
+    assert capped["sample"] == {TRAIN: {"rows_empty": 1, "rows_capped": 5},
+                                "validation": {"rows_empty": 1, "rows_capped": 1},
+                                "test": {"rows_empty": 1, "rows_capped": 1}}
+    assert capped["history"] == {s: {"rows_empty": 1, "rows_capped": 0} for s in SPLITS}
+    # The same logs again: the same rows, bags in the same order.
+    again = build(spark, tmp_path, EXPLICIT_SCHEMA, EXPLICIT, out_name="again")
+    assert again["splits"] == explicit["splits"]
+
+
+def test_implicit_bags_come_from_positive_training_rows_only(implicit):
+    rows = decoded(implicit, "user", "item", "history")
+    assert {r["label"] for r in rows if r["split"] == TRAIN} == {1.0, -1.0}
+    for r in rows:
+        fed = r["split"] == TRAIN and r["label"] > 0  # a negative fed nothing: it keeps every value
+        want = expected_bag(IMPLICIT, r["user"], r["item"], r["split"], feeds_itself=fed)
+        assert set(r["bag"]) == want and len(r["bag"]) == len(want), r
+        assert r["vals"] == pytest.approx([len(want) ** -0.5] * len(want) if want else []), r
+    negatives = [r for r in rows if r["split"] == TRAIN and r["label"] < 0 and r["user"] == "u1"]
+    assert negatives and all(sorted(r["bag"]) == ["i1", "i2", "i3"] for r in negatives)
+    empty = implicit["meta"].counts["history"]["history"]
+    assert empty["test"]["rows_empty"] == 3 and empty["validation"]["rows_empty"] == 0  # u4's positive, negatives
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda fs: fs[1].update(of="nobody"), "field 'history': of: no field named 'nobody'"),
+    (lambda fs: fs.append({"name": "age", "kind": "numeric"}) or fs[1].update(items="age"),
+     "field 'history': items: field 'age' is numeric"),
+    (lambda fs: fs[1].update(items="user"), "of and items both name 'user'"),
+    (lambda fs: fs[1].update(max_values=0), "field 'history'.max_values: must be at least 1"),
+    (lambda fs: fs[1].update(column="x"), "key 'column' does not apply to a history field"),
+    (lambda fs: fs[0].update(hash_buckets=8), "of: field 'user' is hashed"),
+])
+def test_schema_mistakes_name_the_file_and_field(tmp_path, change, message):
+    schema = yaml.safe_load(yaml.safe_dump(EXPLICIT_SCHEMA))
+    change(schema["fields"])
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(schema))
+    with pytest.raises(SchemaError, match="^" + re.escape(str(path)) + ": ") as e:
+        load_schema(path)
+    assert message in str(e.value)
+
+
+def test_a_libfm_schema_refuses_a_history_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "l", "format": {"type": "libfm"}, "target": {"kind": "explicit"},
+                                    "fields": [{"name": "h", "kind": "history", "of": "a", "items": "b",
+                                                "max_values": 3}]}))
+    with pytest.raises(SchemaError, match=r"s\.yaml: field 'h': a history field needs categorical fields of the "
+                                          r"logs, and a libfm schema has none"):
+        load_schema(path)
+
+
+def test_schemas_without_history_keep_their_hash():
+    """The history's keys stay out of other fields' canonical form: data sets and models built before
+    keep matching their schema (hashes from before the history field existed)."""
+    from tests.preprocess.util import REPO
+
+    assert load_schema(REPO / "schemas/frappe.yaml").hash().startswith("b75cbb56d8b3")
+    assert load_schema(REPO / "schemas/movielens_ratings.yaml").hash().startswith("8bb0aa8be0a9")
+
+
+def test_scoring_raw_logs_is_refused_and_a_split_is_scored(explicit, spark, tmp_path, capsys):
+    """A model of a data set with a history field: raw logs are refused before Spark starts, in one
+    line; its preprocessed test split is scored (the bags are in its ids)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model = TrainedModel(name="fm", config=ModelConfig(embedding_dim=4), dataset=explicit["meta"], finished=True)
+    save_file(model.new_model().state_dict(), str(model_dir / "model.safetensors"))
+    model.save(model_dir)
+    mark_complete(model_dir)
+    raw = explicit["out"].parent / "test.tsv"
+    code = run_any_job("score", ["--model", model_dir, "--input", raw, "--output", tmp_path / "raw"], None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].endswith("scoring raw logs with a history field (field 'history' of the model's data set) is not "
+                            "supported yet; score a preprocessed split instead (--input DATA/test)")
+    assert not (tmp_path / "raw").exists()
+    assert run_any_job("score", ["--model", model_dir, "--input", explicit["out"] / "test",
+                                 "--output", tmp_path / "scores"], spark) == 0
+    assert pq.read_table(tmp_path / "scores" / "predictions").num_rows == len(EXPLICIT["test"])
