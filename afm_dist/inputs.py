@@ -117,6 +117,9 @@ def plan(schema: Schema, inputs: Sequence[str], tables: Mapping[str, Sequence[st
     for f in schema.source_fields:
         if f.table is None:
             users.setdefault(f.column, f"field '{f.name}'")
+    for f in schema.history_fields:
+        if f.order_by:
+            users.setdefault(f.order_by, f"field '{f.name}' (order_by)")
     if schema.target.column:
         users.setdefault(schema.target.column, "target")
     for t in schema.tables:

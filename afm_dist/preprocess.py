@@ -275,6 +275,7 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
     names = [f.name for f in read]
     neg = schema.target.negatives
     carry = [encode.GIVEN_SPLIT] if given else []
+    carry += [parse.ORDER_PREFIX + f.name for f in schema.history_fields if f.order_by]  # the history's times
     if schema.target.kind == "implicit" and neg.per_positive > 0:
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)

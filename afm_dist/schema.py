@@ -74,7 +74,9 @@ Sections
     hashed: buckets would merge users' bags). Only training rows feed bags (positives only, for an
     implicit target); a training row's bag lacks its own occurrence of its item; a row whose ``of``
     value is unknown (its out-of-vocabulary id) or has no training rows gets an empty bag. Cap: the
-    ``max_values`` values first in the order of xxhash64(seed, of id, item id) (a seeded sample).
+    ``max_values`` values first in the order of xxhash64(seed, of id, item id) (a seeded sample),
+    or, with ``order_by: COLUMN`` (a number of the logs, such as a timestamp; a row without one is
+    rejected), the values of the latest training rows first (ties: the seeded order).
     The field has its own ids (``items``' size, same local ids) and ``max_values`` slots. Not for
     libfm schemas; raw logs cannot be scored with it yet (score a preprocessed split).
 
@@ -105,7 +107,7 @@ from afm_dist.dataset import SPLITS, TRAIN
 FORMAT_TYPES = ("csv", "tsv", "json", "parquet", "libfm")
 LIBFM_IDS = ("keep", "remap")  # format.ids of a libfm schema
 FIELD_KINDS = ("categorical", "multi_categorical", "numeric", "history")
-HISTORY_KEYS = ("of", "items")  # Field attributes of a history field only (left out of other fields' hash)
+HISTORY_KEYS = ("of", "items", "order_by")  # Field attributes of a history field only (left out of other fields' hash)
 TARGET_KINDS = ("explicit", "implicit")
 TRANSFORMS = ("none", "log", "log1p")
 LIBFM_FIELD = "features"  # the single field a libFM data set is laid out as
@@ -162,6 +164,7 @@ class Field:
     # history (derived: built from other fields, read from no column; max_values is its cap)
     of: str | None = None  # the field whose value owns the bag (user)
     items: str | None = None  # the field whose values fill it (movie)
+    order_by: str | None = None  # a log column (a time): the cap keeps the latest values; None: a seeded sample
 
     @property
     def width(self) -> int:
@@ -246,11 +249,13 @@ class Schema:
         raise KeyError(name)
 
     def log_columns(self) -> list[str]:
-        """Columns read from the logs, in first-use order: fields, label, side-table join keys."""
+        """Columns read from the logs, in first-use order: fields, history order_by columns, label,
+        side-table join keys."""
         cols: list[str] = []
         for f in self.source_fields:
             if f.table is None:
                 cols.append(f.column)
+        cols.extend(f.order_by for f in self.history_fields if f.order_by)
         if self.target.column:
             cols.append(self.target.column)
         cols.extend(t.log_key for t in self.tables)
@@ -486,7 +491,7 @@ class _Parser:
     def check_history(self, f: Field, by_name: dict[str, Field]) -> None:
         """``of`` and ``items`` name two different categorical fields read from the data; ``of`` not hashed."""
         where = f"field {f.name!r}"
-        for key in HISTORY_KEYS:
+        for key in ("of", "items"):
             name = getattr(f, key)
             other = by_name.get(name)
             if other is None:
@@ -527,12 +532,14 @@ class _Parser:
                            else f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
                 raise self.fail(where, problem)
         if kind == "history":
-            for key in (*HISTORY_KEYS, "max_values"):
+            for key in ("of", "items", "max_values"):
                 if key not in value:
                     raise self.fail(where, f"a history field needs of, items and max_values (missing {key})")
+            order_by = value.get("order_by")
             return Field(name=name, kind=kind, column=name, oov=False,
                          of=self.string(value["of"], f"{where}.of"), items=self.string(value["items"], f"{where}.items"),
-                         max_values=self.integer(value["max_values"], f"{where}.max_values", minimum=1))
+                         max_values=self.integer(value["max_values"], f"{where}.max_values", minimum=1),
+                         order_by=None if order_by is None else self.string(order_by, f"{where}.order_by"))
         table = value.get("table")
         if table is not None:
             table = self.string(table, f"{where}.table")
@@ -650,6 +657,9 @@ class _Parser:
             for f in fields:
                 if f.table is None and not f.derived and f.column not in fmt.columns:
                     raise self.fail(f"field {f.name!r}", f"column {f.column!r} is not in format.columns")
+            for f in fields:
+                if f.order_by and f.order_by not in fmt.columns:
+                    raise self.fail(f"field {f.name!r}", f"order_by: column {f.order_by!r} is not in format.columns")
             if target.column and target.column not in fmt.columns:
                 raise self.fail("target.column", f"column {target.column!r} is not in format.columns")
             for t in tables:

@@ -7,8 +7,9 @@ makes one bag per ``of`` value from the rows that may feed bags (training split;
 for an implicit target), and a join hands it to every instance of every split. A value's
 occurrences are counted, so that a training row leaves out of its own bag only its own
 occurrence: an item the user has in another training row stays. The cap is a seeded sample: a
-bag keeps the values first in the order of xxhash64(seed, of id, item id), the same order for
-every row of a user, so a training row's bag differs from the others' at most by its own item.
+bag keeps the values first in the order of xxhash64(seed, of id, item id) (with ``order_by``:
+latest first, that order breaking ties), the same order for every row of a user, so a training
+row's bag differs from the others' at most by its own item.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from pyspark.sql import functions as F
 from afm_dist.dataset import SPLITS, TRAIN
 from afm_dist.schema import Field
 from afm_dist.spark.encode import LABEL, POSITIVE, SPLIT
+from afm_dist.spark.parse import ORDER_PREFIX
 
 CUT_PREFIX = "_cut_"  # + field name: true when the cap left values of the row's bag out
-BAG_TYPE = "array<struct<_k:bigint,_v:int,_n:bigint>>"  # an owner's values: rank, local id, occurrences
+# An owner's values, in the cap's order: minus the latest time (order_by; else 0), seeded rank, local id, occurrences.
+BAG_TYPE = "array<struct<_t:double,_k:bigint,_v:int,_n:bigint>>"
 
 
 def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool) -> DataFrame:
@@ -33,7 +36,9 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
     ``instances``: encoded instances with ``of`` and ``items`` as local ids (int), ``split`` and,
     for ``positives_only`` (an implicit target: its negatives feed no bag), ``LABEL`` (+1 / -1).
     ``of``: the owner field (its out-of-vocabulary id 0, if it has one, owns no bag: those rows
-    get an empty bag and feed none). ``seed``: the schema's, which orders the cap's sample.
+    get an empty bag and feed none). ``seed``: the schema's, which orders the cap's sample. With
+    ``history.order_by``, column ``ORDER_PREFIX + history.name`` (a time) puts the values of the
+    latest training rows first.
     """
     owner, items, cap = of.name, history.items, history.max_values
     feeds = (F.col(SPLIT) == TRAIN) & F.col(owner).isNotNull() & F.col(items).isNotNull()
@@ -42,8 +47,11 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
     if of.first_id > 0:  # the out-of-vocabulary id stands for many values: no bag of its own
         feeds &= F.col(owner) != 0
     rank = F.xxhash64(F.lit("afm-history"), F.lit(seed), F.col(owner), F.col(items))
-    occurrences = (instances.filter(feeds).groupBy(owner, items).agg(F.count(F.lit(1)).alias("_n"))
-                   .select(owner, F.struct(rank.alias("_k"), F.col(items).cast("int").alias("_v"), "_n").alias("_e")))
+    latest = F.max(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)
+    occurrences = (instances.filter(feeds).groupBy(owner, items)
+                   .agg(F.count(F.lit(1)).alias("_n"), (-latest).cast("double").alias("_t"))
+                   .select(owner, F.struct("_t", rank.alias("_k"), F.col(items).cast("int").alias("_v"), "_n")
+                           .alias("_e")))
     # Each owner's first cap + 1 values: enough for the bag of a training row whose own item is among them.
     bags = occurrences.groupBy(owner).agg(
         F.count(F.lit(1)).alias("_distinct"),

@@ -36,6 +36,7 @@ from afm_dist.spark.readers import CONT, MAX_RECORD_LINES, TEXT, blank, quoted_v
 SKIP, COLS, REASON, LABEL, PROBLEM = "_skip", "_cols", "_reason", "_label", "_problem"
 HEADER, BLANK, CONTINUATION = "header", "blank", "continuation"  # the values of ``_skip``
 LIBFM_IDS, LIBFM_VALS = "_fids", "_fvals"
+ORDER_PREFIX = "_order_"  # + a history field's name: its order_by column as a number
 WIDTH_PREFIX = "_width_"  # + a multi-valued field's name: its distinct values before the cut at max_values
 
 # A decimal number as text: what a numeric field or a label may hold (no NaN, no Infinity).
@@ -191,7 +192,8 @@ _SCALE_LABEL = "rescale the labels"
 
 
 def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
-    """Add a typed column per field, ``_label`` for an explicit target, and ``_reason``."""
+    """Add a typed column per field, ``ORDER_PREFIX + name`` (double) per history field with an
+    ``order_by`` column, ``_label`` for an explicit target, and ``_reason``."""
     # The trimmed text of every field (null when missing or empty), computed once.
     texts = []
     for f in schema.source_fields:
@@ -243,6 +245,13 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
                 x = F.when(x > -1, F.log1p(x))
             problems.append(_float32_problem(x, text, what, _SCALE_FIELD))
             values.append(x.alias(f.name))
+    for f in schema.history_fields:
+        if f.order_by:  # the time that orders the history's cap
+            trimmed = F.trim(F.col(COLS).getField(f.order_by))
+            what = f"field '{f.name}': order_by column '{f.order_by}'"
+            problems.append(F.when(trimmed.isNull() | (trimmed == ""), F.lit(f"{what}: empty value"))
+                            .otherwise(_number_problem(trimmed, what)))
+            values.append(_to_double(trimmed).alias(ORDER_PREFIX + f.name))
     if schema.target.kind == "explicit":
         trimmed = F.trim(F.col(COLS).getField(schema.target.column))
         what = f"label '{schema.target.column}'"

@@ -23,11 +23,11 @@ from .util import read_all, run_job, vocabulary, write_lines
 
 # Markers: items that occur only in validation (mv) or test (mt) rows; no bag may hold them.
 MARKERS = ("mv", "mt")
-EXPLICIT = {
-    TRAIN: [("u1", "m1", 4), ("u1", "m2", 3), ("u1", "m2", 5), ("u1", "m3", 2), ("u1", "m4", 1),
-            ("u2", "m1", 5), ("u2", "m5", 3), ("u3", "m6", 4)],
-    "validation": [("u1", "mv", 3), ("u2", "m2", 4), ("u4", "m1", 2)],
-    "test": [("u1", "mt", 5), ("u2", "mt", 1), ("u3", "m1", 3), ("u4", "mv", 2)],
+EXPLICIT = {  # user, movie, rating, time
+    TRAIN: [("u1", "m1", 4, 10), ("u1", "m2", 3, 20), ("u1", "m2", 5, 25), ("u1", "m3", 2, 30), ("u1", "m4", 1, 40),
+            ("u2", "m1", 5, 5), ("u2", "m5", 3, 6), ("u3", "m6", 4, 1)],
+    "validation": [("u1", "mv", 3, 50), ("u2", "m2", 4, 7), ("u4", "m1", 2, 3)],
+    "test": [("u1", "mt", 5, 60), ("u2", "mt", 1, 8), ("u3", "m1", 3, 2), ("u4", "mv", 2, 4)],
 }
 EXPLICIT_SCHEMA = {
     "name": "history", "format": {"type": "tsv", "header": True},
@@ -36,6 +36,7 @@ EXPLICIT_SCHEMA = {
         {"name": "history", "kind": "history", "of": "user", "items": "movie", "max_values": 10},
         {"name": "movie", "kind": "categorical"},
         {"name": "sample", "kind": "history", "of": "user", "items": "movie", "max_values": 2},
+        {"name": "recent", "kind": "history", "of": "user", "items": "movie", "max_values": 2, "order_by": "ts"},
     ],
     "target": {"kind": "explicit", "column": "rating"},
     "seed": 11,
@@ -61,7 +62,7 @@ IMPLICIT_SCHEMA = {
 def build(spark, directory, schema: dict, logs: dict, out_name: str = "out"):
     """Preprocess ``logs`` (split -> rows) given as one file per split; return what was written."""
     directory.mkdir(exist_ok=True)
-    header = "\t".join(["user", "movie", "rating"] if schema["target"]["kind"] == "explicit" else ["user", "item"])
+    header = "\t".join(["user", "movie", "rating", "ts"] if schema["target"]["kind"] == "explicit" else ["user", "item"])
     args = ["--schema", str(write_lines(directory / "schema.yaml", [yaml.safe_dump(schema)]))]
     for split, rows in logs.items():
         lines = [header] + ["\t".join(map(str, r)) for r in rows]
@@ -135,17 +136,18 @@ def test_bags_are_the_users_other_training_items_weighted_one_over_sqrt_n(explic
 def test_layout_gives_history_its_own_pooled_id_range(explicit):
     meta = explicit["meta"]
     lay = {f.name: f for f in meta.fields}
-    assert [f.name for f in meta.fields] == ["user", "history", "movie", "sample"]  # the schema's order
+    assert [f.name for f in meta.fields] == ["user", "history", "movie", "sample", "recent"]  # the schema's order
     movie = lay["movie"]
-    for name, width in [("history", 10), ("sample", 2)]:
+    for name, width in [("history", 10), ("sample", 2), ("recent", 2)]:
         h = lay[name]
         assert (h.kind, h.size, h.width, h.pooled) == ("history", movie.size, width, True)
     assert lay["history"].offset == lay["user"].size and lay["history"].slot == 1
     assert movie.offset == lay["history"].offset + movie.size and movie.slot == 11
     assert lay["sample"].offset == movie.offset + movie.size and lay["sample"].slot == 12
-    assert (meta.num_features, meta.num_slots) == (lay["user"].size + 3 * movie.size, 14)
+    assert lay["recent"].offset == lay["sample"].offset + movie.size and lay["recent"].slot == 14
+    assert (meta.num_features, meta.num_slots) == (lay["user"].size + 4 * movie.size, 16)
     assert not lay["user"].pooled and not movie.pooled
-    assert meta.slot_groups() == (1, 10, 1, 2)
+    assert meta.slot_groups() == (1, 10, 1, 2, 2)
     # The vocabulary names the history's ids by their items.
     vocab = explicit["vocabulary"]
     movies = {v for (f, v) in vocab if f == "movie" and v is not None}
@@ -189,9 +191,22 @@ def test_the_cap_keeps_a_seeded_sample_of_max_values(explicit, spark, tmp_path):
                                 "validation": {"rows_empty": 1, "rows_capped": 1},
                                 "test": {"rows_empty": 1, "rows_capped": 1}}
     assert capped["history"] == {s: {"rows_empty": 1, "rows_capped": 0} for s in SPLITS}
+    assert capped["recent"] == capped["sample"]
     # The same logs again: the same rows, bags in the same order.
     again = build(spark, tmp_path, EXPLICIT_SCHEMA, EXPLICIT, out_name="again")
     assert again["splits"] == explicit["splits"]
+
+
+def test_order_by_keeps_the_latest_training_items(explicit):
+    """u1's training items, latest first: m4 (40), m3 (30), m2 (25, and 20), m1 (10); u2's: m5, m1."""
+    bags = {(r["split"], r["user"], r["item"], r["label"]): r["bag"]
+            for r in decoded(explicit, "user", "movie", "recent")}
+    assert bags[("validation", "u1", "mv", 3)] == bags[("test", "u1", "mt", 5)] == ["m4", "m3"]
+    assert bags[(TRAIN, "u1", "m4", 1)] == ["m3", "m2"]  # its own item left out
+    assert bags[(TRAIN, "u1", "m3", 2)] == ["m4", "m2"]
+    assert bags[(TRAIN, "u1", "m2", 3)] == bags[(TRAIN, "u1", "m1", 4)] == ["m4", "m3"]
+    assert bags[("validation", "u2", "m2", 4)] == ["m5", "m1"] and bags[("test", "u3", "m1", 3)] == ["m6"]
+    assert bags[(TRAIN, "u3", "m6", 4)] == [] and bags[("test", "u4", "mv", 2)] == []
 
 
 def test_implicit_bags_come_from_positive_training_rows_only(implicit):
@@ -216,6 +231,7 @@ def test_implicit_bags_come_from_positive_training_rows_only(implicit):
     (lambda fs: fs[1].update(max_values=0), "field 'history'.max_values: must be at least 1"),
     (lambda fs: fs[1].update(column="x"), "key 'column' does not apply to a history field"),
     (lambda fs: fs[0].update(hash_buckets=8), "of: field 'user' is hashed"),
+    (lambda fs: fs[1].update(order_by=5), "field 'history'.order_by: expected a non-empty string"),
 ])
 def test_schema_mistakes_name_the_file_and_field(tmp_path, change, message):
     schema = yaml.safe_load(yaml.safe_dump(EXPLICIT_SCHEMA))
