@@ -2,11 +2,13 @@
 
 Every model maps a batch of the data contract (afm_dist/dataset.py) to raw scores::
 
-    model = build_model("afm", meta.num_features, meta.num_slots, ModelConfig())
+    model = build_model("afm", meta.num_features, meta.num_slots, ModelConfig(), meta.slot_groups())
     scores = model(ids, vals, mask)  # ids (B, M) int64, vals (B, M) float32, mask (B, M) bool -> (B,)
     loss = F.mse_loss(scores, label) + lam * model.l2_penalty()  # in the trainer, not the model
 
-B: batch size, M: slots, N: features, k: embedding size, t: attention factor.
+B: batch size, M: slots, N: features, k: embedding size, t: attention factor. A pooled field (a
+history bag, ``FieldLayout.pooled``) is one input of the pair layer, the sum of its slots' v_i x_i
+(``layers.SlotPooling``): G inputs instead of M, from ``DatasetMetadata.slot_groups()``.
 
 Modules: ``base`` (ScoringModel, what every model shares), ``layers`` (the small blocks),
 ``attention`` (AFM's attention-based pooling and its memory-efficient path), ``fm`` (FM, HOFM),

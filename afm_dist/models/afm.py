@@ -141,7 +141,7 @@ class AFM(ScoringModel):
         """Scores (B,), attention a_ij (B, P), the pair layer's inputs e (B, G, k) (e_i = v_i x_i,
         a pooled field's summed) and their mask (B, G) bool."""
         xs = masked_values(vals, mask)  # (B, M)
-        e, real = self.pool(self.embedding(ids, xs), mask)  # (B, G, k), (B, G)
+        e, real = self.pool(self.embedding, ids, xs, mask)  # (B, G, k), (B, G)
         pooled, attention = self.attention(e, real)  # (B, k), (B, P)
         if self.attention_scale == "pairs":
             pooled = pooled * self._num_pairs(real).to(pooled.dtype).unsqueeze(1)  # sum_ij |R_x| a_ij q_ij

@@ -34,7 +34,7 @@ class WideDeep(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.pool(self.embedding(ids, xs), mask)[0].flatten(start_dim=1)  # (B, G k)
+        stacked = self.pool(self.embedding, ids, xs, mask)[0].flatten(start_dim=1)  # (B, G k)
         return self.linear(ids, xs) + self.mlp(stacked)  # (B,)
 
 
@@ -64,5 +64,5 @@ class DeepCross(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.pool(self.embedding(ids, xs), mask)[0].flatten(start_dim=1)  # (B, G k)
+        stacked = self.pool(self.embedding, ids, xs, mask)[0].flatten(start_dim=1)  # (B, G k)
         return self.linear(ids, xs) + self.output(self.residual(stacked)).squeeze(-1)  # (B,)

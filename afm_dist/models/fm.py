@@ -40,7 +40,7 @@ class FM(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        e, _ = self.pool(self.embedding(ids, xs), mask)  # (B, G, k); G = M without pooled fields
+        e, _ = self.pool(self.embedding, ids, xs, mask)  # (B, G, k); G = M without pooled fields
         pair_term = self.dropout(self.interaction(e)).sum(dim=1)  # (B,)
         return self.linear(ids, xs) + pair_term  # (B,)
 
@@ -80,6 +80,6 @@ class HOFM(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        order2 = self.dropout(self.interaction(self.pool(self.embedding(ids, xs), mask)[0])).sum(dim=1)  # (B,)
-        order3 = self.dropout(self.order3(self.pool(self.embedding3(ids, xs), mask)[0])).sum(dim=1)  # (B,)
+        order2 = self.dropout(self.interaction(self.pool(self.embedding, ids, xs, mask)[0])).sum(dim=1)  # (B,)
+        order3 = self.dropout(self.order3(self.pool(self.embedding3, ids, xs, mask)[0])).sum(dim=1)  # (B,)
         return self.linear(ids, xs) + order2 + order3  # (B,)

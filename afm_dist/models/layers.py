@@ -79,17 +79,27 @@ class FeaturesEmbedding(nn.Module):
         return self.embedding(ids) * xs.unsqueeze(-1)  # (B, M, k)
 
 
+def bag_sum(table: nn.Embedding, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """sum_i v_{ids_i} x_i over each row's slots: ids (B, W) int64, xs (B, W) -> (B, k).
+
+    Each distinct id of the batch is looked up once (a sparse table's gradient then has one row per
+    distinct id, not B W) and ``F.embedding_bag`` sums the rows without a (B, W, k) tensor.
+    """
+    unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, W)
+    return F.embedding_bag(inverse, table(unique), per_sample_weights=xs.to(table.weight.dtype), mode="sum")
+
+
 class SlotPooling(nn.Module):
     """The pair layer's inputs: every slot on its own, or a pooled field's slots summed into one vector.
 
-    A bag field (a user's history, or any multi-valued field the schema pools) enters the pair
-    layer as sum_{i in field} e_i, so its values are paired with the other fields but not with each
-    other, and the pairs are of G inputs instead of M slots. The weights of the sum (e.g. 1/sqrt(n))
-    are the slots' values x_i, set at preprocessing.
+    A bag field (a user's history) enters the pair layer as sum_{i in field} e_i = sum_i v_i x_i,
+    so its values are paired with the other fields but not with each other, and the pairs are of G
+    inputs instead of M slots. The weights of the sum (1/sqrt(n)) are the slots' values x_i, set at
+    preprocessing; a padded slot has x_i = 0.
 
     Args:
         slot_groups: widths of the G inputs in slot order (summing to M): 1 for a slot on its own,
-            a pooled field's width; None or all ones: no pooling (forward returns its inputs).
+            a pooled field's width; None or all ones: no pooling.
 
     Raises:
         ValueError: a width below 1.
@@ -103,17 +113,32 @@ class SlotPooling(nn.Module):
         self.slot_groups = groups
         self.num_groups = len(groups)
         self.pooling = any(w > 1 for w in groups)
-        group = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(groups, dtype=torch.long))  # (M,)
-        self.register_buffer("group", group, persistent=False)
+        # Runs of slots (start, stop, pooled): consecutive single slots together, each pooled field alone.
+        self.runs: list[tuple[int, int, bool]] = []
+        slot = 0
+        for w in groups:
+            if w == 1 and self.runs and not self.runs[-1][2]:
+                self.runs[-1] = (self.runs[-1][0], slot + 1, False)
+            else:
+                self.runs.append((slot, slot + w, w > 1))
+            slot += w
 
-    def forward(self, e: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """e (B, M, k), mask (B, M) bool -> (B, G, k) and (B, G) bool (a group is real if any slot is)."""
+    def forward(self, table: FeaturesEmbedding, ids: torch.Tensor, xs: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, M) int64, xs (B, M) masked values, mask (B, M) bool -> the inputs e (B, G, k)
+        (e_i = v_i x_i of ``table``, a pooled field's summed) and their mask (B, G) bool (a pooled
+        field is real if any of its slots is)."""
         if not self.pooling:
-            return e, mask
-        B, _, k = e.shape
-        pooled = e.new_zeros(B, self.num_groups, k).index_add_(1, self.group, e)  # (B, G, k)
-        real = mask.new_zeros(B, self.num_groups, dtype=torch.int32).index_add_(1, self.group, mask.to(torch.int32))
-        return pooled, real > 0
+            return table(ids, xs), mask
+        parts, real = [], []
+        for a, b, pooled in self.runs:
+            if pooled:
+                parts.append(bag_sum(table.embedding, ids[:, a:b], xs[:, a:b]).unsqueeze(1))  # (B, 1, k)
+                real.append(mask[:, a:b].any(dim=1, keepdim=True))
+            else:
+                parts.append(table(ids[:, a:b], xs[:, a:b]))  # (B, b - a, k)
+                real.append(mask[:, a:b])
+        return torch.cat(parts, dim=1), torch.cat(real, dim=1)
 
 
 class BiInteraction(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afm_dist.models import FM, ModelConfig, build_model, check_layout, init_from_fm
-from afm_dist.models.layers import SlotPooling
+from afm_dist.models.layers import FeaturesEmbedding, SlotPooling
 
 N, K = 30, 4
 # user (1 slot), item (1 slot), a bag of 3 slots pooled, a context field (1 slot): M = 6, G = 4.
@@ -32,15 +32,25 @@ def _fm(groups, seed=0) -> FM:
 
 
 def test_slot_pooling_sums_a_fields_slots_and_marks_an_empty_bag_padding():
-    e = torch.arange(2 * M * 2, dtype=torch.float64).view(2, M, 2)
-    mask = torch.tensor([[True, True, True, False, False, True], [True, True, False, False, False, False]])
-    pooled, real = SlotPooling(GROUPS)(e * mask.unsqueeze(-1), mask)
+    torch.manual_seed(0)
+    table = FeaturesEmbedding(N, 2, init_std=1.0).double()
+    ids = torch.tensor([[1, 2, 3, 3, 4, 5], [6, 7, 0, 0, 0, 8]])  # row 0's bag repeats id 3
+    xs = torch.tensor([[1.0, 1.0, 0.5, 0.25, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True, False, True], [True, True, False, False, False, False]])
+    pooled, real = SlotPooling(GROUPS)(table, ids, xs, mask)
+    v = table.weight
     assert pooled.shape == (2, 4, 2)
-    assert torch.equal(pooled[0, 2], e[0, 2])  # only the bag's first slot is real in row 0
-    assert torch.equal(pooled[0, 0], e[0, 0]) and torch.equal(pooled[0, 3], e[0, 5])
+    assert torch.allclose(pooled[0, 2], 0.75 * v[3], rtol=1e-12)  # 0.5 v_3 + 0.25 v_3 + 0 v_4
+    assert torch.equal(pooled[0, 0], v[1]) and torch.equal(pooled[0, 3], v[5])
+    assert torch.equal(pooled[1, 2], torch.zeros(2, dtype=torch.float64)) and torch.equal(pooled[1, 3], 0 * v[8])
     assert real.tolist() == [[True, True, True, True], [True, True, False, False]]
-    same, same_mask = SlotPooling(None)(e, mask)  # no pooled field: the inputs themselves
-    assert same is e and same_mask is mask
+    same, same_mask = SlotPooling(None)(table, ids, xs, mask)  # no pooled field: the slots themselves
+    assert torch.equal(same, table(ids, xs)) and same_mask is mask
+    # The sparse gradient of the table holds each of the bag's distinct ids once.
+    sparse = FeaturesEmbedding(N, 2, sparse=True)
+    SlotPooling(GROUPS)(sparse, ids, xs.float(), mask)[0].sum().backward()
+    rows = sparse.weight.grad._indices()[0].tolist()
+    assert sorted(rows) == sorted(set(rows)) and {3, 4} <= set(rows)
 
 
 def test_fm_with_a_pooled_field_pairs_the_bag_with_every_other_field_but_not_with_itself():
@@ -100,3 +110,15 @@ def test_a_layout_whose_fields_pool_into_one_input_is_refused_for_afm():
         check_layout("afm", N, 3, (3,))
     with pytest.raises(ValueError, match="do not cover"):
         check_layout("fm", N, 4, (1, 2))
+
+
+def test_feature_penalty_with_a_pooled_field_counts_every_real_slot_once():
+    ids, vals, mask = _batch()
+    ids = ids.clone()
+    ids[0, 3] = ids[1, 2] = 10  # an id repeated within a bag and across rows
+    model = _fm(GROUPS)
+    emb, lin = model.feature_penalty(ids, mask)
+    v, w = model.embedding.weight, model.linear.weight.weight[:, 0]
+    m = mask.double()
+    assert emb.item() == pytest.approx((((v[ids] ** 2).sum(-1) * m).sum(1).mean()).item(), rel=1e-12)
+    assert lin.item() == pytest.approx(((w[ids] ** 2 * m).sum(1).mean()).item(), rel=1e-12)
