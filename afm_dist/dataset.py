@@ -6,6 +6,8 @@ A data set directory written by ``jobs/preprocess.py`` looks like::
       train/ validation/ test/   Parquet, one row per instance (columns below), and _dataset.json:
                                  the data set's schema hash and feature count (a copied split keeps them)
       vocabulary/                Parquet: field, value, id, count (raw value -> global feature id)
+      history/                   with a history field only. Parquet: owner, field, bag: each owner's
+                                 training bag (item local ids, capped), for scoring raw logs
       rejected/                  Parquet: source, line, raw, reason (every malformed input row)
       metadata.json              schema, schema hash, feature layout, counts, seed, inputs
       _AFM_COMPLETE              written last: training and scoring refuse a directory without it
@@ -39,6 +41,10 @@ SPLIT_IDENTITY = "_dataset.json"  # in each split directory: which data set its 
 # writer's directories, the trainer and the benchmarks all take them from here).
 TRAIN, VALIDATION, TEST = SPLITS = ("train", "validation", "test")
 VOCABULARY = "vocabulary"  # directory of the value -> feature id table (data set and model directory)
+# Directory of the history fields' training bags (data set and model directory), and its columns:
+# the owner's local id, the history field's name, the bag (array<int> of item local ids, in the cap's order).
+HISTORY = "history"
+HISTORY_OWNER, HISTORY_FIELD, HISTORY_BAG = "owner", "field", "bag"
 REJECTED = "rejected"  # directory of the malformed input rows (data set and scoring output)
 REJECTED_COLUMNS = "source string, line bigint, raw string, reason string"  # its Parquet schema
 FORMAT_VERSION = 1

@@ -6,6 +6,7 @@ The directory holds::
     model.json         TrainedModel.to_json(): model name and ModelConfig, feature layout, the data
                        set's metadata, training configuration and best validation metrics
     vocabulary/        the training data set's vocabulary, for encoding raw logs at scoring time
+    history/           with a history field: the data set's training bags, for raw logs' bags
     metrics.jsonl      one JSON line per epoch
     curves.png         train and validation RMSE per epoch
     checkpoint.pt      the last epoch's training state, for --resume (afm_dist.training.checkpoint)
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from afm_dist.dataset import COMPLETE_MARKER, VOCABULARY, DatasetError, DatasetMetadata
+from afm_dist.dataset import COMPLETE_MARKER, HISTORY, VOCABULARY, DatasetError, DatasetMetadata
 from afm_dist.io import atomic_path, strip_file_scheme, write_text_atomic
 from afm_dist.metrics import is_binary
 from afm_dist.models import ModelConfig, ScoringModel, build_model
@@ -110,6 +111,14 @@ class TrainedModel:
         if self.path is None or not (self.path / VOCABULARY).is_dir():
             return None
         return self.path / VOCABULARY
+
+    @property
+    def history_path(self) -> Path | None:
+        """The model directory's ``history/`` (each owner's training bag of every history field), or
+        None (no history field, or a model trained before raw logs got bags)."""
+        if self.path is None or not (self.path / HISTORY).is_dir():
+            return None
+        return self.path / HISTORY
 
     @property
     def needs_vocabulary(self) -> bool:

@@ -33,8 +33,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN, VOCABULARY, DatasetError, DatasetMetadata,
-                              FieldLayout)
+from afm_dist.dataset import (HISTORY, HISTORY_FIELD, HISTORY_OWNER, LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN,
+                              VOCABULARY, DatasetError, DatasetMetadata, FieldLayout)
 from afm_dist.inputs import Plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.schema import LIBFM_FIELD, Schema
@@ -66,8 +66,9 @@ def _stage(name: str) -> float:
 
 
 def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> DatasetMetadata:
-    """Write ``train/ validation/ test/ vocabulary/ rejected/`` into ``out_dir`` and return the
-    data set's metadata (the caller saves it and marks the directory complete)."""
+    """Write ``train/ validation/ test/ vocabulary/ rejected/`` (and ``history/`` with a history
+    field) into ``out_dir`` and return the data set's metadata (the caller saves it and marks the
+    directory complete)."""
     schema = plan_.schema.with_seed(options.seed)
     is_libfm = schema.format.type == "libfm"
     started = _stage(f"read and parse {len(plan_.logs.paths)} input file(s), format {schema.format.type}")
@@ -293,19 +294,33 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         instances = encode.standardize(instances, stats)
         more["numeric_statistics"] = stats
     if schema.history_fields:
-        instances = _add_histories(schema, instances, cached)
+        instances = _add_histories(schema, instances, out_dir, cached)
         more["history_counts"] = history.history_counts(instances, schema.history_fields)
+        more["history_bags"] = {"directory": HISTORY, "basis": "training split; one row per owner with a bag: "
+                                "owner (local id), field, bag (item local ids, capped, in the cap's order)"}
     return encode.assemble(instances, fields, layouts), layouts, more
 
 
-def _add_histories(schema: Schema, instances: DataFrame, cached: list[DataFrame]) -> DataFrame:
-    """The history fields' bags, from the training split's rows (afm_dist/spark/history.py).
-    The instances are persisted first: the bags, the join and the counts all read them."""
+def _add_histories(schema: Schema, instances: DataFrame, out_dir: Path, cached: list[DataFrame]) -> DataFrame:
+    """The history fields' bags, from the training split's rows (afm_dist/spark/history.py), and
+    ``history/``: each owner's bag once (``history.bag_table``), for scoring raw logs later.
+    The instances and each field's owner bags are persisted first: the bags' table, the join and
+    the counts all read them."""
     _stage(f"history bags of {', '.join(f.name for f in schema.history_fields)} from the training split")
     instances = instances.persist(StorageLevel.MEMORY_AND_DISK)
     cached.append(instances)
-    return history.add_histories(instances, schema.history_fields, {f.name: f for f in schema.fields},
-                                 seed=schema.seed, positives_only=schema.target.kind == "implicit")
+    by_name = {f.name: f for f in schema.fields}
+    positives_only = schema.target.kind == "implicit"
+    bags = {h.name: history.owner_bags(instances, h, by_name[h.of], seed=schema.seed, positives_only=positives_only)
+            .persist(StorageLevel.MEMORY_AND_DISK) for h in schema.history_fields}
+    cached += bags.values()
+    tables = [history.bag_table(bags[h.name], h) for h in schema.history_fields]
+    union = tables[0]
+    for t in tables[1:]:
+        union = union.unionByName(t)
+    union.sortWithinPartitions(HISTORY_FIELD, HISTORY_OWNER).write.parquet(str(out_dir / HISTORY))
+    return history.add_histories(instances, schema.history_fields, by_name, seed=schema.seed,
+                                 positives_only=positives_only, bags=bags)
 
 
 def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:

@@ -9,16 +9,18 @@ occurrences are counted, so that a training row leaves out of its own bag only i
 occurrence: an item the user has in another training row stays. The cap is a seeded sample: a
 bag keeps the values first in the order of xxhash64(seed, of id, item id) (with ``order_by``:
 latest first, that order breaking ties), the same order for every row of a user, so a training
-row's bag differs from the others' at most by its own item.
+row's bag differs from the others' at most by its own item. The bags of rows that fed none are
+written once per owner (``bag_table``, a data set's ``history/``), so raw logs scored later get
+the bag a test row got (``join_training_bags``).
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import SPLITS, TRAIN
+from afm_dist.dataset import HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN
 from afm_dist.schema import Field
 from afm_dist.spark.encode import LABEL, POSITIVE, SPLIT
 from afm_dist.spark.parse import ORDER_PREFIX
@@ -26,9 +28,52 @@ from afm_dist.spark.parse import ORDER_PREFIX
 CUT_PREFIX = "_cut_"  # + field name: true when the cap left values of the row's bag out
 # An owner's values, in the cap's order: minus the latest time (order_by; else 0), seeded rank, local id, occurrences.
 BAG_TYPE = "array<struct<_t:double,_k:bigint,_v:int,_n:bigint>>"
+# Columns of ``owner_bags``: the owner's local id, its distinct values before the cap, its first cap + 1 values.
+OWNER, DISTINCT, BAG = "_owner", "_distinct", "_bag"
 
 
-def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool) -> DataFrame:
+def _feeds(history: Field, of: Field, *, positives_only: bool) -> Column:
+    """True for a row whose item enters its owner's bag: a training row with both values (a
+    positive, for ``positives_only``), its owner not the out-of-vocabulary id."""
+    owner, items = of.name, history.items
+    feeds = (F.col(SPLIT) == TRAIN) & F.col(owner).isNotNull() & F.col(items).isNotNull()
+    if positives_only:
+        feeds &= F.col(LABEL) == POSITIVE
+    if of.first_id > 0:  # the out-of-vocabulary id stands for many values: no bag of its own
+        feeds &= F.col(owner) != 0
+    return feeds
+
+
+def owner_bags(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool) -> DataFrame:
+    """One row per owner (an ``of`` local id) with at least one training value: ``OWNER`` (int),
+    ``DISTINCT`` (its distinct values, before the cap) and ``BAG`` (``BAG_TYPE``: its first
+    ``max_values + 1`` values in the cap's order, enough for a training row whose own item is
+    among them). The single place the cap's order is made; ``add_history`` and ``bag_table``
+    both read it. Arguments as ``add_history``.
+    """
+    owner, items = of.name, history.items
+    rank = F.xxhash64(F.lit("afm-history"), F.lit(seed), F.col(owner), F.col(items))
+    latest = F.max(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)
+    occurrences = (instances.filter(_feeds(history, of, positives_only=positives_only)).groupBy(owner, items)
+                   .agg(F.count(F.lit(1)).alias("_n"), (-latest).cast("double").alias("_t"))
+                   .select(owner, F.struct("_t", rank.alias("_k"), F.col(items).cast("int").alias("_v"), "_n")
+                           .alias("_e")))
+    return occurrences.groupBy(F.col(owner).cast("int").alias(OWNER)).agg(
+        F.count(F.lit(1)).alias(DISTINCT),
+        F.slice(F.sort_array(F.collect_list("_e")), 1, history.max_values + 1).alias(BAG))
+
+
+def bag_table(bags: DataFrame, history: Field) -> DataFrame:
+    """``owner_bags`` as written to a data set's ``history/`` (columns ``dataset.HISTORY_*``): the
+    owner's local id, the field's name, and the bag of a row that fed none (a validation or test
+    row, or a raw log scored later): array<int> of item local ids, the first ``max_values`` in the
+    cap's order."""
+    return bags.select(F.col(OWNER).alias(HISTORY_OWNER), F.lit(history.name).alias(HISTORY_FIELD),
+                       F.transform(F.slice(BAG, 1, history.max_values), lambda e: e["_v"]).alias(HISTORY_BAG))
+
+
+def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool,
+                bags: DataFrame | None = None) -> DataFrame:
     """Add column ``history.name``: the row's bag, array<int> of ``history.items``' local ids (at
     most ``history.max_values``, in the cap's order; empty when the row has none), and
     ``CUT_PREFIX + history.name``: true when the cap left some of the row's values out.
@@ -38,40 +83,44 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
     ``of``: the owner field (its out-of-vocabulary id 0, if it has one, owns no bag: those rows
     get an empty bag and feed none). ``seed``: the schema's, which orders the cap's sample. With
     ``history.order_by``, column ``ORDER_PREFIX + history.name`` (a time) puts the values of the
-    latest training rows first.
+    latest training rows first. ``bags``: ``owner_bags`` of the same arguments, when the caller
+    keeps them (to write them too); computed here otherwise.
     """
     owner, items, cap = of.name, history.items, history.max_values
-    feeds = (F.col(SPLIT) == TRAIN) & F.col(owner).isNotNull() & F.col(items).isNotNull()
-    if positives_only:
-        feeds &= F.col(LABEL) == POSITIVE
-    if of.first_id > 0:  # the out-of-vocabulary id stands for many values: no bag of its own
-        feeds &= F.col(owner) != 0
-    rank = F.xxhash64(F.lit("afm-history"), F.lit(seed), F.col(owner), F.col(items))
-    latest = F.max(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)
-    occurrences = (instances.filter(feeds).groupBy(owner, items)
-                   .agg(F.count(F.lit(1)).alias("_n"), (-latest).cast("double").alias("_t"))
-                   .select(owner, F.struct("_t", rank.alias("_k"), F.col(items).cast("int").alias("_v"), "_n")
-                           .alias("_e")))
-    # Each owner's first cap + 1 values: enough for the bag of a training row whose own item is among them.
-    bags = occurrences.groupBy(owner).agg(
-        F.count(F.lit(1)).alias("_distinct"),
-        F.slice(F.sort_array(F.collect_list("_e")), 1, cap + 1).alias("_bag"))
-    joined = instances.join(bags.withColumnRenamed(owner, "_owner"), F.col(owner) == F.col("_owner"), "left")
-    bag = F.coalesce(F.col("_bag"), F.array().cast(BAG_TYPE))
+    if bags is None:
+        bags = owner_bags(instances, history, of, seed=seed, positives_only=positives_only)
+    feeds = _feeds(history, of, positives_only=positives_only)
+    joined = instances.join(bags, F.col(owner) == F.col(OWNER), "left")
+    bag = F.coalesce(F.col(BAG), F.array().cast(BAG_TYPE))
     # A row that fed the bags leaves out its own occurrence: its item unless another training row has it.
     kept = F.filter(bag, lambda e: ~(feeds & (e["_v"] == F.col(items)) & (e["_n"] == 1)))
-    available = F.coalesce(F.col("_distinct"), F.lit(0)) - (F.size(bag) - F.size(kept))  # before the cap
+    available = F.coalesce(F.col(DISTINCT), F.lit(0)) - (F.size(bag) - F.size(kept))  # before the cap
     return (joined.withColumn(history.name, F.transform(F.slice(kept, 1, cap), lambda e: e["_v"]))
             .withColumn(CUT_PREFIX + history.name, available > cap)
-            .drop("_owner", "_distinct", "_bag"))
+            .drop(OWNER, DISTINCT, BAG))
 
 
 def add_histories(instances: DataFrame, histories: Sequence[Field], fields_by_name: Mapping[str, Field], *,
-                  seed: int, positives_only: bool) -> DataFrame:
-    """``add_history`` for each history field in turn."""
+                  seed: int, positives_only: bool,
+                  bags: Mapping[str, DataFrame] | None = None) -> DataFrame:
+    """``add_history`` for each history field in turn (``bags``: their ``owner_bags`` by field name)."""
     for h in histories:
-        instances = add_history(instances, h, fields_by_name[h.of], seed=seed, positives_only=positives_only)
+        instances = add_history(instances, h, fields_by_name[h.of], seed=seed, positives_only=positives_only,
+                                bags=(bags or {}).get(h.name))
     return instances
+
+
+def join_training_bags(rows: DataFrame, bag_tables: DataFrame, histories: Sequence[Field]) -> DataFrame:
+    """Add to ``rows`` (encoded rows to score, ``of`` as local ids) column ``h.name`` for each
+    history field ``h``: its owner's training bag from ``bag_tables`` (a data set's ``history/``,
+    ``bag_table``'s columns), the bag a validation or test row got at preprocessing; an empty
+    array<int> for an owner without one (no training value, or the out-of-vocabulary id)."""
+    for h in histories:
+        bags = bag_tables.filter(F.col(HISTORY_FIELD) == h.name).select(
+            F.col(HISTORY_OWNER).alias(OWNER), F.col(HISTORY_BAG).alias(BAG))
+        rows = (rows.join(bags, F.col(h.of) == F.col(OWNER), "left")
+                .withColumn(h.name, F.coalesce(F.col(BAG), F.array().cast("array<int>"))).drop(OWNER, BAG))
+    return rows
 
 
 def history_counts(instances: DataFrame, histories: Sequence[Field]) -> dict[str, dict[str, dict[str, int]]]:

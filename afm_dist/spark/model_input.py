@@ -6,9 +6,10 @@ schema, same reasons for malformed rows) and encoded with the vocabulary the mod
 with: a value never seen in training takes its field's out-of-vocabulary id. A field declared
 without one (``oov: false``) cannot represent an unseen value, so such a row is set aside with a
 reason naming the field. Numeric fields are standardised with the training statistics recorded
-in the data set metadata. A model trained on libFM data scores libFM lines: the ids are its
-features (or are numbered with its vocabulary, ``ids: remap``); a line with an id the model has no
-feature for is set aside with the reason.
+in the data set metadata. A history field's bag is its owner's training bag as preprocessing
+wrote it (the model's ``history/``): the bag a test row got. A model trained on libFM data scores
+libFM lines: the ids are its features (or are numbered with its vocabulary, ``ids: remap``); a
+line with an id the model has no feature for is set aside with the reason.
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, SPLIT_IDENTITY, VALS, DatasetError,
-                              read_split_identity)
+from afm_dist.dataset import (HISTORY, IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, SPLIT_IDENTITY, VALS,
+                              DatasetError, read_split_identity)
 from afm_dist.inputs import plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.model_dir import TrainedModel
 from afm_dist.schema import LIBFM_FIELD, Field, Schema, schema_from_dict
-from afm_dist.spark import encode, parse, readers, records as raw_records
+from afm_dist.spark import encode, history, parse, readers, records as raw_records
 
 RAW_PREFIX = "raw_"  # prefix of the raw value columns kept beside a raw log's predictions
 
@@ -41,17 +42,19 @@ def is_encoded_split(paths: Sequence[str]) -> bool:
 
 
 def check_raw_logs(model: TrainedModel, path: str) -> None:
-    """Refuse raw logs (``path``) that the model's data set cannot encode: a history field's bags
-    are built from the training split at preprocessing, and not yet for raw logs.
+    """Refuse raw logs (``path``) that the model directory cannot encode: a history field's bags
+    come from the data set's training bags (``history/``), which a model trained before they were
+    written lacks.
 
     Raises:
-        DatasetError: naming the field and what to score instead.
+        DatasetError: naming the model directory, the field and what to do.
     """
     schema = schema_from_dict(model.dataset.schema)
-    if schema.history_fields:
+    if schema.history_fields and model.history_path is None:
         name = schema.history_fields[0].name
-        raise DatasetError(f"{path}: scoring raw logs with a history field (field {name!r} of the model's data set) "
-                           "is not supported yet; score a preprocessed split instead (--input DATA/test)")
+        raise DatasetError(f"{model.path}: no {HISTORY}/ (the training bags of history field {name!r}), so raw logs "
+                           f"({path}) cannot get their bags; train the model again from a data set preprocessed "
+                           "with this afm-dist, or score a preprocessed split (--input DATA/test)")
 
 
 def check_encoded_split(path: str, model: TrainedModel) -> Path:
@@ -126,9 +129,13 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
                     tables: Mapping[str, Sequence[str]] | None = None) -> tuple[DataFrame, list[str], int]:
     """Return (encoded rows, key columns, rejected count); write malformed rows to staging/rejected.
 
+    A history field's bag is its owner's training bag (the model's ``history/``), as a test row
+    got at preprocessing; empty for an owner without one (unseen, or no training value).
+
     Raises:
-        DatasetError: a model directory without vocabulary, a data set with a history field
-            (``check_raw_logs``), or input files that do not match the schema (``InputError``); ``RejectedRowsError`` for too many malformed rows.
+        DatasetError: a model directory without vocabulary, or without ``history/`` for a history
+            field (``check_raw_logs``), or input files that do not match the schema
+            (``InputError``); ``RejectedRowsError`` for too many malformed rows.
     """
     check_raw_logs(model, ", ".join(paths))
     dataset = model.dataset
@@ -144,14 +151,18 @@ def encode_raw_logs(spark: SparkSession, paths: Sequence[str], model: TrainedMod
             records = _reject_unseen(records, vocabulary, f)
     accepted, rejected = _screen(spark, records, schema, staging, max_rejected_fraction,
                                  tables=raw_records.summarize_tables(spark, raw_plan))
-    raw_keys = [f"{RAW_PREFIX}{f.name}" for f in fields]
-    for f in fields:
+    read = list(schema.source_fields)  # derived fields (history) are built after encoding
+    raw_keys = [f"{RAW_PREFIX}{f.name}" for f in read]
+    for f in read:
         accepted = accepted.withColumn(f"{RAW_PREFIX}{f.name}", F.col(f.name))
     has_label = schema.target.kind == "explicit"
-    value_columns = [f.name for f in fields] + raw_keys + ([parse.LABEL] if has_label else [])
+    value_columns = [f.name for f in read] + raw_keys + ([parse.LABEL] if has_label else [])
     keyed = encode.with_row_ids(accepted, value_columns)
     sizes = {lay.name: lay.size for lay in dataset.fields}
-    encoded = encode.encode_fields(keyed, fields, vocabulary, sizes)
+    encoded = encode.encode_fields(keyed, read, vocabulary, sizes)
+    if schema.history_fields:
+        bags = spark.read.parquet(readers.spark_path(model.history_path))
+        encoded = history.join_training_bags(encoded, bags, schema.history_fields)
     stats = dataset.extra.get("numeric_statistics")
     if stats:
         encoded = encode.standardize(encoded, stats)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from afm_dist.dataset import VOCABULARY, DatasetMetadata, mark_complete
+from afm_dist.dataset import HISTORY, VOCABULARY, DatasetMetadata, mark_complete
 from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
 from afm_dist.model_dir import CURVES, METRICS, MODEL_WEIGHTS, TrainedModel, save_weights
 from afm_dist.plots import plot_training_curves
@@ -99,9 +99,9 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
 
 def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
                 global_batch: int) -> None:
-    """At the end: model.json marked finished, the data set's vocabulary (scoring raw logs needs
-    it), then the completion marker, last: only when the best epoch's weights are there and
-    every metric it reports is finite.
+    """At the end: model.json marked finished, the data set's vocabulary and history bags (scoring
+    raw logs needs them), then the completion marker, last: only when the best epoch's weights are
+    there and every metric it reports is finite.
 
     Raises:
         FloatingPointError: no epoch gave weights with finite metrics; nothing is marked complete.
@@ -112,7 +112,7 @@ def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         raise FloatingPointError(f"{out}: no epoch produced weights with finite validation metrics "
                                  f"(best: {best or 'none'}); the model directory is not marked complete")
     describe(cfg, meta, model, state, global_batch, finished=True).save(out)
-    vocabulary = Path(cfg.data) / VOCABULARY
-    if vocabulary.is_dir():
-        replace_directory(vocabulary, out / VOCABULARY)
+    for name in (VOCABULARY, HISTORY):  # what scoring raw logs reads (history/: only with a history field)
+        if (Path(cfg.data) / name).is_dir():
+            replace_directory(Path(cfg.data) / name, out / name)
     mark_complete(out)

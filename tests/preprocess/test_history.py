@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
-from safetensors.torch import save_file
 
-from afm_dist.dataset import SPLITS, TRAIN, load_metadata, mark_complete
-from afm_dist.model_dir import TrainedModel
+from afm_dist.dataset import HISTORY, HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN, load_metadata
+from afm_dist.model_dir import TrainedModel, save_weights
 from afm_dist.models import ModelConfig
 from afm_dist.schema import SchemaError, load_schema
+from afm_dist.spark.model_input import encode_raw_logs
+from afm_dist.training.artifacts import RunState, write_final
+from afm_dist.training.config import TrainConfig
 
 from tests.conftest import run_job as run_any_job
 
-from .util import read_all, run_job, vocabulary, write_lines
+from .util import read_all, read_delimited, run_job, vocabulary, write_lines
 
 # Markers: items that occur only in validation (mv) or test (mt) rows; no bag may hold them.
 MARKERS = ("mv", "mt")
@@ -93,7 +97,7 @@ def decoded(data, owner: str, item: str, bag: str) -> list[dict]:
             slots = range(history.slot, history.slot + history.width)
             ids = [r["ids"][s] for s in slots if r["mask"][s]]
             out.append({
-                "split": split, "user": value_of[r["ids"][layouts[owner].slot]],
+                "split": split, "row_id": r["row_id"], "user": value_of[r["ids"][layouts[owner].slot]],
                 "item": value_of[r["ids"][items.slot]], "label": r["label"],
                 # a history id is its item's id moved from the items' range to the history's
                 "bag": [value_of[i - history.offset + items.offset] for i in ids], "ids": ids,
@@ -262,22 +266,117 @@ def test_schemas_without_history_keep_their_hash():
     assert load_schema(REPO / "schemas/movielens_ratings.yaml").hash().startswith("8bb0aa8be0a9")
 
 
-def test_scoring_raw_logs_is_refused_and_a_split_is_scored(explicit, spark, tmp_path, capsys):
-    """A model of a data set with a history field: raw logs are refused before Spark starts, in one
-    line; its preprocessed test split is scored (the bags are in its ids)."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    model = TrainedModel(name="fm", config=ModelConfig(embedding_dim=4), dataset=explicit["meta"], finished=True)
-    save_file(model.new_model().state_dict(), str(model_dir / "model.safetensors"))
-    model.save(model_dir)
-    mark_complete(model_dir)
-    raw = explicit["out"].parent / "test.tsv"
-    code = run_any_job("score", ["--model", model_dir, "--input", raw, "--output", tmp_path / "raw"], None)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "Traceback" not in "\n".join(err)
-    assert err[-1].endswith("scoring raw logs with a history field (field 'history' of the model's data set) is not "
-                            "supported yet; score a preprocessed split instead (--input DATA/test)")
-    assert not (tmp_path / "raw").exists()
+def model_of(data, directory, name: str = "fm"):
+    """A model directory of ``data``'s layout as the trainer finishes one (``write_final``: model.json,
+    vocabulary/ and history/ copied, the marker), its weights drawn from N(0, 1) so that every slot,
+    each bag's included, moves the score."""
+    directory.mkdir()
+    cfg = TrainConfig(data=str(data["out"]), model=name, output=str(directory),
+                      model_config=ModelConfig(embedding_dim=4, attention_factor=4))
+    model = TrainedModel(name=name, config=cfg.model_config, dataset=data["meta"]).new_model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    save_weights(model, directory)
+    state = RunState(best={"val_rmse": 1.0, "epoch": 1, "metrics": {"val_rmse": 1.0}})
+    write_final(directory, cfg, data["meta"], model, state, global_batch=8)
+    return directory
+
+
+def raw_test_logs(data, directory):
+    """The data set's test file's lines, plus a row of a user never seen (out of vocabulary)."""
+    lines = (data["out"].parent / "test.tsv").read_text().splitlines() + ["u9\tm1\t3\t70"]
+    return write_lines(directory / "raw_test.tsv", lines)
+
+
+def test_history_dir_holds_each_owners_bag_as_a_test_row_got_it(explicit, implicit):
+    """history/: one row per owner with training values and field, its bag in the cap's order,
+    the bag every validation and test row of that owner got."""
+    for data, item in [(explicit, "movie"), (implicit, "item")]:
+        lay = {f.name: f for f in data["meta"].fields}
+        value_of = {i: v for (f, v), i in data["vocabulary"].items() if f in ("user", item)}
+        table = pq.read_table(data["out"] / HISTORY).to_pylist()
+        assert set(table[0]) == {HISTORY_OWNER, HISTORY_FIELD, HISTORY_BAG}
+        written = {(r[HISTORY_FIELD], value_of[r[HISTORY_OWNER] + lay["user"].offset]):
+                   [value_of[i + lay[item].offset] for i in r[HISTORY_BAG]] for r in table}
+        assert len(written) == len(table)
+        histories = [f.name for f in data["meta"].fields if f.kind == "history"]
+        assert {u for _, u in written} == {"u1", "u2", "u3"}  # u4 has no training row
+        for h in histories:
+            for r in decoded(data, "user", item, h):
+                if r["split"] != TRAIN:
+                    assert written.get((h, r["user"]), []) == r["bag"], (h, r)
+        assert len(table) == 3 * len(histories)
+    assert explicit["meta"].extra["history_bags"]["directory"] == HISTORY
+
+
+def test_raw_logs_get_the_bags_and_scores_of_the_preprocessed_test_split(explicit, spark, tmp_path):
+    """Raw test lines scored with the model's history/ get, row by row, the ids and values of the
+    same rows of the preprocessed test split, hence the same scores; an unseen user gets empty bags."""
+    model_dir = model_of(explicit, tmp_path / "model")
+    assert (model_dir / HISTORY).is_dir() and TrainedModel.load(model_dir).history_path == model_dir / HISTORY
+    raw = raw_test_logs(explicit, tmp_path)
+    # What scoring feeds the model: the encoded raw rows.
+    encoded, keys, rejected = encode_raw_logs(spark, [str(raw)], TrainedModel.load(model_dir), tmp_path / "staging",
+                                              max_rejected_fraction=0.0)
+    assert rejected == 0 and {"raw_user", "raw_movie"} <= set(keys)
+    scored_rows = {(r["raw_user"], r["raw_movie"], r["label"]): r for r in encoded.collect()}
+    assert len(scored_rows) == len(EXPLICIT["test"]) + 1
+    test_rows = {r["row_id"]: r for r in explicit["splits"]["test"]}
+    split_rows = {(r["user"], r["item"], r["label"]): test_rows[r["row_id"]]
+                  for r in decoded(explicit, "user", "movie", "history") if r["split"] == "test"}
+    for key, row in scored_rows.items():
+        if key[0] != "u9":  # every slot as in the split: the bags of all three history fields, in order
+            assert [row[c] for c in ("ids", "vals", "mask")] == [split_rows[key][c] for c in ("ids", "vals", "mask")]
+    unseen = scored_rows[("u9", "m1", 3.0)]
+    for h in (f for f in explicit["meta"].fields if f.kind == "history"):
+        slots = slice(h.slot, h.slot + h.width)
+        empty = ([0] * h.width, [0.0] * h.width, [0] * h.width)  # padding only
+        assert (unseen["ids"][slots], unseen["vals"][slots], unseen["mask"][slots]) == empty, h.name
+        assert any(split_rows[k]["mask"][slots] != [0] * h.width for k in split_rows)  # some bags are not empty
+    # The job: raw lines and the split score the same rows the same.
+    assert run_any_job("score", ["--model", model_dir, "--input", raw, "--output", tmp_path / "raw"], spark) == 0
     assert run_any_job("score", ["--model", model_dir, "--input", explicit["out"] / "test",
-                                 "--output", tmp_path / "scores"], spark) == 0
-    assert pq.read_table(tmp_path / "scores" / "predictions").num_rows == len(EXPLICIT["test"])
+                                 "--output", tmp_path / "split"], spark) == 0
+    by_id = {r["row_id"]: r for r in decoded(explicit, "user", "movie", "history") if r["split"] == "test"}
+    from_split = {(by_id[r["row_id"]]["user"], by_id[r["row_id"]]["item"], r["label"]): r["score"]
+                  for r in pq.read_table(tmp_path / "split" / "predictions").to_pylist()}
+    from_raw = {(r["raw_user"], r["raw_movie"], r["label"]): r["score"]
+                for r in pq.read_table(tmp_path / "raw" / "predictions").to_pylist()}
+    assert len(from_split) == len(EXPLICIT["test"]) and set(from_raw) == set(from_split) | {("u9", "m1", 3.0)}
+    for key, score in from_split.items():
+        assert from_raw[key] == pytest.approx(score, abs=1e-5), key
+    assert len(set(round(v, 4) for v in from_split.values())) == len(from_split)  # the rows do differ
+
+
+def test_raw_logs_are_explained_as_the_preprocessed_test_split(explicit, spark, tmp_path):
+    """An AFM explains the raw test lines as it explains the same rows of the split: the same mean
+    attention for every field pair, the history's included."""
+    model_dir = model_of(explicit, tmp_path / "afm", "afm")
+    tables = {}
+    for name, given in [("raw", explicit["out"].parent / "test.tsv"), ("split", explicit["out"] / "test")]:
+        assert run_any_job("explain", ["--model", model_dir, "--input", given, "--output", tmp_path / name,
+                                       "--rows", "2"], spark) == 0
+        tables[name] = {(r["field_a"], r["field_b"]): (float(r["mean_attention"]), int(r["rows"]))
+                        for r in read_delimited(tmp_path / name / "field_pairs.csv")}
+    assert ("user", "history") in tables["split"] and tables["raw"].keys() == tables["split"].keys()
+    for pair, (attention, rows) in tables["split"].items():
+        assert tables["raw"][pair][0] == pytest.approx(attention, abs=1e-6) and tables["raw"][pair][1] == rows, pair
+
+
+def test_raw_logs_are_refused_by_a_model_without_history(explicit, tmp_path, capsys):
+    """A model directory of a data set with a history field but no history/ (trained before the
+    bags were written): raw logs refused by scoring and explanation before Spark starts, in one
+    line; nothing written."""
+    raw = explicit["out"].parent / "test.tsv"
+    for job, name in [("score", "fm"), ("explain", "afm")]:
+        model_dir = model_of(explicit, tmp_path / f"{job}-model", name)
+        shutil.rmtree(model_dir / HISTORY)
+        code = run_any_job(job, ["--model", model_dir, "--input", raw, "--output", tmp_path / job], None)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and "Traceback" not in "\n".join(err)
+        assert err[-1].endswith(f"{model_dir}: no history/ (the training bags of history field 'history'), so raw "
+                                f"logs ({raw}) cannot get their bags; train the model again from a data set "
+                                "preprocessed with this afm-dist, or score a preprocessed split (--input DATA/test)")
+        assert not (tmp_path / job).exists()

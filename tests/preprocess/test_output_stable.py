@@ -56,3 +56,4 @@ def test_the_job_writes_what_it_wrote_before(spark, tmp_path, protocol):
     assert run_job(spark, "--schema", str(schema), "--input", str(write_lines(tmp_path / "logs.tsv", lines)),
                    "--output", str(out), "--min-row-groups", "3", "--rows-per-group", "500") == 0
     assert digest_of(out) == BEFORE[protocol]
+    assert not (out / "history").exists()  # written only for a schema with a history field
