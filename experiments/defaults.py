@@ -30,7 +30,9 @@ from common import VENV_BIN, horovodrun, run  # noqa: E402
 RESULTS = REPO / "docs" / "results" / "defaults.json"
 SETS = {"fl1": "Frappe libFM file, given splits (lines by NR%10)", "fl2": "Frappe libFM file, given splits (random lines, srand 7)",
         "fr1": "Frappe logs, seed 2017", "fr2": "Frappe logs, seed 99",
-        "ml1": "MovieLens ratings + genres, seed 2017", "ml2": "MovieLens ratings + genres, seed 99"}
+        "ml1": "MovieLens ratings + genres, seed 2017", "ml2": "MovieLens ratings + genres, seed 99",
+        "mh1": "MovieLens ratings + genres + user history (50), seed 2017",
+        "mh2": "MovieLens ratings + genres + user history (50), seed 99"}
 
 
 def load() -> dict:

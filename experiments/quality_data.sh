@@ -7,6 +7,8 @@
 #          random 70/20/10 assignment of lines), schemas/frappe_libfm.yaml.
 # fr1/fr2: the Frappe logs with sampled negatives, schemas/frappe.yaml with seeds 2017 and 99.
 # ml1/ml2: MovieLens latest-small ratings with genres, schemas/movielens_ratings.yaml, seeds 2017 and 99.
+# mh1/mh2: the same rows with each user's history of rated movies (issue 26),
+#          schemas/movielens_ratings_history.yaml, seeds 2017 and 99.
 # Existing OUT/<name> directories are kept (delete one to rebuild it).
 set -euo pipefail
 OUT=${1:?usage: quality_data.sh OUT}
@@ -32,4 +34,9 @@ run fr2 --schema "$OUT/src/frappe99.yaml" --input "$DATA/frappe/frappe_logs.tsv"
 run ml1 --schema schemas/movielens_ratings.yaml --input "$DATA/movielens-latest-small/ratings.csv" \
   --table movies="$DATA/movielens-latest-small/movies.csv"
 run ml2 --schema "$OUT/src/movielens99.yaml" --input "$DATA/movielens-latest-small/ratings.csv" \
+  --table movies="$DATA/movielens-latest-small/movies.csv"
+sed 's/^seed: 2017/seed: 99/' schemas/movielens_ratings_history.yaml > "$OUT/src/movielens_history99.yaml"
+run mh1 --schema schemas/movielens_ratings_history.yaml --input "$DATA/movielens-latest-small/ratings.csv" \
+  --table movies="$DATA/movielens-latest-small/movies.csv"
+run mh2 --schema "$OUT/src/movielens_history99.yaml" --input "$DATA/movielens-latest-small/ratings.csv" \
   --table movies="$DATA/movielens-latest-small/movies.csv"
