@@ -11,15 +11,12 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
-from afm_dist.batch import Batch, to_batch
-from afm_dist.dataset import load_metadata
+from afm_dist.batch import Batch
 from afm_dist.models import ModelConfig, build_model
-from regularise import fit  # experiments/regularise.py
+from regularise import fit, load_data  # experiments/regularise.py
 
 
 def predictions(model: torch.nn.Module, b: Batch, chunk: int = 8192) -> torch.Tensor:
@@ -44,10 +41,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     a = p.parse_args()
     torch.set_num_threads(2)
-    meta = load_metadata(a.data)
-    batch = int(meta.schema.get("training", {}).get("batch_size", 128))
-    data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
-    clip = meta.target_range()
+    meta, batch, data, clip = load_data(a.data)
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k)
     sums = {"validation": 0.0, "test": 0.0}
     members, average = [], []

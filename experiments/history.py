@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from afm_dist.batch import Batch, to_batch
-from afm_dist.dataset import load_metadata
+from afm_dist.batch import Batch
 from afm_dist.models import ModelConfig, build_model, init_from_fm
-from regularise import fit  # experiments/regularise.py
+from regularise import fit, load_data  # experiments/regularise.py
 
 
 def with_history(data: dict[str, Batch], num_features: int, user_slot: int, item_slot: int, max_values: int,
@@ -73,10 +70,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=2017)
     a = p.parse_args()
     torch.set_num_threads(2)
-    meta = load_metadata(a.data)
-    batch = int(meta.schema.get("training", {}).get("batch_size", 128))
-    data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
-    clip = meta.target_range()
+    meta, batch, data, clip = load_data(a.data)
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k)
     variants = [("history", with_history(data, meta.num_features, a.user_slot, a.item_slot, a.max_values, a.seed),
                  2 * meta.num_features, (1,) * meta.num_slots + (a.max_values,))]

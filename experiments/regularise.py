@@ -56,6 +56,14 @@ def add_field_bias(model, meta) -> None:
     att.forward = forward
 
 
+def load_data(path: str) -> tuple:
+    """(metadata, the schema's batch, {split: Batch} of the three splits, the clip range) of a data set."""
+    meta = load_metadata(path)
+    batch = int(meta.schema.get("training", {}).get("batch_size", 128))
+    data = {s: to_batch(pq.read_table(Path(path) / s)) for s in ("train", "validation", "test")}
+    return meta, batch, data, meta.target_range()
+
+
 def pooled_model(name: str, meta, cfg: ModelConfig, weighting: str):
     """FM or AFM whose multi-valued fields enter the pair layer as one vector each (the weighted sum of
     their values' embeddings: ``sum``, ``mean`` or ``sqrt`` = 1/sqrt(n)); the linear part is unchanged."""
@@ -219,10 +227,8 @@ def main() -> None:
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     a = p.parse_args()
     torch.set_num_threads(2)
-    meta = load_metadata(a.data)
-    batch = a.batch or int(meta.schema.get("training", {}).get("batch_size", 128))
-    data = {s: to_batch(pq.read_table(Path(a.data) / s)) for s in ("train", "validation", "test")}
-    clip = meta.target_range()
+    meta, batch, data, clip = load_data(a.data)
+    batch = a.batch or batch
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
                       attention_scale=a.attention_scale)
