@@ -1,6 +1,7 @@
-"""Issue 24: FM and AFM at the defaults, and libFM SGD and MCMC, on the same rows of six data sets.
+"""Issues 24 and 26: FM and AFM at the defaults, and libFM SGD and MCMC, on the same rows of each data set.
 
-Three real data sets, two splits each (``bash experiments/quality_data.sh WORK/data`` writes them),
+Three real data sets, two splits each, and MovieLens again with each user's history (mh1, mh2;
+``bash experiments/quality_data.sh WORK/data`` writes them all),
 every step the product's command as a user types it with no flag beyond ``--data --model
 --init-from --output``: ``horovodrun -np 2 ... afm_dist.train`` for FM, then AFM initialised from it,
 ``spark-submit.sh jobs/score.py`` on the test split for the test RMSE, and bench/bench_libfm.py for
