@@ -64,40 +64,19 @@ def load_data(path: str) -> tuple:
     return meta, batch, data, meta.target_range()
 
 
-def pooled_model(name: str, meta, cfg: ModelConfig, weighting: str):
-    """FM or AFM whose multi-valued fields enter the pair layer as one vector each (the weighted sum of
-    their values' embeddings: ``sum``, ``mean`` or ``sqrt`` = 1/sqrt(n)); the linear part is unchanged."""
-    from afm_dist.models.afm import AFM
-    from afm_dist.models.fm import FM
-    from afm_dist.models.layers import masked_values
-    group = torch.tensor([n for n, f in enumerate(meta.fields) for _ in range(f.width)])
-    nf = len(meta.fields)
-    onehot = F.one_hot(group, nf).float()  # (M, F)
-
-    def pool(e, mask):
-        m = mask.float()  # (B, M)
-        n = m @ onehot  # (B, F) real slots per field
-        w = {"sum": torch.ones_like(n), "mean": 1 / n.clamp(min=1), "sqrt": n.clamp(min=1).rsqrt()}[weighting]
-        return torch.einsum("bmk,mf->bfk", e, onehot) * w.unsqueeze(-1), n > 0
-
-    if name == "fm":
-        class PooledFM(FM):
-            def forward(self, ids, vals, mask):
-                xs = masked_values(vals, mask)
-                e, _ = pool(self.embedding(ids, xs), mask)
-                return self.linear(ids, xs) + self.dropout(self.interaction(e)).sum(dim=1)
-        return PooledFM(meta.num_features, cfg.embedding_dim, cfg.interaction_dropout, cfg.init_std)
-
-    class PooledAFM(AFM):
-        def _scores(self, ids, vals, mask):
-            xs = masked_values(vals, mask)
-            e, fmask = pool(self.embedding(ids, xs), mask)
-            pooled, attention = self.attention(e, fmask)
-            if self.attention_scale == "pairs":
-                pooled = pooled * self._num_pairs(fmask).to(pooled.dtype).unsqueeze(1)
-            return self.linear(ids, xs) + self.dropout(pooled) @ self.p, attention, e
-    return PooledAFM(meta.num_features, nf, cfg.embedding_dim, cfg.attention_factor, cfg.interaction_dropout,
-                     cfg.attention_dropout, cfg.init_std, attention_scale=cfg.attention_scale)
+def pool_multi_valued(meta, data: dict, weighting: str) -> tuple[int, ...]:
+    """Slot groups pooling every multi-valued field into one input (the product's ``SlotPooling``);
+    ``mean`` / ``sqrt`` scale those fields' values in ``data`` by 1/n / 1/sqrt(n) (``sum``: as they are)."""
+    groups: list[int] = []
+    for f in meta.fields:
+        multi = f.kind == "multi_categorical"
+        groups += [f.width] if multi else [1] * f.width
+        if multi and weighting != "sum":
+            for b in data.values():
+                cols = slice(f.slot, f.slot + f.width)
+                n = b.mask[:, cols].sum(1, keepdim=True).clamp(min=1).to(b.vals.dtype)
+                b.vals[:, cols] *= 1 / n if weighting == "mean" else n.rsqrt()
+    return tuple(groups)
 
 
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
@@ -232,10 +211,11 @@ def main() -> None:
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
                       attention_scale=a.attention_scale)
+    groups = pool_multi_valued(meta, data, a.pool) if a.pool else None
     fm_state, fm_acc = None, None
     if a.model != "fm":
         torch.manual_seed(2017)
-        fm = pooled_model("fm", meta, cfg, a.pool) if a.pool else build_model("fm", meta.num_features, meta.num_slots, cfg)
+        fm = build_model("fm", meta.num_features, meta.num_slots, cfg, groups)
         if a.fm_cache and Path(a.fm_cache).exists():
             saved = torch.load(a.fm_cache, weights_only=True)
             fm.load_state_dict(saved["model"])
@@ -249,8 +229,7 @@ def main() -> None:
         fm_state = fm
     for recipe in a.recipes:
         torch.manual_seed(2017)
-        model = pooled_model(a.model, meta, cfg, a.pool) if a.pool else \
-            build_model(a.model, meta.num_features, meta.num_slots, cfg)
+        model = build_model(a.model, meta.num_features, meta.num_slots, cfg, groups)
         if fm_state is not None:
             init_from_fm(model, fm_state)
         flags = recipe.split("+")
