@@ -66,6 +66,10 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                         "counts at the last (default %(default)s)")
     p.add_argument("--l2-patience", type=int, default=TrainConfig.l2_patience,
                    help="epochs without improvement before the next strength of --l2-schedule")
+    p.add_argument("--average-tail", type=_parse_bool, default=TrainConfig.average_tail, metavar="BOOL",
+                   help="from the first epoch at the last L2 strength that does not improve, also score the mean "
+                        "of the epochs' weights on validation and keep it where it is better (SWA; default "
+                        "%(default)s)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")

@@ -14,6 +14,7 @@ from afm_dist.dataset import HISTORY, VOCABULARY, DatasetMetadata, mark_complete
 from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
 from afm_dist.model_dir import CURVES, METRICS, MODEL_WEIGHTS, TrainedModel, save_weights
 from afm_dist.plots import plot_training_curves
+from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, open_checkpoint, save_checkpoint
 from afm_dist.training.config import TrainConfig
 
@@ -79,20 +80,28 @@ def describe(cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, st
                         finished=finished)
 
 
+def write_best(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
+               global_batch: int) -> None:
+    """``model``'s weights as the best epoch's, and model.json describing them (atomically)."""
+    save_weights(model, out)
+    describe(cfg, meta, model, state, global_batch).save(out)
+
+
 def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, state: RunState, *, improved: bool, global_batch: int) -> None:
-    """After each epoch: metrics.jsonl, the best weights and model.json when ``improved``, the
-    checkpoint, and the curves; every file replaced atomically."""
+                optimizer: torch.optim.Optimizer, state: RunState, tail: TailAverage, *, improved: bool,
+                global_batch: int) -> None:
+    """After each epoch: metrics.jsonl, the best weights and model.json when ``improved`` (the
+    model's own; a caller whose best is ``tail``'s mean writes it with ``write_best``), the
+    checkpoint (with the mean so far), and the curves; every file replaced atomically."""
     # Rewritten whole from the history, so a resumed run never repeats or loses a line.
     write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
     if improved:
-        save_weights(model, out)
-        describe(cfg, meta, model, state, global_batch).save(out)
+        write_best(out, cfg, meta, model, state, global_batch)
     save_checkpoint({
         "model": cfg.model, "schema_hash": meta.schema_hash, "num_features": meta.num_features,
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
-        "bad_epochs": state.bad_epochs, "l2_step": state.l2_step,
+        "bad_epochs": state.bad_epochs, "l2_step": state.l2_step, "average": tail.state_dict(),
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 

@@ -44,6 +44,10 @@ class TrainConfig:
     # (0.8436) and hurts the second (0.4993), and the path from 0 upwards helps less (0.8605, 0.4869).
     l2_schedule: tuple[float, ...] = (0.1, 0.03, 0.01, 0.0)
     l2_patience: int = 2  # epochs without improvement before the next strength
+    # Tail averaging (afm_dist/training/averaging.py): from the first epoch at the path's last
+    # strength that does not improve, the running mean of the epochs' weights is scored on
+    # validation too, and kept as the best weights where it is better than the model's.
+    average_tail: bool = True
     seed: int = 2017
     shuffle_buffer: int = 100_000
     clip_predictions: bool = True  # bound predictions to the training target range, as the paper's evaluation

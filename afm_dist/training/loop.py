@@ -29,6 +29,7 @@ from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel, check_weights
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
 from afm_dist.training.artifacts import RunState
+from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
 from afm_dist.training.config import TrainConfig
 from afm_dist.training.exchange import GradientExchange, wait
@@ -235,7 +236,10 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     # batch's feature-table rows (ids and values, never the whole table) and of the small dense
     # gradients, and a grouped allreduce of large dense ones (an MLP's) (exchange.py).
     exchange = GradientExchange(model)
-    state = resume(out, cfg, meta, model, optimizer) if cfg.resume else RunState()
+    # Every rank keeps the same mean of the same weights (the ranks' weights are equal after each
+    # step), so averaging needs no collective.
+    tail = TailAverage()
+    state = resume(out, cfg, meta, model, optimizer, tail) if cfg.resume else RunState()
     if rank == 0 and state.epoch:
         log(f"resuming {out} after epoch {state.epoch} (best epoch {state.best['epoch']}, "
             f"val RMSE {state.best['val_rmse']:.4f})")
@@ -265,7 +269,8 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         if rank == 0:
             log(f"epoch 0 (initialised from {cfg.init_from}, before any step): train RMSE {train_m['rmse']:.4f}, "
                 f"validation RMSE {val_m['rmse']:.4f}")
-            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=True, global_batch=global_batch)
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail, improved=True,
+                                  global_batch=global_batch)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         epoch_start = time.time()
         l2 = cfg.l2_at(state.l2_step)
@@ -280,16 +285,33 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
                                f"says {meta.split_rows(VALIDATION)}; the split changed since preprocessing")
         check_diverged(epoch, train_m, val_m, meta)
+        at_last_strength = not cfg.l2_path_goes_on(state.l2_step)  # before this epoch's move on the path
+        chosen, averaged = val_m, {}
+        if tail.started:  # tail averaging: the mean of the weights so far is a candidate too
+            tail.add(model)
+            with tail.swapped_in(model):
+                mean_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
+            averaged = {"val_rmse_model": val_m["rmse"], "val_rmse_average": mean_m["rmse"],
+                        "averaged_epochs": tail.count, "weights": "model"}
+            if mean_m["rmse"] < val_m["rmse"]:
+                chosen, averaged["weights"] = mean_m, "average"
         seconds = time.time() - epoch_start
-        improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
-                                 **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
+        improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": chosen["rmse"],
+                                 **{f"val_{k}": v for k, v in chosen.items() if k != "rmse"}, **averaged,
                                  "embedding_l2": l2[0], "linear_l2": l2[1],
                                  "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
                                  "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"]})
         if rank == 0:
-            log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, validation RMSE {val_m['rmse']:.4f}"
+            shown = f"validation RMSE {val_m['rmse']:.4f}"
+            if averaged:
+                shown += f", of the mean of the last {tail.count} epochs' weights {averaged['val_rmse_average']:.4f}"
+            log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, {shown}"
                 + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s"
                 + (f", L2 {l2[0]:g}" if cfg.scheduled_l2 else ""))
+        if cfg.average_tail and not improved and at_last_strength and not tail.started:
+            tail.add(model)  # the first epoch of the tail: the mean is scored from the next epoch on
+            if rank == 0:
+                log(f"averaging the weights of epoch {epoch} and those after it")
         if state.bad_epochs >= cfg.l2_patience and cfg.l2_path_goes_on(state.l2_step):
             # The regularisation path: back to the best epoch's weights, on with the next strength.
             state.l2_step, state.bad_epochs = state.l2_step + 1, 0
@@ -298,14 +320,21 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
                 log(f"back to epoch {state.best['epoch']}'s weights; L2 of the embeddings and linear weights "
                     f"now {cfg.l2_schedule[state.l2_step]:g}")
         if rank == 0:
-            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, improved=improved, global_batch=global_batch)
+            if improved and averaged.get("weights") == "average":  # the best weights are the mean
+                with tail.swapped_in(model):
+                    artifacts.write_best(out, cfg, meta, model, state, global_batch)
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail,
+                                  improved=improved and averaged.get("weights") != "average", global_batch=global_batch)
         if state.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(state.l2_step):
             if rank == 0:
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, state, global_batch)
-        log(f"done: best epoch {state.best['epoch']}, validation RMSE {state.best['val_rmse']:.4f} -> {out}")
+        kept = state.best.get("metrics", {})
+        mean_of = (f" (the mean of epochs {state.best['epoch'] - kept['averaged_epochs'] + 1}-{state.best['epoch']})"
+                   if kept.get("weights") == "average" else "")
+        log(f"done: best epoch {state.best['epoch']}{mean_of}, validation RMSE {state.best['val_rmse']:.4f} -> {out}")
     # Horovod: no rank leaves before rank 0 has published the model directory.
     hvd.barrier()
     return state.best
@@ -347,8 +376,9 @@ def init_from(model: ScoringModel, fm_dir: str) -> None:
 
 
 def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringModel,
-           optimizer: torch.optim.Optimizer) -> RunState:
-    """Load the run's checkpoint into ``model`` and ``optimizer``; its state so far.
+           optimizer: torch.optim.Optimizer, tail: TailAverage | None = None) -> RunState:
+    """Load the run's checkpoint into ``model``, ``optimizer`` and ``tail`` (the mean of the
+    weights so far, when averaging had started); its state so far.
 
     Raises:
         DatasetError: the checkpoint is of another model or data set.
@@ -357,6 +387,8 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])  # Adagrad's accumulators, Adam's moments
+    if tail is not None:
+        tail.load_state_dict(saved.get("average"), device=next(model.parameters()).device)
     return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],
                     l2_step=int(saved.get("l2_step", 0)))
 
