@@ -2,7 +2,8 @@
 
 The directory holds::
 
-    model.safetensors  the best epoch's weights (safetensors: loading runs no code)
+    model.safetensors  the best epoch's weights, or with tail averaging the mean of the weights of
+                       the tail's epochs up to it (safetensors: loading runs no code)
     model.json         TrainedModel.to_json(): model name and ModelConfig, feature layout, the data
                        set's metadata, training configuration and best validation metrics
     vocabulary/        the training data set's vocabulary, for encoding raw logs at scoring time

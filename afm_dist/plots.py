@@ -16,11 +16,15 @@ from afm_dist.io import atomic_path  # noqa: E402
 def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *, title: str) -> None:
     """Train and validation RMSE per epoch (the paper's Figure 5); where the records carry the L2
     strength of the feature tables (``embedding_l2``, the regularisation path), each epoch that
-    starts a new strength is marked and labelled."""
+    starts a new strength is marked and labelled; where they carry tail averaging's
+    ``val_rmse_average``, the validation RMSE of the mean of the weights is a third curve."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(epochs, [h["train_rmse"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [h["val_rmse"] for h in history], marker="s", label="validation")
+    ax.plot(epochs, [h.get("val_rmse_model", h["val_rmse"]) for h in history], marker="s", label="validation")
+    averaged = [(h["epoch"], h["val_rmse_average"]) for h in history if "val_rmse_average" in h]
+    if averaged:
+        ax.plot(*zip(*averaged), marker="^", label="validation, mean of the tail's weights")
     best = min(history, key=lambda h: h["val_rmse"])
     ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best (epoch {best['epoch']})")
     strengths = [(h["epoch"], h["embedding_l2"]) for h in history if h.get("embedding_l2") is not None]

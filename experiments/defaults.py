@@ -61,6 +61,9 @@ def train(data: Path, work: Path, name: str, model: str, init_from: Path | None)
     return {"command": cmd_text, "best_epoch": info.best["epoch"], "best_val_rmse": info.best["val_rmse"],
             "epochs_run": sum(1 for h in history if h["epoch"] > 0), "minutes": round(seconds / 60, 2),
             "l2": [h.get("embedding_l2") for h in history], "val_rmse": [h["val_rmse"] for h in history],
+            # tail averaging: the mean's validation RMSE where scored, and whether the kept weights are the mean
+            "val_rmse_average": [h.get("val_rmse_average") for h in history],
+            "best_is_average": info.best.get("metrics", {}).get("weights") == "average",
             "test_rmse": m["rmse"], "test_rows": m["rows"]}
 
 

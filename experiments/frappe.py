@@ -116,7 +116,8 @@ class Experiment:
         record = {"settings": key, "command": " ".join(map(str, cmd)).replace(str(REPO) + "/", ""),
                   "parameters": info.num_parameters, "best_epoch": info.best["epoch"],
                   "best_val_rmse": info.best["val_rmse"], "epochs_run": len(history),
-                  "val_rmse": [h["val_rmse"] for h in history], "train_rmse": [h["train_rmse"] for h in history],
+                  "val_rmse": [h.get("val_rmse_model", h["val_rmse"]) for h in history],
+                  "train_rmse": [h["train_rmse"] for h in history],
                   "seconds": round(seconds, 1), "test_rmse": None}
         if test:
             scores = self.work / "scores" / name

@@ -116,7 +116,9 @@ def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         FloatingPointError: no epoch gave weights with finite metrics; nothing is marked complete.
     """
     best = state.best.get("metrics", {})
-    finite = all(math.isfinite(v) for k, v in best.items() if isinstance(v, float) and k != "seconds")
+    # val_rmse is the chosen weights' (the model's or, with tail averaging, the mean's): the other's may be anything
+    finite = all(math.isfinite(v) for k, v in best.items()
+                 if isinstance(v, float) and k not in ("seconds", "val_rmse_model", "val_rmse_average"))
     if not (out / MODEL_WEIGHTS).exists() or not best or not finite:
         raise FloatingPointError(f"{out}: no epoch produced weights with finite validation metrics "
                                  f"(best: {best or 'none'}); the model directory is not marked complete")

@@ -1,8 +1,9 @@
 """The training state of a run (``checkpoint.pt`` in its model directory), for ``--resume``.
 
 Written atomically every epoch by rank 0 and loaded weights-only (tensors and plain values; no
-pickled code): model and optimizer state (Adagrad's accumulators), the history of epochs and the
-early-stopping state. No random number generator state: the trainer seeds dropout and the data
+pickled code): model and optimizer state (Adagrad's accumulators), the history of epochs, the
+early-stopping state and the place on the L2 path, and tail averaging's mean of the weights
+(``average``: count and tensors; count 0 before the tail). No random number generator state: the trainer seeds dropout and the data
 order by epoch, so a resumed epoch draws what it would have drawn in one uninterrupted run.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     The tensors are memory-mapped from the file, not read into memory: ``load_state_dict`` then
     copies each into the model's own parameters, so resuming a run with a 10-million-row table
-    holds one copy of it in memory, not two (the file's pages are page cache, reclaimable)."""
+    holds one copy of it in memory, not two (the file's pages are page cache, reclaimable); a run
+    resumed in tail averaging holds the mean besides, as the uninterrupted run did."""
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 

@@ -246,6 +246,9 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     # Horovod: every rank starts from rank 0's parameters and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     broadcast_optimizer_tensors(optimizer)
+    tail.count = hvd.broadcast_object(tail.count, root_rank=0, name="average-count")
+    if tail.started:
+        hvd.broadcast_parameters([(f"average.{k}", v) for k, v in sorted(tail.mean.items())], root_rank=0)
 
     if rank == 0:
         log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
@@ -287,7 +290,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         check_diverged(epoch, train_m, val_m, meta)
         at_last_strength = not cfg.l2_path_goes_on(state.l2_step)  # before this epoch's move on the path
         chosen, averaged = val_m, {}
-        if tail.started:  # tail averaging: the mean of the weights so far is a candidate too
+        if cfg.average_tail and tail.started:  # tail averaging: the mean of the weights so far is a candidate too
             tail.add(model)
             with tail.swapped_in(model):
                 mean_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
@@ -387,7 +390,7 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])  # Adagrad's accumulators, Adam's moments
-    if tail is not None:
+    if tail is not None and cfg.average_tail:  # resumed with --average-tail false: nothing averaged from here
         tail.load_state_dict(saved.get("average"), device=next(model.parameters()).device)
     return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],
                     l2_step=int(saved.get("l2_step", 0)))

@@ -137,6 +137,31 @@ def test_bags_are_the_users_other_training_items_weighted_one_over_sqrt_n(explic
         assert by_key[key]["bag"] == [] and by_key[key]["vals"] == [], key
 
 
+def test_an_items_bag_holds_its_other_training_users(spark, tmp_path):
+    """The other direction (``of: movie, items: user``): each row's bag is the movie's other users
+    in the training split, by the same rules as the user's items."""
+    schema = {**EXPLICIT_SCHEMA, "fields": [
+        {"name": "user", "kind": "categorical"}, {"name": "movie", "kind": "categorical"},
+        {"name": "raters", "kind": "history", "of": "movie", "items": "user", "max_values": 10}]}
+    data = build(spark, tmp_path, schema, EXPLICIT)
+    swapped = {split: [(m, u) for u, m, *_ in rows] for split, rows in EXPLICIT.items()}
+    rows = decoded(data, "movie", "user", "raters")  # "user" holds the row's movie, "item" its user
+    assert len(rows) == sum(len(v) for v in EXPLICIT.values())
+    for r in rows:
+        want = expected_bag(swapped, r["user"], r["item"], r["split"], feeds_itself=r["split"] == TRAIN)
+        assert set(r["bag"]) == want and len(r["bag"]) == len(want), r
+        assert r["vals"] == pytest.approx([1 / math.sqrt(len(want))] * len(want) if want else []), r
+    by_key = {(r["split"], r["item"], r["user"]): r for r in rows}  # (split, user, movie)
+    # m1 was rated in training by u1 and u2: u2's training row of m1 gets u1 only; u3's test row both.
+    assert by_key[(TRAIN, "u2", "m1")]["bag"] == ["u1"] and by_key[(TRAIN, "u2", "m1")]["vals"] == [1.0]
+    assert sorted(by_key[("test", "u3", "m1")]["bag"]) == ["u1", "u2"]
+    # u1 rated m2 twice in training: each of those rows keeps u1 in m2's bag.
+    assert all(r["bag"] == ["u1"] for r in rows if (r["split"], r["item"], r["user"]) == (TRAIN, "u1", "m2"))
+    assert by_key[("validation", "u2", "m2")]["bag"] == ["u1"]
+    # mt and mv have no training rows: empty bags.
+    assert by_key[("test", "u1", "mt")]["bag"] == [] and by_key[("validation", "u1", "mv")]["bag"] == []
+
+
 def test_layout_gives_history_its_own_pooled_id_range(explicit):
     meta = explicit["meta"]
     lay = {f.name: f for f in meta.fields}

@@ -141,6 +141,17 @@ def test_l2_schedule_moves_on_at_a_plateau_from_the_best_weights(planted_data, t
             moved_at = moved_at or h["epoch"]
         else:
             assert after["embedding_l2"] == h["embedding_l2"], history
+    # Tail averaging starts only at the last strength, with its first epoch that does not improve.
+    lowest, tail_start = float("inf"), None
+    for h in history:
+        if tail_start is not None:
+            assert h.get("averaged_epochs") == h["epoch"] - tail_start + 1, history
+            assert h["embedding_l2"] == schedule[-1], history
+        else:
+            assert "averaged_epochs" not in h, history
+            if h["val_rmse"] >= lowest and h["embedding_l2"] == schedule[-1]:
+                tail_start = h["epoch"]
+        lowest = min(lowest, h["val_rmse"])
     # The same run stopped at the first move: its checkpoint, what the next epoch starts from, holds
     # the best epoch's weights, not the last epoch's, and the next strength.
     stopped = tmp_path / "stopped"
