@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,23 +81,18 @@ def describe(cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, st
                         finished=finished)
 
 
-def write_best(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
-               global_batch: int) -> None:
-    """``model``'s weights as the best epoch's, and model.json describing them (atomically)."""
-    save_weights(model, out)
-    describe(cfg, meta, model, state, global_batch).save(out)
-
-
 def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, state: RunState, tail: TailAverage, *, improved: bool,
-                global_batch: int) -> None:
+                global_batch: int, best_is_mean: bool = False) -> None:
     """After each epoch: metrics.jsonl, the best weights and model.json when ``improved`` (the
-    model's own; a caller whose best is ``tail``'s mean writes it with ``write_best``), the
-    checkpoint (with the mean so far), and the curves; every file replaced atomically."""
+    model's own, or ``tail``'s mean with ``best_is_mean``), the checkpoint (the model's own
+    weights, and the mean so far), and the curves; every file replaced atomically."""
     # Rewritten whole from the history, so a resumed run never repeats or loses a line.
     write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
     if improved:
-        write_best(out, cfg, meta, model, state, global_batch)
+        with tail.swapped_in(model) if best_is_mean else nullcontext():
+            save_weights(model, out)
+            describe(cfg, meta, model, state, global_batch).save(out)
     save_checkpoint({
         "model": cfg.model, "schema_hash": meta.schema_hash, "num_features": meta.num_features,
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),

@@ -3,8 +3,9 @@
 Written atomically every epoch by rank 0 and loaded weights-only (tensors and plain values; no
 pickled code): model and optimizer state (Adagrad's accumulators), the history of epochs, the
 early-stopping state and the place on the L2 path, and tail averaging's mean of the weights
-(``average``: count and tensors; count 0 before the tail). No random number generator state: the trainer seeds dropout and the data
-order by epoch, so a resumed epoch draws what it would have drawn in one uninterrupted run.
+(``average``: count and tensors; count 0 before the tail). No random number generator state:
+the trainer seeds dropout and the data order by epoch, so a resumed epoch draws what it would
+have drawn in one uninterrupted run.
 """
 from __future__ import annotations
 

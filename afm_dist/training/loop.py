@@ -246,9 +246,10 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     # Horovod: every rank starts from rank 0's parameters and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     broadcast_optimizer_tensors(optimizer)
-    tail.count = hvd.broadcast_object(tail.count, root_rank=0, name="average-count")
-    if tail.started:
-        hvd.broadcast_parameters([(f"average.{k}", v) for k, v in sorted(tail.mean.items())], root_rank=0)
+    if cfg.resume:  # Horovod: rank 0's mean of the weights too (a fresh run has none yet)
+        tail.count = hvd.broadcast_object(tail.count, root_rank=0, name="average-count")
+        if tail.started:
+            hvd.broadcast_parameters([(f"average.{k}", v) for k, v in sorted(tail.mean.items())], root_rank=0)
 
     if rank == 0:
         log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
@@ -323,11 +324,8 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
                 log(f"back to epoch {state.best['epoch']}'s weights; L2 of the embeddings and linear weights "
                     f"now {cfg.l2_schedule[state.l2_step]:g}")
         if rank == 0:
-            if improved and averaged.get("weights") == "average":  # the best weights are the mean
-                with tail.swapped_in(model):
-                    artifacts.write_best(out, cfg, meta, model, state, global_batch)
-            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail,
-                                  improved=improved and averaged.get("weights") != "average", global_batch=global_batch)
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail, improved=improved,
+                                  best_is_mean=averaged.get("weights") == "average", global_batch=global_batch)
         if state.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(state.l2_step):
             if rank == 0:
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
