@@ -70,6 +70,10 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                    help="from the first epoch at the last L2 strength that does not improve, also score the mean "
                         "of the epochs' weights on validation and keep it where it is better (SWA; default "
                         "%(default)s)")
+    p.add_argument("--commit-every", type=int, default=TrainConfig.commit_every, metavar="STEPS",
+                   help="elastic runs (horovodrun --min-np/--max-np/--host-discovery-script): steps between the "
+                        "in-memory commits a lost worker's survivors go back to, besides one at every epoch's end "
+                        "(default %(default)s)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--shuffle-buffer", type=int, default=TrainConfig.shuffle_buffer)
     p.add_argument("--no-clip-predictions", dest="clip_predictions", action="store_false")

@@ -69,7 +69,7 @@ def random_id_step(model_name: str, num_features: int, num_slots: int, global_ba
 
     from afm_dist.models import ModelConfig, build_model
     from afm_dist.training.exchange import GradientExchange
-    from afm_dist.training.loop import broadcast_optimizer_tensors
+    from afm_dist.training.elastic import broadcast_optimizer_tensors
     from afm_dist.training.optimizers import build_optimizer
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))  # the trainer's default

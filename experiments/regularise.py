@@ -201,6 +201,8 @@ def main() -> None:
                    help="the linear weights' L2 as a multiple of the embeddings' (default 1: the same)")
     p.add_argument("--attention-l2", type=float, default=0.0, help="the AFM's --attention-l2")
     p.add_argument("--attention-scale", default=ModelConfig.attention_scale, help="the AFM's --attention-scale")
+    p.add_argument("--attention-dropout", type=float, default=ModelConfig.attention_dropout,
+                   help="the AFM's --attention-dropout (dropout on the pair weights a_ij)")
     p.add_argument("--pool", choices=("sum", "mean", "sqrt"),
                    help="multi-valued fields pooled to one vector each in the pair layer (FM and AFM)")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
@@ -210,7 +212,7 @@ def main() -> None:
     batch = a.batch or batch
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
-                      attention_scale=a.attention_scale)
+                      attention_scale=a.attention_scale, attention_dropout=a.attention_dropout)
     groups = pool_multi_valued(meta, data, a.pool) if a.pool else None
     fm_state, fm_acc = None, None
     if a.model != "fm":
@@ -250,7 +252,8 @@ def main() -> None:
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
-                          **({"attention_l2": a.attention_l2} if a.attention_l2 else {}), **({"pool": a.pool} if a.pool else {}),
+                          **({"attention_l2": a.attention_l2} if a.attention_l2 else {}),
+                          **({"attention_dropout": a.attention_dropout} if a.attention_dropout else {}), **({"pool": a.pool} if a.pool else {}),
                           **({"attention_scale": a.attention_scale} if a.attention_scale != ModelConfig.attention_scale else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)
 
 

@@ -48,6 +48,10 @@ class TrainConfig:
     # strength that does not improve, the running mean of the epochs' weights is scored on
     # validation too, and kept as the best weights where it is better than the model's.
     average_tail: bool = True
+    # Elastic training (horovodrun --min-np/--max-np/--host-discovery-script; afm_dist/training/elastic.py):
+    # steps between in-memory commits within an epoch (and one at every epoch's end). A lost rank
+    # costs at most this many steps again; each commit copies the model and optimizer state.
+    commit_every: int = 100
     seed: int = 2017
     shuffle_buffer: int = 100_000
     clip_predictions: bool = True  # bound predictions to the training target range, as the paper's evaluation
@@ -65,7 +69,7 @@ class TrainConfig:
         """
         c = self.model_config
         positive = {"--epochs": self.epochs, "--lr": self.lr, "--patience": self.patience,
-                    "--l2-patience": self.l2_patience,
+                    "--l2-patience": self.l2_patience, "--commit-every": self.commit_every,
                     "--shuffle-buffer": self.shuffle_buffer, "--log-every": self.log_every,
                     "--embedding-dim": c.embedding_dim, "--attention-factor": c.attention_factor,
                     "--attention-chunk-elements": c.attention_chunk_elements, "--init-std": c.init_std}

@@ -32,6 +32,7 @@ from afm_dist.training.artifacts import RunState
 from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
 from afm_dist.training.config import TrainConfig
+from afm_dist.training.elastic import TrainingState, broadcast_optimizer_tensors, elastic_launch, local_batch_size
 from afm_dist.training.exchange import GradientExchange, wait
 from afm_dist.training.optimizers import build_optimizer
 
@@ -127,7 +128,8 @@ def check_run(cfg: TrainConfig, workers: int | None = None) -> DatasetMetadata:
     check_apart(Path(cfg.output).expanduser().resolve(), cfg.input_paths())
     meta = load_metadata(cfg.data)
     check_layout(cfg.model, meta.num_features, meta.num_slots, meta.slot_groups())
-    check_batch(cfg, meta, workers if workers is not None else launched_workers())
+    if workers is not None or not elastic_launch():  # an elastic run's ranks split the batch as they are
+        check_batch(cfg, meta, workers if workers is not None else launched_workers())
     if cfg.init_from:
         fm = TrainedModel.load(cfg.init_from)
         if fm.name != "fm":
@@ -197,13 +199,16 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
 
     ``meta``: what ``check_run(cfg)`` returned, when the caller already checked (else it checks).
 
+    Started by an elastic horovodrun (``elastic_launch``), the epochs run under
+    ``hvd.elastic.run``: a lost rank's survivors go back to the last commit and go on
+    (afm_dist/training/elastic.py); otherwise a lost rank ends the run.
+
     Raises:
         DatasetError, OutputPathError, ValueError: unusable data, output or settings (all ranks).
         FloatingPointError: a non-finite loss, naming the epoch, step and rank.
     """
     # Horovod: initialise, then pin one GPU per local rank when there are GPUs.
     hvd.init()
-    rank, size = hvd.rank(), hvd.size()
     device = torch.device("cpu")
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())
@@ -212,19 +217,10 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
 
     meta = meta if meta is not None else check_run(cfg)
-    global_batch = check_batch(cfg, meta, size)  # checked before start too (check_run); here the size is Horovod's
-    steps = steps_per_epoch(meta.split_rows(TRAIN), global_batch)
-
-    # Horovod: rank 0 checks and prepares the output; the others learn its verdict, so all fail together.
-    out, problem = Path(cfg.output).resolve(), None
-    if rank == 0:
-        try:
-            out = artifacts.prepare_output(cfg)
-        except OutputPathError as e:
-            problem = str(e)
-    problem = hvd.broadcast_object(problem, root_rank=0, name="output-check")
-    if problem:
-        raise OutputPathError(problem)
+    elastic = elastic_launch()
+    # The ranks split each global batch (local_batch_size); a static run checked that it divides
+    # evenly (check_run), here against Horovod's size; an elastic run's size changes.
+    global_batch = global_batch_size(cfg, meta) if elastic else check_batch(cfg, meta, hvd.size())
 
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank (rank 0's are broadcast anyway)
     model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config, meta.slot_groups())
@@ -232,33 +228,63 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         init_from(model, cfg.init_from)
     model.to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr)
-    # Horovod: before each step the gradients are averaged across ranks in one allgather of the
-    # batch's feature-table rows (ids and values, never the whole table) and of the small dense
-    # gradients, and a grouped allreduce of large dense ones (an MLP's) (exchange.py).
-    exchange = GradientExchange(model)
     # Every rank keeps the same mean of the same weights (the ranks' weights are equal after each
     # step), so averaging needs no collective.
     tail = TailAverage()
-    state = resume(out, cfg, meta, model, optimizer, tail) if cfg.resume else RunState()
-    if rank == 0 and state.epoch:
-        log(f"resuming {out} after epoch {state.epoch} (best epoch {state.best['epoch']}, "
-            f"val RMSE {state.best['val_rmse']:.4f})")
-    # Horovod: every rank starts from rank 0's parameters and optimizer state.
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    broadcast_optimizer_tensors(optimizer)
-    if cfg.resume:  # Horovod: rank 0's mean of the weights too (a fresh run has none yet)
-        tail.count = hvd.broadcast_object(tail.count, root_rank=0, name="average-count")
-        if tail.started:
-            hvd.broadcast_parameters([(f"average.{k}", v) for k, v in sorted(tail.mean.items())], root_rank=0)
+    out = Path(cfg.output).resolve()
+    run = resume(out, cfg, meta, model, optimizer, tail) if cfg.resume else RunState()
+    state = TrainingState(model, optimizer, tail, run, commit_every=cfg.commit_every if elastic else 0)
+    if elastic:
+        # Horovod: no collective before this; each (re)start syncs rank 0's state, then runs.
+        return hvd.elastic.run(_run)(state, cfg, meta, device, global_batch)
+    # Horovod: every rank starts from rank 0's parameters, optimizer state and place in the run.
+    state.sync()
+    return _run(state, cfg, meta, device, global_batch)
 
-    if rank == 0:
-        log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, {meta.num_slots} slots; "
-            f"{size} worker(s) on {device.type}; global batch {global_batch}; {steps} steps/epoch; "
-            f"{meta.split_rows(TRAIN):,} train rows")
+
+def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: torch.device,
+         global_batch: int) -> dict[str, Any]:
+    """The run from where ``state`` stands (the start, a resumed checkpoint, or an elastic commit)."""
+    rank, size = hvd.rank(), hvd.size()
+    model, optimizer = state.model, state.optimizer
+    steps = steps_per_epoch(meta.split_rows(TRAIN), global_batch)
+    out = Path(cfg.output).resolve()
+    if not state.prepared:
+        # Horovod: rank 0 checks and prepares the output; the others learn its verdict, so all fail together.
+        problem = None
+        if rank == 0:
+            try:
+                out = artifacts.prepare_output(cfg)
+            except OutputPathError as e:
+                problem = str(e)
+        problem = hvd.broadcast_object(problem, root_rank=0, name="output-check")
+        if problem:
+            raise OutputPathError(problem)
+        state.prepared = True
+        if rank == 0 and state.run.epoch:
+            log(f"resuming {out} after epoch {state.run.epoch} (best epoch {state.run.best['epoch']}, "
+                f"val RMSE {state.run.best['val_rmse']:.4f})")
+        if rank == 0:
+            log(f"{cfg.model}: {model.num_parameters():,} parameters; {meta.num_features:,} features, "
+                f"{meta.num_slots} slots; {size} worker(s) on {device.type}; global batch {global_batch}; "
+                f"{steps} steps/epoch; {meta.split_rows(TRAIN):,} train rows"
+                + (f"; elastic, a commit every {cfg.commit_every} steps" if state.commit_every else ""))
+        state.commit_epoch()
+    elif state.commit_every:  # elastic: the world changed; the state is the last commit's, synced
+        state.resets += 1
+        if rank == 0:
+            where = (f"epoch {state.progress.epoch}, step {state.progress.steps} of {steps}"
+                     if state.progress.epoch > state.run.epoch else f"the start of epoch {state.run.epoch + 1}")
+            log(f"{size} worker(s) now: going on from {where} (the last commit)")
+    # Gradients averaged across ranks before each step in one allgather of the batch's feature-table
+    # rows and of the small dense gradients, and a grouped allreduce of large dense ones (exchange.py).
+    # Made here: a change of the world changes how they travel.
+    exchange = GradientExchange(model)
     progress = Progress(rank == 0, cfg.log_every, steps, global_batch, cfg.epochs)
     clip = meta.target_range() if cfg.clip_predictions else None
     binary = M.is_binary(meta.target, cfg.loss)
-    if cfg.init_from and not state.history:
+    tail = state.tail
+    if cfg.init_from and not state.run.history:
         # Epoch 0: the model as initialised from the FM, before any step. An AFM starts as its FM
         # (attention_scale "pairs"), so keeping the best epoch from here on means that its
         # validation RMSE never ends above the FM's.
@@ -267,29 +293,29 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         check_diverged(0, train_m, val_m, meta)
         seconds = time.time() - epoch_start
-        state.record({"epoch": 0, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
-                      **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
-                      "seconds": seconds, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0})
+        state.run.record({"epoch": 0, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
+                          **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
+                          "seconds": seconds, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0})
         if rank == 0:
             log(f"epoch 0 (initialised from {cfg.init_from}, before any step): train RMSE {train_m['rmse']:.4f}, "
                 f"validation RMSE {val_m['rmse']:.4f}")
-            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail, improved=True,
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, state.run, tail, improved=True,
                                   global_batch=global_batch)
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        state.commit_epoch()
+    for epoch in range(state.run.epoch + 1, cfg.epochs + 1):
+        state.progress.start(epoch)
+        run = state.run
         epoch_start = time.time()
-        l2 = cfg.l2_at(state.l2_step)
-        # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by
-        # epoch, so that a resumed run draws what the uninterrupted run drew.
-        torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank)
-        train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, local_batch=global_batch // size,
-                              device=device, progress=progress, exchange=exchange, l2=l2)
+        l2 = cfg.l2_at(run.l2_step)
+        train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, global_batch=global_batch,
+                              device=device, progress=progress, exchange=exchange, l2=l2, state=state)
         train_seconds = time.time() - epoch_start  # the steps alone, before the validation
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
         if val_m.get("rows", 0) != meta.split_rows(VALIDATION):  # every row, exactly once
             raise DatasetError(f"{cfg.data}/{VALIDATION}: evaluation read {val_m.get('rows', 0)} rows, the metadata "
                                f"says {meta.split_rows(VALIDATION)}; the split changed since preprocessing")
         check_diverged(epoch, train_m, val_m, meta)
-        at_last_strength = not cfg.l2_path_goes_on(state.l2_step)  # before this epoch's move on the path
+        at_last_strength = not cfg.l2_path_goes_on(run.l2_step)  # before this epoch's move on the path
         chosen, averaged = val_m, {}
         if cfg.average_tail and tail.started:  # tail averaging: the mean of the weights so far is a candidate too
             tail.add(model)
@@ -300,57 +326,50 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
             if mean_m["rmse"] < val_m["rmse"]:
                 chosen, averaged["weights"] = mean_m, "average"
         seconds = time.time() - epoch_start
-        improved = state.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": chosen["rmse"],
-                                 **{f"val_{k}": v for k, v in chosen.items() if k != "rmse"}, **averaged,
-                                 "embedding_l2": l2[0], "linear_l2": l2[1],
-                                 "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
-                                 "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"]})
+        # elastic: the steps the epoch took in all, the world at its end, and the run's world changes so far
+        elastic_m = {"steps": state.progress.steps, "workers": size, "resets": state.resets} if state.commit_every else {}
+        improved = run.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": chosen["rmse"],
+                               **{f"val_{k}": v for k, v in chosen.items() if k != "rmse"}, **averaged,
+                               "embedding_l2": l2[0], "linear_l2": l2[1],
+                               "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
+                               "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"],
+                               **elastic_m})
         if rank == 0:
             shown = f"validation RMSE {val_m['rmse']:.4f}"
             if averaged:
                 shown += f", of the mean of the last {tail.count} epochs' weights {averaged['val_rmse_average']:.4f}"
             log(f"epoch {epoch}: train RMSE {train_m['rmse']:.4f}, {shown}"
-                + ("  (best)" if improved else f"  (no improvement for {state.bad_epochs})") + f", {seconds:.1f}s"
+                + ("  (best)" if improved else f"  (no improvement for {run.bad_epochs})") + f", {seconds:.1f}s"
                 + (f", L2 {l2[0]:g}" if cfg.scheduled_l2 else ""))
         if cfg.average_tail and not improved and at_last_strength and not tail.started:
             tail.add(model)  # the first epoch of the tail: the mean is scored from the next epoch on
             if rank == 0:
                 log(f"averaging the weights of epoch {epoch} and those after it")
-        if state.bad_epochs >= cfg.l2_patience and cfg.l2_path_goes_on(state.l2_step):
+        if run.bad_epochs >= cfg.l2_patience and cfg.l2_path_goes_on(run.l2_step):
             # The regularisation path: back to the best epoch's weights, on with the next strength.
-            state.l2_step, state.bad_epochs = state.l2_step + 1, 0
+            run.l2_step, run.bad_epochs = run.l2_step + 1, 0
             rollback_to_best(model, out)
             if rank == 0:
-                log(f"back to epoch {state.best['epoch']}'s weights; L2 of the embeddings and linear weights "
-                    f"now {cfg.l2_schedule[state.l2_step]:g}")
+                log(f"back to epoch {run.best['epoch']}'s weights; L2 of the embeddings and linear weights "
+                    f"now {cfg.l2_schedule[run.l2_step]:g}")
         if rank == 0:
-            artifacts.write_epoch(out, cfg, meta, model, optimizer, state, tail, improved=improved,
+            artifacts.write_epoch(out, cfg, meta, model, optimizer, run, tail, improved=improved,
                                   best_is_mean=averaged.get("weights") == "average", global_batch=global_batch)
-        if state.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(state.l2_step):
+        state.commit_epoch()
+        if run.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(run.l2_step):
             if rank == 0:
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
+    run = state.run
     if rank == 0:
-        artifacts.write_final(out, cfg, meta, model, state, global_batch)
-        kept = state.best.get("metrics", {})
-        mean_of = (f" (the mean of epochs {state.best['epoch'] - kept['averaged_epochs'] + 1}-{state.best['epoch']})"
+        artifacts.write_final(out, cfg, meta, model, run, global_batch)
+        kept = run.best.get("metrics", {})
+        mean_of = (f" (the mean of epochs {run.best['epoch'] - kept['averaged_epochs'] + 1}-{run.best['epoch']})"
                    if kept.get("weights") == "average" else "")
-        log(f"done: best epoch {state.best['epoch']}{mean_of}, validation RMSE {state.best['val_rmse']:.4f} -> {out}")
+        log(f"done: best epoch {run.best['epoch']}{mean_of}, validation RMSE {run.best['val_rmse']:.4f} -> {out}")
     # Horovod: no rank leaves before rank 0 has published the model directory.
     hvd.barrier()
-    return state.best
-
-
-def broadcast_optimizer_tensors(optimizer: torch.optim.Optimizer) -> None:
-    """Horovod: rank 0's optimizer state (Adagrad's accumulators) on every rank, broadcast in place.
-
-    ``hvd.broadcast_optimizer_state`` reloads the whole state through ``load_state_dict``, which
-    deep-copies it: a second copy of a large table's accumulators. The state here exists from the
-    optimizer's construction on (or from the checkpoint), so its tensors are broadcast where they are.
-    """
-    tensors = [(f"optimizer.{i}.{key}", value) for i, state in enumerate(optimizer.state.values())
-               for key, value in sorted(state.items()) if torch.is_tensor(value)]
-    hvd.broadcast_parameters(tensors, root_rank=0)
+    return run.best
 
 
 def rollback_to_best(model: ScoringModel, out: Path) -> None:
@@ -395,14 +414,22 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
 
 
 def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,
-                local_batch: int, device: torch.device, progress: Progress,
-                exchange: GradientExchange | None = None, l2: tuple[float, float] | None = None) -> dict[str, float]:
-    """One epoch: exactly ``steps`` batches of ``local_batch`` rows from this rank's shard.
+                global_batch: int, device: torch.device, progress: Progress,
+                exchange: GradientExchange | None = None, l2: tuple[float, float] | None = None,
+                state: TrainingState | None = None) -> dict[str, float]:
+    """One epoch: ``steps`` global batches of ``global_batch`` rows, each rank taking its
+    ``local_batch_size`` rows of each from its shard.
 
     ``l2``: the (embedding, linear) L2 strengths of this epoch (``cfg.l2_at(0)`` when not given).
 
     ``exchange``: what averages the gradients across ranks before each step (made from ``model``
     when not given).
+
+    ``state``: the run's (afm_dist/training/elastic.py): the epoch goes on from its progress's
+    steps (those of a restored commit; 0 in a new epoch), and an elastic run commits every
+    ``commit_every`` steps. Each rank's loss is scaled by its share of the global batch, so the
+    averaged gradient is the global batch's mean whatever the split (a factor of 1 when the
+    ranks' shares are equal).
 
     Returns the epoch's training metrics over every rank (unclipped RMSE of the scores), and
     ``exchange_wait_s``: the seconds this rank waited for the gradient exchange's collectives (the
@@ -412,14 +439,27 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         FloatingPointError: a non-finite loss, naming the epoch, step and rank.
     """
     model.train()
+    rank, size = hvd.rank(), hvd.size()
     exchange = exchange or GradientExchange(model)
+    state = state or TrainingState(model, optimizer, TailAverage(), RunState())
+    state.progress.start(epoch)
+    start_step = state.progress.steps
+    local_batch = local_batch_size(global_batch, rank, size)
+    share = local_batch * size / global_batch  # 1.0 when the batch divides evenly
+    max_local = -(-global_batch // size)  # the largest rank's rows: the exchange's bound is the same on every rank
     waited_before = exchange.wait_seconds
     epoch_start = time.time()
     sums = M.new_sums(device)
     emb_l2, lin_l2 = l2 if l2 is not None else cfg.l2_at(0)
-    for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=hvd.rank(), size=hvd.size(),
-                                               batch_size=local_batch, steps=steps, seed=cfg.seed + epoch,
-                                               shuffle_buffer=cfg.shuffle_buffer), start=1):
+    # Horovod: dropout draws differ per rank, as across the rows of one large batch; seeded by epoch
+    # (and the step it goes on from), so that a resumed run draws what the uninterrupted run drew.
+    torch.manual_seed(cfg.seed * 7919 + 1000 * epoch + rank + 7_000_003 * start_step)
+    # A new epoch reads its data order from seed + epoch (what --resume replays); an epoch that goes
+    # on from a commit on another number of ranks reads new shards in an order of its own.
+    seed = cfg.seed + epoch + (1_000_003 * start_step if start_step else 0)
+    for step, batch in enumerate(train_batches(split_path(cfg.data, TRAIN), rank=rank, size=size,
+                                               batch_size=local_batch, steps=steps - start_step, seed=seed,
+                                               shuffle_buffer=cfg.shuffle_buffer), start=start_step + 1):
         batch = batch.to(device)
         optimizer.zero_grad()
         scores = model(*batch.inputs)
@@ -431,16 +471,18 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
             loss = loss + emb_l2 * emb + lin_l2 * lin
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {hvd.rank()}; "
+                f"non-finite loss ({loss.item()}) at epoch {epoch} step {step} on rank {rank}; "
                 "lower --lr, or give numeric fields with large raw values 'standardize: true' or "
                 "'transform: log1p' in the schema")
-        loss.backward()
-        exchange(max_rows=batch.ids.numel())  # Horovod: the gradients averaged over the ranks.
+        (loss * share if share != 1.0 else loss).backward()
+        exchange(max_rows=max_local * batch.ids.shape[1])  # Horovod: the gradients averaged over the ranks.
         optimizer.step()
         M.accumulate(sums, scores, batch.label, clip=None, binary=False)
         progress.step(epoch, step, loss.item(), epoch_start)
-    # Horovod: add every rank's sums (waiting without spinning: exchange.wait).
-    result = M.finish(wait(hvd.allreduce_async(sums, op=hvd.Sum, name="train-sums")), binary=False)
+        state.progress.steps = step
+        sums = state.commit_step(sums)  # elastic: every commit_every steps
+    state.gather_sums(sums)  # Horovod: every rank's sums since the last commit added
+    result = M.finish(state.progress.sums, binary=False)
     return {**result, "exchange_wait_s": exchange.wait_seconds - waited_before}
 
 
