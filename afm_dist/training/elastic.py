@@ -55,11 +55,22 @@ def broadcast_optimizer_tensors(optimizer: torch.optim.Optimizer) -> None:
     """Horovod: rank 0's optimizer state (Adagrad's accumulators) on every rank, broadcast in place.
 
     ``hvd.broadcast_optimizer_state`` reloads the whole state through ``load_state_dict``, which
-    deep-copies it: a second copy of a large table's accumulators. The state here exists from the
-    optimizer's construction on (or from the checkpoint), so its tensors are broadcast where they are.
+    deep-copies it: a second copy of a large table's accumulators. Here the tensors are broadcast
+    where they are. The optimizers make their state at a parameter's first step, so a rank that has
+    not stepped yet (one that joins an elastic run) first learns from rank 0 which tensors exist,
+    their shapes and dtypes, and makes them.
     """
-    tensors = [(f"optimizer.{i}.{key}", value) for i, state in enumerate(optimizer.state.values())
-               for key, value in sorted(state.items()) if torch.is_tensor(value)]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    layout = {i: {key: (tuple(v.shape), v.dtype) for key, v in optimizer.state[p].items() if torch.is_tensor(v)}
+              for i, p in enumerate(params) if p in optimizer.state}
+    layout = hvd.broadcast_object(layout, root_rank=0, name="optimizer-layout")
+    tensors = []
+    for i, keys in sorted(layout.items()):
+        state = optimizer.state[params[i]]
+        for key, (shape, dtype) in sorted(keys.items()):
+            if key not in state:
+                state[key] = torch.zeros(shape, dtype=dtype, device=params[i].device)
+            tensors.append((f"optimizer.{i}.{key}", state[key]))
     hvd.broadcast_parameters(tensors, root_rank=0)
 
 
