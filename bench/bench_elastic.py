@@ -1,0 +1,122 @@
+"""Elastic training (issue 27): what commits cost, and how long a lost worker stops the run.
+
+    .venv/bin/python bench/bench_elastic.py [--rows 200000] [--epochs 4] [--rounds 2]
+
+Throughput: AFM (k = t = 64, global batch 512) on the synthetic data set, ``horovodrun -np 2``
+(static) against the same two ranks under elastic horovodrun (``--min-np 2 --max-np 2``, a
+discovery script listing ``localhost:2``) with commits at the default ``--commit-every``, run
+alternately ``--rounds`` times; the figure is the median examples/s of the training steps
+(``train_seconds`` of metrics.jsonl: the epochs after the first, validation left out). Goal:
+elastic at least 0.95x static.
+
+Recovery: three ranks (``localhost:2`` and ``127.0.0.1:1``), the one on 127.0.0.1 killed with
+SIGKILL in the middle of epoch 2; the seconds from the kill to rank 0's line saying the run goes on
+(the world formed again, the commit restored and synced) and to its first progress line of a step
+after that, with Gloo's timeout at its default (30 s) and at 10 s (``--gloo-timeout-seconds``).
+Goal: at most 30 s on this machine. Results: bench/results/elastic.json, BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, VENV_BIN, WORK, env, history, horovodrun, run, save, synthetic_dataset  # noqa: E402
+
+import psutil  # noqa: E402
+
+BATCH = 512
+MODEL = ["--model", "afm", "--batch-size", str(BATCH), "--embedding-dim", "64", "--attention-factor", "64",
+         "--average-tail", "false"]
+
+
+def elastic_launcher(np_: int, hosts: str, name: str, *extra: str) -> list:
+    """Elastic horovodrun of ``np_`` ranks over the hosts file ``hosts`` (written here)."""
+    root = WORK / "elastic"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.hosts").write_text(hosts)
+    discover = root / f"{name}-discover.sh"
+    discover.write_text(f"#!/bin/sh\ncat {root / f'{name}.hosts'}\n")
+    discover.chmod(0o755)
+    return [VENV_BIN / "horovodrun", "-np", np_, "--min-np", min(np_, 2), "--max-np", np_, "--host-discovery-script",
+            discover, "--gloo", "--network-interface", "lo", *extra]
+
+
+def step_rate(out: Path) -> float:
+    """Median examples/s of the training steps of the epochs after the first."""
+    epochs = history(out)[1:]
+    return statistics.median(e["examples_per_s"] * e["seconds"] / e["train_seconds"] for e in epochs)
+
+
+def throughput(data: Path, epochs: int, rounds: int) -> dict:
+    rates: dict[str, list[float]] = {"static": [], "elastic": []}
+    for r in range(rounds):
+        for kind in ("static", "elastic"):
+            out = WORK / "elastic" / f"{kind}-{r}"
+            launcher = horovodrun(2) if kind == "static" else elastic_launcher(2, "localhost:2\n", "rate")
+            run([*launcher, VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out,
+                 "--overwrite", "--epochs", epochs, "--l2-schedule", "0", "--log-every", "30"])
+            rates[kind].append(step_rate(out))
+    static, elastic = statistics.median(rates["static"]), statistics.median(rates["elastic"])
+    return {"static_examples_per_s": rates["static"], "elastic_examples_per_s": rates["elastic"],
+            "elastic_vs_static": elastic / static, "commit_every": 100}
+
+
+def recovery(data: Path, gloo_timeout: int) -> dict:
+    out = WORK / "elastic" / f"recover-{gloo_timeout}"
+    cmd = [*elastic_launcher(3, "localhost:2\n127.0.0.1:1\n", f"recover-{gloo_timeout}",
+                             "--gloo-timeout-seconds", gloo_timeout),
+           VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out, "--overwrite",
+           "--epochs", "3", "--l2-schedule", "0", "--log-every", "0.05"]
+    print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    killed = resumed = first_step = None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        now = time.time()
+        if killed is None and re.search(r"\[0\]<stderr>:\[train\] epoch 2/3 step (\d+)/(\d+) \(([3-6]\d)%\)", line):
+            for p in psutil.process_iter(["cmdline"]):
+                cmd_line = p.info["cmdline"] or []
+                if str(out) in cmd_line and not cmd_line[0].endswith("sh") and "horovodrun" not in " ".join(cmd_line[:2]):
+                    try:
+                        if p.environ().get("HOROVOD_HOSTNAME") == "127.0.0.1":
+                            p.send_signal(signal.SIGKILL)
+                            killed = now
+                    except psutil.Error:
+                        pass
+        elif killed and resumed is None and "worker(s) now: going on from" in line:
+            resumed = now
+        elif resumed and first_step is None and re.search(r"\[0\]<stderr>:\[train\] epoch \d+/3 step", line):
+            first_step = now
+    if proc.wait() != 0 or killed is None or first_step is None:
+        raise SystemExit("".join(lines[-60:]) + f"\nrecovery run failed (exit {proc.returncode})")
+    return {"gloo_timeout_s": gloo_timeout, "kill_to_going_on_s": resumed - killed,
+            "kill_to_first_step_s": first_step - killed,
+            "epochs_steps": [h["steps"] for h in history(out)], "workers": [h["workers"] for h in history(out)]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    data = synthetic_dataset(args.rows)
+    result = {"rows": args.rows, "batch": BATCH, "throughput": throughput(data, args.epochs, args.rounds),
+              "recovery": [recovery(data, t) for t in (30, 10)]}
+    save("elastic", result)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
