@@ -1,6 +1,6 @@
 """Elastic training (issue 27): what commits cost, and how long a lost worker stops the run.
 
-    .venv/bin/python bench/bench_elastic.py [--rows 200000] [--epochs 4] [--rounds 2]
+    .venv/bin/python bench/bench_elastic.py [--rows 200000] [--epochs 4] [--rounds 2] [--reuse]
 
 Throughput: AFM (k = t = 64, global batch 512) on the synthetic data set, ``horovodrun -np 2``
 (static) against the same two ranks under elastic horovodrun (``--min-np 2 --max-np 2``, a
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from afm_dist.dataset import COMPLETE_MARKER  # noqa: E402
 from common import REPO, VENV_BIN, WORK, env, history, horovodrun, run, save, synthetic_dataset  # noqa: E402
 
 import psutil  # noqa: E402
@@ -55,11 +56,15 @@ def step_rate(out: Path) -> float:
     return statistics.median(e["examples_per_s"] * e["seconds"] / e["train_seconds"] for e in epochs)
 
 
-def throughput(data: Path, epochs: int, rounds: int) -> dict:
+def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False) -> dict:
+    """``reuse``: the runs of an earlier invocation where complete (a recovery part run again)."""
     rates: dict[str, list[float]] = {"static": [], "elastic": []}
     for r in range(rounds):
         for kind in ("static", "elastic"):
             out = WORK / "elastic" / f"{kind}-{r}"
+            if reuse and (out / COMPLETE_MARKER).exists():
+                rates[kind].append(step_rate(out))
+                continue
             launcher = horovodrun(2) if kind == "static" else elastic_launcher(2, "localhost:2\n", "rate")
             run([*launcher, VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out,
                  "--overwrite", "--epochs", epochs, "--l2-schedule", "0", "--log-every", "30"])
@@ -95,7 +100,8 @@ def recovery(data: Path, gloo_timeout: int) -> dict:
                         pass
         elif killed and resumed is None and "worker(s) now: going on from" in line:
             resumed = now
-        elif resumed and first_step is None and re.search(r"\[0\]<stderr>:\[train\] epoch \d+/3 step", line):
+        elif resumed and first_step is None and re.search(r"<stderr>:\[train\] epoch \d+/3 step", line):
+            # (after a reset the new rank 0 may be another of horovodrun's processes: any prefix)
             first_step = now
     if proc.wait() != 0 or killed is None or first_step is None:
         raise SystemExit("".join(lines[-60:]) + f"\nrecovery run failed (exit {proc.returncode})")
@@ -109,9 +115,10 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--reuse", action="store_true", help="keep the throughput runs an earlier invocation completed")
     args = p.parse_args()
     data = synthetic_dataset(args.rows)
-    result = {"rows": args.rows, "batch": BATCH, "throughput": throughput(data, args.epochs, args.rounds),
+    result = {"rows": args.rows, "batch": BATCH, "throughput": throughput(data, args.epochs, args.rounds, args.reuse),
               "recovery": [recovery(data, t) for t in (30, 10)]}
     save("elastic", result)
     return 0

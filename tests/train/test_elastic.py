@@ -164,3 +164,13 @@ def test_below_min_np_the_run_ends_non_zero_within_the_timeout(planted_data, tmp
     assert rc != 0, run.text()[-4000:]
     assert waited <= timeout + 30 + 15, (waited, run.text()[-4000:])  # 15 s: this shared machine's slack
     assert not (out / COMPLETE_MARKER).exists()
+
+
+def test_the_ranks_shares_of_a_global_batch_add_up_to_it_on_any_world():
+    from afm_dist.training.elastic import local_batch_size
+
+    assert [local_batch_size(128, r, 3) for r in range(3)] == [43, 43, 42]
+    assert [local_batch_size(128, r, 2) for r in range(2)] == [64, 64]
+    assert [local_batch_size(7, r, 4) for r in range(4)] == [2, 2, 2, 1]
+    for size in range(1, 12):
+        assert sum(local_batch_size(1000, r, size) for r in range(size)) == 1000
