@@ -115,12 +115,18 @@ def driver_lines(host: str) -> Iterator[tuple[str, int]]:
         server.server_close()
 
 
-def run_on_spark(cfg: TrainConfig, meta: DatasetMetadata, num_proc: int, *, start_timeout: int | None = None) -> None:
+def run_on_spark(cfg: TrainConfig, meta: DatasetMetadata, num_proc: int, *, start_timeout: int | None = None,
+                 min_proc: int | None = None, elastic_timeout: int | None = None) -> None:
     """Train with ``num_proc`` ranks, each a Spark task of the active SparkContext (Gloo).
 
     The ranks' Python is the executors' (``PYSPARK_PYTHON``, else the driver's); ``start_timeout``
     (seconds, default Horovod's 600 or ``HOROVOD_SPARK_START_TIMEOUT``) bounds the wait for
     ``num_proc`` concurrent task slots.
+
+    ``min_proc``: elastic (``horovod.spark.run_elastic``): a rank whose task fails or is killed does
+    not end the run; the others go back to the last commit and go on (afm_dist/training/elastic.py)
+    while Spark retries the task, whose new rank joins at the next commit. The run ends when fewer
+    than ``min_proc`` ranks remain for ``elastic_timeout`` seconds (default 600).
 
     Raises:
         RankFailed: a rank exited non-zero or was killed, or the tasks could not all start; the
@@ -133,9 +139,14 @@ def run_on_spark(cfg: TrainConfig, meta: DatasetMetadata, num_proc: int, *, star
     try:
         with driver_lines(driver_host) as lines:
             # Horovod: one Spark task per rank; what they write is forwarded to the driver.
-            horovod.spark.run(spark_rank, args=(cfg, meta, lines), num_proc=num_proc, use_gloo=True,
-                              start_timeout=start_timeout, stdout=sys.stdout, stderr=sys.stderr,
-                              executable=os.environ.get("PYSPARK_PYTHON") or sys.executable)
+            if min_proc is None:
+                horovod.spark.run(spark_rank, args=(cfg, meta, lines), num_proc=num_proc, use_gloo=True,
+                                  start_timeout=start_timeout, stdout=sys.stdout, stderr=sys.stderr,
+                                  executable=os.environ.get("PYSPARK_PYTHON") or sys.executable)
+            else:  # Horovod: elastic; its workers run with HOROVOD_ELASTIC=1, which the trainer reads
+                horovod.spark.run_elastic(spark_rank, args=(cfg, meta, lines), num_proc=num_proc,
+                                          min_num_proc=min_proc, max_num_proc=num_proc, start_timeout=start_timeout,
+                                          elastic_timeout=elastic_timeout, stdout=sys.stdout, stderr=sys.stderr)
     except Exception as e:  # Horovod raises plain Exception / RuntimeError for a failed rank or Spark job
         message = " ".join(str(e).split())
         raise RankFailed(f"training failed: {message} (the rank's own error, if it had time to report one, "

@@ -107,11 +107,13 @@ def check_batch(cfg: TrainConfig, meta: DatasetMetadata, workers: int) -> int:
     return batch
 
 
-def check_run(cfg: TrainConfig, workers: int | None = None) -> DatasetMetadata:
+def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = False) -> DatasetMetadata:
     """What can be refused before Horovod starts: the data set, and the model against its layout.
 
     ``workers``: the ranks the run will have (``--num-proc``, a search's ``--np``); by default the
-    ranks this process was started among (``launched_workers``: horovodrun's ``-np``).
+    ranks this process was started among (``launched_workers``: horovodrun's ``-np``). ``elastic``
+    (or an elastic horovodrun's rank): the number of ranks changes and they split each global
+    batch as they are (``local_batch_size``), so it need not divide evenly.
 
     Raises:
         DatasetError: the data set is unusable, or its train or validation split is empty.
@@ -128,7 +130,7 @@ def check_run(cfg: TrainConfig, workers: int | None = None) -> DatasetMetadata:
     check_apart(Path(cfg.output).expanduser().resolve(), cfg.input_paths())
     meta = load_metadata(cfg.data)
     check_layout(cfg.model, meta.num_features, meta.num_slots, meta.slot_groups())
-    if workers is not None or not elastic_launch():  # an elastic run's ranks split the batch as they are
+    if not (elastic or elastic_launch()):
         check_batch(cfg, meta, workers if workers is not None else launched_workers())
     if cfg.init_from:
         fm = TrainedModel.load(cfg.init_from)

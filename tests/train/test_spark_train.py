@@ -3,6 +3,7 @@ on local[2] and on the standalone cluster, launched with ./spark-submit.sh, agai
 run on the same data and seed (the planted_models fixture)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -140,3 +141,40 @@ def test_a_killed_rank_fails_the_spark_job(standalone_cluster, planted_data, tmp
         TrainedModel.load(out)
     # Horovod ended the other rank too: nothing is left running on the executors.
     wait_for(lambda: not rank_processes(cluster["work"]), 60, "the surviving rank to end")
+
+
+@pytest.mark.slow
+def test_an_elastic_job_goes_on_when_a_rank_is_killed(standalone_cluster, planted_data, tmp_path):
+    """jobs/train.py --min-proc 1 (horovod.spark.run_elastic): rank 1's process killed mid-epoch;
+    the other rank goes back to the last commit and the job ends complete, every epoch in full."""
+    from afm_dist.dataset import TRAIN, load_metadata
+    from afm_dist.loader import steps_per_epoch
+
+    cluster, out, log = standalone_cluster, tmp_path / "fm", tmp_path / "driver.log"
+    with open(log, "w") as f:
+        driver = subprocess.Popen(
+            ["bash", str(REPO / "spark-submit.sh"), "jobs/train.py",
+             *map(str, job_args(planted_data, "fm", out, "--epochs", "3", "--batch-size", "64", "--log-every", "0.2",
+                                "--min-proc", "1", "--elastic-timeout", "60", "--commit-every", "20"))],
+            cwd=REPO, env=cluster["env"], stdout=f, stderr=subprocess.STDOUT)
+    try:
+        # past epoch 2's first commits (every 20 steps), before its end (219 steps)
+        wait_for(lambda: re.search(r"\[train\] epoch 2/3 step ([3-9]\d|1\d\d)/", log.read_text()), 300,
+                 "rank 0's progress in the middle of epoch 2", [driver])
+        ranks = {p.environ().get("HOROVOD_RANK"): p for p in rank_processes(cluster["work"])}
+        assert set(ranks) == {"0", "1"}, ranks
+        ranks["1"].kill()
+        driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    text = log.read_text()
+    assert driver.returncode == 0, text[-6000:]
+    resumed = re.search(r"1 worker\(s\) now: going on from epoch 2, step (\d+) of", text)
+    assert resumed and int(resumed.group(1)) % 20 == 0 and int(resumed.group(1)) >= 20, text[-6000:]
+    assert (out / COMPLETE_MARKER).exists()
+    history = metrics(out)
+    steps = steps_per_epoch(load_metadata(planted_data).split_rows(TRAIN), 64)
+    assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["steps"] == steps for h in history)
+    assert history[0]["workers"] == 2 and history[-1]["resets"] >= 1
