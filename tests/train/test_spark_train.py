@@ -43,7 +43,10 @@ def test_refused_before_spark_starts(planted_data, tmp_path, capsys):
                     ({"--data": "hdfs://namenode/frappe"}, "--data hdfs://namenode/frappe: hdfs:// paths are not supported"),
                     ({"--output": "s3://bucket/fm"}, "--output s3://bucket/fm: s3:// paths are not supported"),
                     ({"--init-from": "gs://bucket/fm", "--model": "afm"}, "--init-from gs://bucket/fm: gs://"),
-                    ({"--resume": None, "--overwrite": None}, "--resume continues the run in --output")]
+                    ({"--resume": None, "--overwrite": None}, "--resume continues the run in --output"),
+                    ({"--min-proc": 3}, "--min-proc must be between 1 and --num-proc (2), got 3"),
+                    ({"--elastic-timeout": 30}, "only with --min-proc (elastic)"),
+                    ({"--commit-every": 0}, "--commit-every must be positive")]
     for flags, words in usage_errors:
         with pytest.raises(SystemExit) as exit_info:
             job.main(argv(**flags))
