@@ -6,8 +6,9 @@ Throughput: AFM (k = t = 64, global batch 512) on the synthetic data set, ``horo
 (static) against the same two ranks under elastic horovodrun (``--min-np 2 --max-np 2``, a
 discovery script listing ``localhost:2``) with commits at the default ``--commit-every``, run
 alternately ``--rounds`` times; the figure is the median examples/s of the training steps
-(``train_seconds`` of metrics.jsonl: the epochs after the first, validation left out). Goal:
-elastic at least 0.95x static.
+(``train_seconds`` of metrics.jsonl: the epochs after the first, validation left out). Beside it:
+the CPU seconds of each run's whole process tree (horovodrun, its helpers, the ranks) and rank 0's
+seconds in commits an epoch (``commit_s``). Goal: elastic at least 0.95x static.
 
 Recovery: three ranks (``localhost:2`` and ``127.0.0.1:1``), the one on 127.0.0.1 killed with
 SIGKILL in the middle of epoch 2; the seconds from the kill to rank 0's line saying the run goes on
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -59,19 +61,29 @@ def step_rate(out: Path) -> float:
 def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False) -> dict:
     """``reuse``: the runs of an earlier invocation where complete (a recovery part run again)."""
     rates: dict[str, list[float]] = {"static": [], "elastic": []}
+    cpu: dict[str, list[float]] = {"static": [], "elastic": []}  # CPU seconds of the whole process tree
+    commit_s: list[float] = []  # rank 0's seconds committing, per epoch after the first
     for r in range(rounds):
         for kind in ("static", "elastic"):
             out = WORK / "elastic" / f"{kind}-{r}"
             if reuse and (out / COMPLETE_MARKER).exists():
                 rates[kind].append(step_rate(out))
+                commit_s += [e["commit_s"] for e in history(out)[1:] if "commit_s" in e]
                 continue
             launcher = horovodrun(2) if kind == "static" else elastic_launcher(2, "localhost:2\n", "rate")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             run([*launcher, VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out,
                  "--overwrite", "--epochs", epochs, "--l2-schedule", "0", "--log-every", "30"])
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[kind].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             rates[kind].append(step_rate(out))
+            commit_s += [e["commit_s"] for e in history(out)[1:] if "commit_s" in e]
     static, elastic = statistics.median(rates["static"]), statistics.median(rates["elastic"])
     return {"static_examples_per_s": rates["static"], "elastic_examples_per_s": rates["elastic"],
-            "elastic_vs_static": elastic / static, "commit_every": 100}
+            "elastic_vs_static": elastic / static, "commit_every": 100,
+            "process_tree_cpu_s": cpu, "median_commit_s_per_epoch": statistics.median(commit_s) if commit_s else None,
+            "train_s_per_epoch_elastic": statistics.median(
+                e["train_seconds"] for r in range(rounds) for e in history(WORK / "elastic" / f"elastic-{r}")[1:])}
 
 
 def recovery(data: Path, gloo_timeout: int) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,7 @@ class TrainingState(State):
         self.commit_every = commit_every
         self.commits = 0
         self.resets = 0  # the world changes this rank went through (not committed: a count, not state)
+        self.commit_seconds = 0.0  # wall seconds this rank spent committing (the copy, the host check, the sums)
         self._saved: dict[str, Any] = {}
         super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
         if commit_every:
@@ -154,8 +156,12 @@ class TrainingState(State):
         local sums to go on adding to (zeroed after a commit). A static run commits nothing."""
         if not self.commit_every or self.progress.steps % self.commit_every:
             return local_sums
-        self.gather_sums(local_sums)
-        self.commit()
+        start = time.perf_counter()
+        try:
+            self.gather_sums(local_sums)
+            self.commit()
+        finally:
+            self.commit_seconds += time.perf_counter() - start
         return M.new_sums(local_sums.device)
 
     def gather_sums(self, local_sums: torch.Tensor) -> None:
@@ -167,4 +173,8 @@ class TrainingState(State):
     def commit_epoch(self) -> None:
         """At an epoch's end (and after the preparations before the first): commit when elastic."""
         if self.commit_every:
-            self.commit()
+            start = time.perf_counter()
+            try:
+                self.commit()
+            finally:
+                self.commit_seconds += time.perf_counter() - start

@@ -307,7 +307,7 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     for epoch in range(state.run.epoch + 1, cfg.epochs + 1):
         state.progress.start(epoch)
         run = state.run
-        epoch_start = time.time()
+        epoch_start, commit_seconds_before = time.time(), state.commit_seconds
         l2 = cfg.l2_at(run.l2_step)
         train_m = train_epoch(model, optimizer, cfg, epoch, steps=steps, global_batch=global_batch,
                               device=device, progress=progress, exchange=exchange, l2=l2, state=state)
@@ -329,7 +329,8 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
                 chosen, averaged["weights"] = mean_m, "average"
         seconds = time.time() - epoch_start
         # elastic: the steps the epoch took in all, the world at its end, and the run's world changes so far
-        elastic_m = {"steps": state.progress.steps, "workers": size, "resets": state.resets} if state.commit_every else {}
+        elastic_m = ({"steps": state.progress.steps, "workers": size, "resets": state.resets,
+                      "commit_s": state.commit_seconds - commit_seconds_before} if state.commit_every else {})
         improved = run.record({"epoch": epoch, "train_rmse": train_m["rmse"], "val_rmse": chosen["rmse"],
                                **{f"val_{k}": v for k, v in chosen.items() if k != "rmse"}, **averaged,
                                "embedding_l2": l2[0], "linear_l2": l2[1],
