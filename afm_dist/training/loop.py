@@ -2,7 +2,9 @@
 initialise and pin the device, build the model and optimizer (``--init-from``, ``--resume``),
 broadcast from rank 0, then per epoch ``train_epoch`` (each step averaging the gradients across
 ranks: afm_dist/training/exchange.py) and ``evaluate``, and rank 0 writes the model directory
-(afm_dist/training/artifacts.py).
+(afm_dist/training/artifacts.py). What a run holds between steps is a ``TrainingState``
+(afm_dist/training/elastic.py): synced once in a static run, committed and restored under an
+elastic horovodrun (``hvd.elastic.run``).
 
 The model knows nothing of distribution: every distribution-specific line here says so with a
 ``# Horovod:`` comment.
