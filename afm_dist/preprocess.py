@@ -58,6 +58,16 @@ class Options:
     min_row_groups: int = 32
     # Vocabularies up to this many values are broadcast for encoding (map-side join).
     broadcast_limit: int = encode.BROADCAST_LIMIT
+    # Logs per partition of negative sampling's window over contexts (its shuffle is not the
+    # output's: the instances are shuffled again by row id into the files).
+    rows_per_window: int = 250_000
+
+
+def window_partitions(spark: SparkSession, rows: int, options: Options) -> int:
+    """Partitions of negative sampling's window: ``options.rows_per_window`` logs each, at least
+    one per core. As many as the output's files (50,000 instances each) made 84 small tasks of
+    2 million logs, whose fixed costs took a third of the stage."""
+    return max(spark.sparkContext.defaultParallelism, math.ceil(rows / options.rows_per_window))
 
 
 def _stage(name: str) -> float:
@@ -79,7 +89,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         records = raw_records.read_records(spark, plan_, quoted_line_breaks=quoted_line_breaks)
         if given:
             records = records.withColumn(encode.GIVEN_SPLIT, readers.given_split(spark, plan_.splits))
-        return records
+        return raw_records.kept(records)
 
     records = read(False).persist(StorageLevel.MEMORY_AND_DISK)  # parsed once, read by every pass below
 
@@ -130,7 +140,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         extra["source_format"] = "libfm"
         extra["libfm_ids"] = schema.format.ids
     else:
-        table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks, cached, given)
+        table, layouts, more = _encode(spark, schema, accepted, out_dir, options, tasks,
+                                       window_partitions(spark, n_accepted, options), cached, given)
         extra.update(more)
     if given:
         extra["split_files"] = {s: list(paths) for s, paths in plan_.splits.items()}
@@ -241,8 +252,10 @@ def _remap_libfm(accepted: DataFrame, out_dir: Path, options: Options, tasks: in
 
 
 def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: Path, options: Options,
-            tasks: int, cached: list[DataFrame], given: tuple[str, ...]) -> tuple[DataFrame, list[FieldLayout], dict]:
-    """Vocabulary (written), then the instances table: row_id, ids, vals, mask, label, split.
+            tasks: int, window: int, cached: list[DataFrame], given: tuple[str, ...]
+            ) -> tuple[DataFrame, list[FieldLayout], dict]:
+    """Vocabulary (written), then the instances table: row_id, ids, vals, mask, label, split
+    (``tasks`` partitions; ``window``: of negative sampling's window, ``window_partitions``).
     Small cached tables (vocabulary, lists) are appended to ``cached`` for the caller to drop;
     ``given``: the splits that came as files (their rows carry ``encode.GIVEN_SPLIT``)."""
     fields = list(schema.fields)
@@ -281,7 +294,8 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)
         instances = encode.implicit_instances(encoded, read, replaced, size, per_positive=neg.per_positive,
-                                              max_tries=neg.max_tries, seed=schema.seed, partitions=tasks,
+                                              max_tries=neg.max_tries, seed=schema.seed,
+                                              partitions=window,
                                               carry=carry)
     elif schema.target.kind == "implicit":
         instances = encode.with_label(encode.explicit_instances(encoded, names + carry, tasks), encode.POSITIVE)

@@ -31,6 +31,9 @@ from afm_dist.spark.readers import BLOCK, POS, SOURCE, TEXT
 # Vocabularies (and a multi-valued field's distinct lists) up to this many rows are broadcast for
 # encoding (a map-side join); larger ones are joined with a shuffle.
 BROADCAST_LIMIT = 5_000_000
+# Negative sampling with up to this many draws (target.negatives.max_tries) and negatives per
+# positive is unrolled into compiled expressions; more goes through interpreted lambdas.
+UNROLLED_DRAWS = 16
 SPLIT = "split"  # split name column of the instances table (becomes the directory)
 GIVEN_SPLIT = "_given_split"  # with given splits: the split of the row's file, carried to assign_splits
 POSITIVE, NEGATIVE = 1.0, -1.0  # implicit-feedback targets, as the paper
@@ -308,15 +311,27 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
         return f"CAST({first} + pmod(xxhash64({ROW_ID}, {seed}, {k}, {t}), {n}) AS INT)"
 
     free = "c -> NOT array_contains(_observed, c)"
-    pick = (
-        f"coalesce("
-        f"try_element_at(filter(transform(sequence(0, {max_tries - 1}), t -> {draw('k', 't')}), {free}), 1), "
-        f"try_element_at(filter(transform(sequence(0, size(_observed)), "
-        f"j -> CAST({first} + pmod({draw('k', str(max_tries))} - {first} + j, {n}) AS INT)), {free}), 1))"
-    )
-    # k = -1 is the log itself (the positive); k >= 0 are its negatives.
-    instances = F.expr(f"concat(array(named_struct('k', -1, 'id', `{replaced.name}`)), "
-                       f"transform(sequence(0, {per_positive - 1}), k -> named_struct('k', k, 'id', {pick})))")
+
+    def fallback(k: str) -> str:  # after max_tries taken draws: the first free id after one more draw
+        return (f"try_element_at(filter(transform(sequence(0, size(_observed)), "
+                f"j -> CAST({first} + pmod({draw(k, str(max_tries))} - {first} + j, {n}) AS INT)), {free}), 1)")
+
+    if max_tries <= UNROLLED_DRAWS and per_positive <= UNROLLED_DRAWS:
+        # The same draws unrolled into a CASE, compiled with the stage's code, that stops at the
+        # first free draw (usually the first); the lambdas below are interpreted, every draw made.
+        def pick(k: int) -> str:
+            tries = " ".join(f"WHEN NOT array_contains(_observed, {draw(str(k), str(t))}) THEN {draw(str(k), str(t))}"
+                             for t in range(max_tries))
+            return f"coalesce(CASE {tries} END, {fallback(str(k))})"
+
+        negatives = ", ".join(f"named_struct('k', {k}, 'id', {pick(k)})" for k in range(per_positive))
+        # k = -1 is the log itself (the positive); k >= 0 are its negatives.
+        instances = F.expr(f"array(named_struct('k', -1, 'id', `{replaced.name}`), {negatives})")
+    else:
+        pick = (f"coalesce(try_element_at(filter(transform(sequence(0, {max_tries - 1}), t -> {draw('k', 't')}), "
+                f"{free}), 1), {fallback('k')})")
+        instances = F.expr(f"concat(array(named_struct('k', -1, 'id', `{replaced.name}`)), "
+                           f"transform(sequence(0, {per_positive - 1}), k -> named_struct('k', k, 'id', {pick})))")
     exploded = logs.select("*", F.explode(instances).alias("_n")).filter(F.col("_n.id").isNotNull())
     k = F.col("_n.k")
     columns = [F.col("_n.id").alias(f.name) if f.name == replaced.name else F.col(f.name) for f in fields]

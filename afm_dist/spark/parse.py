@@ -53,8 +53,11 @@ def _shown(value: Column) -> Column:
     return F.substring(value, 1, _SHOWN)
 
 
+TABLE_PREFIX = "_t_"  # + a side table's name: the struct of its values joined to a log row
+
+
 def _table_column(name: str) -> str:
-    return f"_t_{name}"
+    return TABLE_PREFIX + name
 
 
 def skip_line(lines: DataFrame, header_lines: Sequence[str] = ()) -> Column:

@@ -33,6 +33,7 @@ from afm_dist.spark import parse, readers
 log = logging.getLogger(__name__)
 
 
+
 class RejectedRowsError(DatasetError):
     """More malformed rows than the job accepts (or no usable row); the message shows examples."""
 
@@ -138,6 +139,13 @@ def _read(spark: SparkSession, fmt: InputFormat, files: InputFiles, columns: Seq
     if quoted_line_breaks or readers.has_odd_quote_lines(lines, fmt.quote):
         return readers.join_quoted_lines(lines, fmt.quote, fmt.delimiter)
     return lines
+
+
+def kept(records: DataFrame) -> DataFrame:
+    """``records`` as a job keeps them (cached) for its passes: the raw columns, whose values the
+    fields hold (``parse.parse_fields``), dropped. What the job computes from them is the same."""
+    dropped = {parse.COLS, parse.PROBLEM, *[c for c in records.columns if c.startswith(parse.TABLE_PREFIX)]}
+    return records.select(*[c for c in records.columns if c not in dropped])
 
 
 def accepted_row() -> Column:

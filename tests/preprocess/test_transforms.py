@@ -31,6 +31,29 @@ def test_negatives_never_make_an_observed_positive(spark):
     assert len(set(ids)) == len(ids)  # the two copies of "u0 i2" and all negatives have ids of their own
 
 
+def test_unrolled_draws_pick_what_the_lambdas_pick_whatever_the_window_partitions(spark, monkeypatch):
+    """Negative sampling's draws, unrolled into a CASE (issue 28), give the instances of the
+    lambda form, also where a context has seen all but one item (the 3 draws are often all
+    taken, so the scan after them decides) or every item (no negative); and the window's
+    partition count, no longer the output's, changes nothing."""
+    logs = ([(f"u0 i{i}", 0, i) for i in range(1, 10)] + [(f"u1 i{i}", 1, i) for i in range(10)]
+            + [(f"u{u} i{u % 10}", u, u % 10) for u in range(2, 60)] + [("u2 i2", 2, 2)])  # a duplicated log
+    encoded = spark.createDataFrame(logs, f"{TEXT} string, user int, item int")
+
+    def instances(partitions: int):
+        return sorted(tuple(r) for r in encode.implicit_instances(
+            encoded, [USER, ITEM], ITEM, 10, per_positive=3, max_tries=3, seed=7, partitions=partitions).collect())
+
+    unrolled = instances(5)
+    monkeypatch.setattr(encode, "UNROLLED_DRAWS", 0)
+    assert instances(5) == unrolled
+    assert instances(1) == instances(13) == unrolled
+    u0 = [r for r in unrolled if r[1] == 0 and r[3] == encode.NEGATIVE]
+    assert len(u0) == 3 * 9 and {r[2] for r in u0} == {0}  # item 0, the only one u0 has not seen
+    assert not [r for r in unrolled if r[1] == 1 and r[3] == encode.NEGATIVE]
+    assert len([r for r in unrolled if r[3] == encode.NEGATIVE]) == 3 * (9 + 59)
+
+
 def test_negatives_draw_across_the_vocabulary_and_skip_the_oov_id(spark):
     item = Field(name="item", kind="categorical", column="item")  # id 0: out of vocabulary
     logs = [(f"u{u} i1", u, 1) for u in range(300)]
