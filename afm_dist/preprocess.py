@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from afm_dist.dataset import (HISTORY, HISTORY_FIELD, HISTORY_OWNER, LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN,
                               VOCABULARY, DatasetError, DatasetMetadata, FieldLayout)
 from afm_dist.inputs import Plan
-from afm_dist.io import strip_file_scheme
 from afm_dist.schema import LIBFM_FIELD, Schema
 from afm_dist.spark import encode, history, parse, readers, records as raw_records
 
@@ -151,8 +150,8 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
     # Explicit targets come partitioned by text already (one partition per output file).
     # The history's join by owner undoes the explicit target's partitioning by text.
-    write_splits(table, out_dir, tasks,
-                 repartition=(schema.target.kind == "implicit" and per_positive > 0) or bool(schema.history_fields))
+    written = write_splits(table, out_dir, tasks,
+                           repartition=(schema.target.kind == "implicit" and per_positive > 0) or bool(schema.history_fields))
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
     if summary.truncated:
@@ -165,7 +164,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     if tables:
         counts["tables"] = {t.name: {"rows": t.rows, "rejected": t.rejected_count, "duplicate_keys": t.duplicate_keys}
                             for t in tables}
-    counts.update(split_counts(spark, out_dir))
+    counts.update(written)
     for s in SPLITS:
         log.info("%s: %d rows (%d positive, %d negative)", s, counts[s]["rows"], counts[s]["positive"],
                  counts[s]["negative"])
@@ -191,7 +190,7 @@ def check_negatives(counts: dict, negatives) -> int:
     are. Counted over the whole data set: a negative is split at random like any instance, so a
     split's negatives are not its own positives'.
 
-    ``counts``: the splits' rows, positives and negatives (``split_counts``); ``negatives``: the
+    ``counts``: the splits' rows, positives and negatives (``write_splits``); ``negatives``: the
     schema's ``target.negatives``. Returns the number not drawn.
 
     Raises:
@@ -294,8 +293,7 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         replaced = schema.field(neg.replace)
         size = next(lay.size for lay in layouts if lay.name == replaced.name)
         instances = encode.implicit_instances(encoded, read, replaced, size, per_positive=neg.per_positive,
-                                              max_tries=neg.max_tries, seed=schema.seed,
-                                              partitions=window,
+                                              max_tries=neg.max_tries, seed=schema.seed, partitions=window,
                                               carry=carry)
     elif schema.target.kind == "implicit":
         instances = encode.with_label(encode.explicit_instances(encoded, names + carry, tasks), encode.POSITIVE)
@@ -342,9 +340,11 @@ def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:
         str(out_dir / VOCABULARY))
 
 
-def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> None:
+def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> dict[str, dict[str, int]]:
     """Write ``table`` (with a ``split`` column) as ``out_dir/{train,validation,test}`` in one
-    pass: each of ``tasks`` partitions writes one file, one row group, per split.
+    pass: each of ``tasks`` partitions writes one file, one row group, per split. Returns the
+    rows, positives (label > 0) and negatives of each split, counted by the write itself
+    (``DataFrame.observe``: metrics of the rows the write's successful tasks wrote).
 
     ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
     otherwise the table comes partitioned and in a deterministic order (explicit targets: by
@@ -356,6 +356,11 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
         # A radix sort on the row id: the files' content does not depend on shuffle order.
         table = table.repartition(tasks, encode.ROW_ID).sortWithinPartitions(encode.ROW_ID)
     spark = table.sparkSession
+    observed = Observation("splits")
+    is_split = {s: F.col(encode.SPLIT) == s for s in SPLITS}
+    table = table.observe(observed, *[F.sum(is_split[s].cast("long")).alias(f"{s}_rows") for s in SPLITS],
+                          *[F.sum((is_split[s] & (F.col(OUT_LABEL) > 0)).cast("long")).alias(f"{s}_positive")
+                            for s in SPLITS])
     key = "spark.sql.maxConcurrentOutputFileWriters"
     previous = spark.conf.get(key, None)
     spark.conf.set(key, str(len(SPLITS)))
@@ -373,21 +378,9 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
         else:
             spark.createDataFrame([], table.drop(encode.SPLIT).schema).write.parquet(str(out_dir / s))
     shutil.rmtree(tmp)
-
-
-def split_counts(spark: SparkSession, out_dir: Path) -> dict[str, dict[str, int]]:
-    """Rows, positives (label > 0) and negatives of each written split, read back from Parquet
-    in one job (counted per file, then per split on the driver)."""
-    paths = [str(out_dir / s) for s in SPLITS]
-    per_file = (spark.read.parquet(*map(readers.spark_path, paths)).select(F.col("_metadata.file_path").alias("path"), OUT_LABEL)
-                .groupBy("path")
-                .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.col(OUT_LABEL) > 0).cast("long")).alias("positive"))
-                .collect())
-    out = {s: {"rows": 0, "positive": 0, "negative": 0} for s in SPLITS}
-    for r in per_file:
-        split = Path(strip_file_scheme(r["path"])).parent.name
-        rows, pos = int(r["rows"]), int(r["positive"] or 0)
-        out[split]["rows"] += rows
-        out[split]["positive"] += pos
-        out[split]["negative"] += rows - pos
+    metrics = observed.get
+    out = {}
+    for s in SPLITS:
+        rows, positive = int(metrics[f"{s}_rows"] or 0), int(metrics[f"{s}_positive"] or 0)
+        out[s] = {"rows": rows, "positive": positive, "negative": rows - positive}
     return out

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protocols", nargs="+", choices=("explicit", "implicit"), default=["explicit", "implicit"])
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="6g", help="local mode: the driver is the only executor")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the MLlib pipeline and our job alternately this many times per size and protocol; the "
+                        "figures are the medians (the machine is shared: single runs of the pipeline varied by 30%%)")
     p.add_argument("--keep", action="store_true", help="keep the preprocessed outputs (they are large)")
     p.add_argument("--merge", action="store_true",
                    help="keep the saved runs of the sizes and protocols not run this time (e.g. to re-measure "
@@ -65,8 +69,9 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def task_seconds(event_dir: Path) -> dict[str, float]:
-    """Executor run time and CPU time summed over all tasks of a run's Spark event log.
+def task_seconds(event_dir: Path, runs: int = 1) -> dict[str, float]:
+    """Executor run time and CPU time summed over all tasks of our job's Spark event logs (the
+    MLlib pipeline's, in the same directory, left out), per run of ``runs``.
 
     On a shared machine the wall time swings with whatever else runs; the tasks' CPU time
     counts only the work of the job, so its ratio between sizes measures scaling more fairly.
@@ -74,13 +79,16 @@ def task_seconds(event_dir: Path) -> dict[str, float]:
     run_ms, cpu_ns = 0, 0
     for log_file in event_dir.iterdir():
         with open(log_file, encoding="utf-8") as f:
-            for line in f:
-                if '"SparkListenerTaskEnd"' not in line:
-                    continue
-                metrics = json.loads(line).get("Task Metrics") or {}
-                run_ms += metrics.get("Executor Run Time", 0)
-                cpu_ns += metrics.get("Executor CPU Time", 0)
-    return {"task_run_seconds": round(run_ms / 1e3, 1), "task_cpu_seconds": round(cpu_ns / 1e9, 1)}
+            lines = f.readlines()
+        if any('"SparkListenerApplicationStart"' in ln and '"App Name":"mllib-preprocess"' in ln for ln in lines):
+            continue
+        for line in lines:
+            if '"SparkListenerTaskEnd"' not in line:
+                continue
+            metrics = json.loads(line).get("Task Metrics") or {}
+            run_ms += metrics.get("Executor Run Time", 0)
+            cpu_ns += metrics.get("Executor CPU Time", 0)
+    return {"task_run_seconds": round(run_ms / 1e3 / runs, 1), "task_cpu_seconds": round(cpu_ns / 1e9 / runs, 1)}
 
 
 def logs(rows: int) -> Path:
@@ -124,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["AFM_SPARK_SUBMIT_ARGS"] = (
                 f"--driver-memory {args.driver_memory} "
                 f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}")
-            baseline = mllib_seconds(src, protocol)
             before = load()
-            wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
-                        "--input", src, "--output", out, "--overwrite"])
+            pairs = []  # (MLlib pipeline s, our job s, our wall s), alternately
+            for _ in range(args.rounds):
+                baseline = mllib_seconds(src, protocol)
+                wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
+                            "--input", src, "--output", out, "--overwrite"])
+                pairs.append((baseline, float(read_metadata(out / METADATA_FILE).extra["elapsed_s"]), wall))
             meta = read_metadata(out / METADATA_FILE)
-            job_s = float(meta.extra["elapsed_s"])
+            baseline, job_s, wall = (statistics.median(p[i] for p in pairs) for i in range(3))
             instances = sum(meta.split_rows(s) for s in SPLITS)
             runs.append({
                 "protocol": protocol, "rows": rows, "instances": instances,
@@ -137,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                 "mllib_seconds": baseline, "vs_mllib": round(job_s / baseline, 2),
                 "rows_per_s": round(rows / job_s), "rows_per_s_wall": round(rows / wall),
                 "instances_per_s": round(instances / job_s),
-                **task_seconds(events),
+                **task_seconds(events, args.rounds),
                 "load_1min_before": round(before, 2), "load_1min_after": round(load(), 2),
+                **({"rounds": [{"mllib_seconds": b, "job_seconds": j, "vs_mllib": round(j / b, 2)} for b, j, _ in pairs]}
+                   if args.rounds > 1 else {}),
             })
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
             if not args.keep:

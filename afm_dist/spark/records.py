@@ -33,7 +33,6 @@ from afm_dist.spark import parse, readers
 log = logging.getLogger(__name__)
 
 
-
 class RejectedRowsError(DatasetError):
     """More malformed rows than the job accepts (or no usable row); the message shows examples."""
 
