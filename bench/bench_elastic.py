@@ -1,6 +1,7 @@
 """Elastic training (issue 27): what commits cost, and how long a lost worker stops the run.
 
     .venv/bin/python bench/bench_elastic.py [--rows 200000] [--epochs 4] [--rounds 2] [--reuse]
+    .venv/bin/python bench/bench_elastic.py --pinned    # the throughput part, launcher and ranks apart
 
 Throughput: AFM (k = t = 64, global batch 512) on the synthetic data set, ``horovodrun -np 2``
 (static) against the same two ranks under elastic horovodrun (``--min-np 2 --max-np 2``, a
@@ -9,6 +10,10 @@ alternately ``--rounds`` times; the figure is the median examples/s of the train
 (``train_seconds`` of metrics.jsonl: the epochs after the first, validation left out). Beside it:
 the CPU seconds of each run's whole process tree (horovodrun, its helpers, the ranks) and rank 0's
 seconds in commits an epoch (``commit_s``). Goal: elastic at least 0.95x static.
+
+``--pinned``: the same pairs of runs with horovodrun and its helper processes on core 1
+(``taskset -c 1``) and both ranks on core 0, as on a cluster, where the launcher's host does not
+give its time to the training cores; saved beside the other figures as ``throughput_pinned``.
 
 Recovery: three ranks (``localhost:2`` and ``127.0.0.1:1``), the one on 127.0.0.1 killed with
 SIGKILL in the middle of epoch 2; the seconds from the kill to rank 0's line saying the run goes on
@@ -19,6 +24,7 @@ Goal: at most 30 s on this machine. Results: bench/results/elastic.json, BENCHMA
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -31,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from afm_dist.dataset import COMPLETE_MARKER  # noqa: E402
-from common import REPO, VENV_BIN, WORK, env, history, horovodrun, run, save, synthetic_dataset  # noqa: E402
+from common import REPO, RESULTS, VENV_BIN, WORK, env, history, horovodrun, run, save, synthetic_dataset  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -58,32 +64,39 @@ def step_rate(out: Path) -> float:
     return statistics.median(e["examples_per_s"] * e["seconds"] / e["train_seconds"] for e in epochs)
 
 
-def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False) -> dict:
-    """``reuse``: the runs of an earlier invocation where complete (a recovery part run again)."""
+def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False, pinned: bool = False) -> dict:
+    """``reuse``: the runs of an earlier invocation where complete (a recovery part run again);
+    ``pinned``: the launcher on core 1, the ranks on core 0."""
     rates: dict[str, list[float]] = {"static": [], "elastic": []}
     cpu: dict[str, list[float]] = {"static": [], "elastic": []}  # CPU seconds of the whole process tree
     commit_s: list[float] = []  # rank 0's seconds committing, per epoch after the first
     for r in range(rounds):
         for kind in ("static", "elastic"):
-            out = WORK / "elastic" / f"{kind}-{r}"
+            out = WORK / "elastic" / f"{kind}{'-pinned' if pinned else ''}-{r}"
             if reuse and (out / COMPLETE_MARKER).exists():
                 rates[kind].append(step_rate(out))
                 commit_s += [e["commit_s"] for e in history(out)[1:] if "commit_s" in e]
                 continue
             launcher = horovodrun(2) if kind == "static" else elastic_launcher(2, "localhost:2\n", "rate")
+            ranks = [VENV_BIN / "python"]
+            if pinned:
+                launcher, ranks = ["taskset", "-c", "1", *launcher], ["taskset", "-c", "0", *ranks]
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            run([*launcher, VENV_BIN / "python", "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out,
+            run([*launcher, *ranks, "-m", "afm_dist.train", "--data", data, *MODEL, "--output", out,
                  "--overwrite", "--epochs", epochs, "--l2-schedule", "0", "--log-every", "30"])
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[kind].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             rates[kind].append(step_rate(out))
             commit_s += [e["commit_s"] for e in history(out)[1:] if "commit_s" in e]
     static, elastic = statistics.median(rates["static"]), statistics.median(rates["elastic"])
+    paired = [e / s for s, e in zip(rates["static"], rates["elastic"])]  # each round's runs side by side
     return {"static_examples_per_s": rates["static"], "elastic_examples_per_s": rates["elastic"],
-            "elastic_vs_static": elastic / static, "commit_every": 100,
+            "elastic_vs_static": elastic / static, "elastic_vs_static_by_round": paired,
+            "elastic_vs_static_median_of_rounds": statistics.median(paired), "commit_every": 100,
             "process_tree_cpu_s": cpu, "median_commit_s_per_epoch": statistics.median(commit_s) if commit_s else None,
             "train_s_per_epoch_elastic": statistics.median(
-                e["train_seconds"] for r in range(rounds) for e in history(WORK / "elastic" / f"elastic-{r}")[1:])}
+                e["train_seconds"] for r in range(rounds)
+                for e in history(WORK / "elastic" / f"elastic{'-pinned' if pinned else ''}-{r}")[1:])}
 
 
 def recovery(data: Path, gloo_timeout: int) -> dict:
@@ -128,8 +141,16 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--reuse", action="store_true", help="keep the throughput runs an earlier invocation completed")
+    p.add_argument("--pinned", action="store_true",
+                   help="only the throughput runs with the launcher on core 1 and the ranks on core 0, added to the "
+                        "saved results as throughput_pinned")
     args = p.parse_args()
     data = synthetic_dataset(args.rows)
+    if args.pinned:
+        saved = json.loads((RESULTS / "elastic.json").read_text())
+        kept = {k: v for k, v in saved.items() if k not in ("benchmark", "date", "machine")}
+        save("elastic", {**kept, "throughput_pinned": throughput(data, args.epochs, args.rounds, args.reuse, pinned=True)})
+        return 0
     result = {"rows": args.rows, "batch": BATCH, "throughput": throughput(data, args.epochs, args.rounds, args.reuse),
               "recovery": [recovery(data, t) for t in (30, 10)]}
     save("elastic", result)
