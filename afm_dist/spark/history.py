@@ -44,6 +44,14 @@ def _feeds(history: Field, of: Field, *, positives_only: bool) -> Column:
     return feeds
 
 
+def _entry(owner: str, items: str, latest: Column, seed: int) -> list[Column]:
+    """The fields of a bag entry (``BAG_TYPE``) but its count ``_n``: minus the latest time of the
+    pair (``latest``), the seeded rank, the item's local id."""
+    return [(-latest).cast("double").alias("_t"),
+            F.xxhash64(F.lit("afm-history"), F.lit(seed), F.col(owner), F.col(items)).alias("_k"),
+            F.col(items).cast("int").alias("_v")]
+
+
 def owner_bags(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool) -> DataFrame:
     """One row per owner (an ``of`` local id) with at least one training value: ``OWNER`` (int),
     ``DISTINCT`` (its distinct values, before the cap) and ``BAG`` (``BAG_TYPE``: its first
@@ -52,12 +60,10 @@ def owner_bags(instances: DataFrame, history: Field, of: Field, *, seed: int, po
     both read it. Arguments as ``add_history``.
     """
     owner, items = of.name, history.items
-    rank = F.xxhash64(F.lit("afm-history"), F.lit(seed), F.col(owner), F.col(items))
     latest = F.max(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)
     occurrences = (instances.filter(_feeds(history, of, positives_only=positives_only)).groupBy(owner, items)
-                   .agg(F.count(F.lit(1)).alias("_n"), (-latest).cast("double").alias("_t"))
-                   .select(owner, F.struct("_t", rank.alias("_k"), F.col(items).cast("int").alias("_v"), "_n")
-                           .alias("_e")))
+                   .agg(F.count(F.lit(1)).alias("_n"), latest.alias("_latest"))
+                   .select(owner, F.struct(*_entry(owner, items, F.col("_latest"), seed), "_n").alias("_e")))
     return occurrences.groupBy(F.col(owner).cast("int").alias(OWNER)).agg(
         F.count(F.lit(1)).alias(DISTINCT),
         F.slice(F.sort_array(F.collect_list("_e")), 1, history.max_values + 1).alias(BAG))
@@ -92,10 +98,14 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
     feeds = _feeds(history, of, positives_only=positives_only)
     joined = instances.join(bags, F.col(owner) == F.col(OWNER), "left")
     bag = F.coalesce(F.col(BAG), F.array().cast(BAG_TYPE))
-    # A row that fed the bags leaves out its own occurrence: its item unless another training row has it.
-    kept = F.filter(bag, lambda e: ~(feeds & (e["_v"] == F.col(items)) & (e["_n"] == 1)))
+    # A row that fed the bags leaves out its own occurrence: its item unless another training row
+    # has it. Such an entry is the row's own (_n = 1: no other feeding row has the pair), so it is
+    # made from the row and removed by value (compiled), rather than by a lambda over every entry.
+    time = F.col(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)  # the pair's latest: its only row's
+    own = F.struct(*_entry(owner, items, time, seed), F.lit(1).cast("bigint").alias("_n"))
+    kept = F.when(feeds, F.call_function("array_remove", bag, own)).otherwise(bag)  # (F.array_remove takes a literal)
     available = F.coalesce(F.col(DISTINCT), F.lit(0)) - (F.size(bag) - F.size(kept))  # before the cap
-    return (joined.withColumn(history.name, F.transform(F.slice(kept, 1, cap), lambda e: e["_v"]))
+    return (joined.withColumn(history.name, F.slice(kept, 1, cap).getField("_v"))
             .withColumn(CUT_PREFIX + history.name, available > cap)
             .drop(OWNER, DISTINCT, BAG))
 
