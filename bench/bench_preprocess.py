@@ -10,6 +10,10 @@ user launches it (``./spark-submit.sh jobs/preprocess.py``, ``AFM_SPARK_MASTER=l
     explicit   schemas/synthetic.yaml: the rating as target, one instance per log
     implicit   the paper's Frappe protocol on the same logs: every log a positive, two negatives
                with the item replaced (three instances per log, negative sampling and its window)
+    history    explicit plus each user's history (issue 26: ``{kind: history, of: user, items:
+               item, max_values: 50}``), the bag of the user's other training-split items; its
+               time against explicit's on the same logs is ``history_vs_explicit`` (goal: at most
+               2 at 10M rows); no MLlib baseline
 
 Reported per run: input rows per second over the job's own time (``metadata.extra.elapsed_s``:
 Spark session up, from reading to the last split written) and over the whole command (JVM start
@@ -38,6 +42,8 @@ from common import REPO, RESULTS, WORK, env, run, save  # noqa: E402
 
 from afm_dist.dataset import METADATA_FILE, SPLITS, read_metadata  # noqa: E402
 
+import yaml  # noqa: E402
+
 IMPLICIT_SCHEMA = {
     "name": "synthetic_implicit",
     "description": "Synthetic logs under the Frappe protocol: two negatives per log, item replaced.",
@@ -52,7 +58,8 @@ IMPLICIT_SCHEMA = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    p.add_argument("--protocols", nargs="+", choices=("explicit", "implicit"), default=["explicit", "implicit"])
+    p.add_argument("--protocols", nargs="+", choices=("explicit", "implicit", "history"),
+                   default=["explicit", "implicit"])
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="6g", help="local mode: the driver is the only executor")
     p.add_argument("--rounds", type=int, default=1,
@@ -114,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     # common.run passes this process's environment to the jobs.
     os.environ["AFM_SPARK_MASTER"] = args.master
     os.environ["AFM_SPARK_SUBMIT_ARGS"] = f"--driver-memory {args.driver_memory}"
-    schemas = {"explicit": REPO / "schemas" / "synthetic.yaml", "implicit": WORK / "preprocess" / "implicit.yaml"}
+    schemas = {"explicit": REPO / "schemas" / "synthetic.yaml", "implicit": WORK / "preprocess" / "implicit.yaml",
+               "history": WORK / "preprocess" / "history.yaml"}
     schemas["implicit"].parent.mkdir(parents=True, exist_ok=True)
     schemas["implicit"].write_text(json.dumps(IMPLICIT_SCHEMA, indent=2))  # JSON is YAML
+    history = yaml.safe_load(schemas["explicit"].read_text())
+    history["name"] = "synthetic_history"
+    history["fields"].append({"name": "history", "kind": "history", "of": "user", "items": "item", "max_values": 50})
+    schemas["history"].write_text(json.dumps(history, indent=2))
     runs = []
     saved = RESULTS / "preprocess.json"
     if args.merge and saved.exists():
@@ -135,22 +147,24 @@ def main(argv: list[str] | None = None) -> int:
             before = load()
             pairs = []  # (MLlib pipeline s, our job s, our wall s), alternately
             for _ in range(args.rounds):
-                baseline = mllib_seconds(src, protocol)
+                baseline = mllib_seconds(src, protocol) if protocol != "history" else None
                 wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
                             "--input", src, "--output", out, "--overwrite"])
                 pairs.append((baseline, float(read_metadata(out / METADATA_FILE).extra["elapsed_s"]), wall))
             meta = read_metadata(out / METADATA_FILE)
-            baseline, job_s, wall = (statistics.median(p[i] for p in pairs) for i in range(3))
+            baseline = statistics.median(p[0] for p in pairs) if protocol != "history" else None
+            job_s, wall = (statistics.median(p[i] for p in pairs) for i in (1, 2))
             instances = sum(meta.split_rows(s) for s in SPLITS)
             runs.append({
                 "protocol": protocol, "rows": rows, "instances": instances,
                 "job_seconds": job_s, "wall_seconds": round(wall, 1),
-                "mllib_seconds": baseline, "vs_mllib": round(job_s / baseline, 2),
+                "mllib_seconds": baseline, "vs_mllib": round(job_s / baseline, 2) if baseline else None,
                 "rows_per_s": round(rows / job_s), "rows_per_s_wall": round(rows / wall),
                 "instances_per_s": round(instances / job_s),
                 **task_seconds(events, args.rounds),
                 "load_1min_before": round(before, 2), "load_1min_after": round(load(), 2),
-                **({"rounds": [{"mllib_seconds": b, "job_seconds": j, "vs_mllib": round(j / b, 2)} for b, j, _ in pairs]}
+                **({"rounds": [{"mllib_seconds": b, "job_seconds": j, "vs_mllib": round(j / b, 2) if b else None}
+                               for b, j, _ in pairs]}
                    if args.rounds > 1 else {}),
             })
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
@@ -172,6 +186,10 @@ def report(args: argparse.Namespace, argv: list[str] | None, runs: list[dict]) -
                 "time_ratio_wall": round(large["wall_seconds"] / small["wall_seconds"], 2),
                 "task_cpu_ratio": round(large["task_cpu_seconds"] / small["task_cpu_seconds"], 2),
             }
+    for r in runs:
+        explicit = next((e for e in runs if e["protocol"] == "explicit" and e["rows"] == r["rows"]), None)
+        if r["protocol"] == "history" and explicit:
+            r["history_vs_explicit"] = round(r["job_seconds"] / explicit["job_seconds"], 2)
     save("preprocess", {
         "command": "bench/bench_preprocess.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "master": args.master, "driver_memory": args.driver_memory,
