@@ -266,8 +266,26 @@ def report() -> Path:
                   + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
                   *headline(name, result), "", *table(name, result), ""]
     out = REPO / "BENCHMARKS.md"
-    out.write_text("\n".join(lines), encoding="utf-8")
+    out.write_text(_keep_written_sections("\n".join(lines), out), encoding="utf-8")
     return out
+
+
+def _sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """``text``'s lines before its first "## " heading, and its (heading, section) pairs in order."""
+    parts = ("\n" + text).split("\n## ")
+    return parts[0].lstrip("\n"), [(p.split("\n", 1)[0], "## " + p) for p in parts[1:]]
+
+
+def _keep_written_sections(rendered: str, path: Path) -> str:
+    """``rendered`` with the sections of the existing ``path`` that are not rendered from results
+    (written by hand beside a benchmark: elastic training, issue 28, ...) kept in their places."""
+    if not path.exists():
+        return rendered
+    head, new = _sections(rendered)
+    generated = dict(new)
+    _, old = _sections(path.read_text(encoding="utf-8"))
+    body = [generated.pop(title, section) for title, section in old]
+    return "\n".join([head.rstrip("\n") + "\n", *[b.rstrip("\n") + "\n" for b in body + list(generated.values())]])
 
 
 def main() -> int:
