@@ -70,9 +70,10 @@ def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False, pinned
     rates: dict[str, list[float]] = {"static": [], "elastic": []}
     cpu: dict[str, list[float]] = {"static": [], "elastic": []}  # CPU seconds of the whole process tree
     commit_s: list[float] = []  # rank 0's seconds committing, per epoch after the first
+    suffix = "-pinned" if pinned else ""  # the runs' directories: KIND[-pinned]-ROUND
     for r in range(rounds):
         for kind in ("static", "elastic"):
-            out = WORK / "elastic" / f"{kind}{'-pinned' if pinned else ''}-{r}"
+            out = WORK / "elastic" / f"{kind}{suffix}-{r}"
             if reuse and (out / COMPLETE_MARKER).exists():
                 rates[kind].append(step_rate(out))
                 commit_s += [e["commit_s"] for e in history(out)[1:] if "commit_s" in e]
@@ -96,7 +97,7 @@ def throughput(data: Path, epochs: int, rounds: int, reuse: bool = False, pinned
             "process_tree_cpu_s": cpu, "median_commit_s_per_epoch": statistics.median(commit_s) if commit_s else None,
             "train_s_per_epoch_elastic": statistics.median(
                 e["train_seconds"] for r in range(rounds)
-                for e in history(WORK / "elastic" / f"elastic{'-pinned' if pinned else ''}-{r}")[1:])}
+                for e in history(WORK / "elastic" / f"elastic{suffix}-{r}")[1:])}
 
 
 def recovery(data: Path, gloo_timeout: int) -> dict:

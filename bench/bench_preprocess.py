@@ -145,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"--driver-memory {args.driver_memory} "
                 f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}")
             before = load()
+            baselined = protocol != "history"  # the MLlib pipeline has no history
             pairs = []  # (MLlib pipeline s, our job s, our wall s), alternately
             for _ in range(args.rounds):
-                baseline = mllib_seconds(src, protocol) if protocol != "history" else None
+                baseline = mllib_seconds(src, protocol) if baselined else None
                 wall = run([REPO / "spark-submit.sh", "jobs/preprocess.py", "--schema", schemas[protocol],
                             "--input", src, "--output", out, "--overwrite"])
                 pairs.append((baseline, float(read_metadata(out / METADATA_FILE).extra["elapsed_s"]), wall))
             meta = read_metadata(out / METADATA_FILE)
-            baseline = statistics.median(p[0] for p in pairs) if protocol != "history" else None
+            baseline = statistics.median(p[0] for p in pairs) if baselined else None
             job_s, wall = (statistics.median(p[i] for p in pairs) for i in (1, 2))
             instances = sum(meta.split_rows(s) for s in SPLITS)
             runs.append({

@@ -84,10 +84,11 @@ def spark_submit(job: str, args: list, *, env: dict[str, str] | None = None, tim
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def horovod_command(args: list[str], *, np: int = 2, env: dict[str, str] | None = None) -> tuple[list[str], dict]:
-    """``horovodrun -np N -H localhost:N --gloo python ARGS`` and the environment to run it in."""
+def horovod_command(args: list[str], *, np: int = 2, env: dict[str, str] | None = None,
+                    hvd_flags: tuple[str, ...] = ()) -> tuple[list[str], dict]:
+    """``horovodrun -np N -H localhost:N --gloo [HVD_FLAGS] python ARGS`` and the environment to run it in."""
     cmd = [str(VENV_BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
-           "--network-interface", "lo", sys.executable, *args]
+           "--network-interface", "lo", *hvd_flags, sys.executable, *args]
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return cmd, full_env

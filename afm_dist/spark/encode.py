@@ -320,8 +320,8 @@ def implicit_instances(encoded: DataFrame, fields: Sequence[Field], replaced: Fi
         # The same draws unrolled into a CASE, compiled with the stage's code, that stops at the
         # first free draw (usually the first); the lambdas below are interpreted, every draw made.
         def pick(k: int) -> str:
-            tries = " ".join(f"WHEN NOT array_contains(_observed, {draw(str(k), str(t))}) THEN {draw(str(k), str(t))}"
-                             for t in range(max_tries))
+            draws = [draw(str(k), str(t)) for t in range(max_tries)]
+            tries = " ".join(f"WHEN NOT array_contains(_observed, {d}) THEN {d}" for d in draws)
             return f"coalesce(CASE {tries} END, {fallback(str(k))})"
 
         negatives = ", ".join(f"named_struct('k', {k}, 'id', {pick(k)})" for k in range(per_positive))

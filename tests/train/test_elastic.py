@@ -191,9 +191,7 @@ def test_a_rank_busy_outside_collectives_longer_than_the_gloo_timeout_is_not_los
         f"if hvd.rank() == 0:\n    time.sleep({3 * timeout})\n"
         "x = hvd.allreduce(torch.ones(2), name='x', op=hvd.Sum)\n"
         "print(f'rank {hvd.rank()} waited {time.time() - start:.1f} s, sum {x.tolist()}', flush=True)\n")
-    cmd, env = horovod_command([str(worker)])
-    at = cmd.index("--gloo") + 1
-    cmd[at:at] = ["--gloo-timeout-seconds", str(timeout)]
+    cmd, env = horovod_command([str(worker)], hvd_flags=("--gloo-timeout-seconds", str(timeout)))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
