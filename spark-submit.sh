@@ -7,6 +7,8 @@
 #   AFM_SPARK_MASTER       master URL (default local[*]); e.g. spark://host:7077, yarn, k8s://...
 #   AFM_SPARK_UI=1         turn the Spark UI on (bound to 127.0.0.1); off by default
 #   AFM_SPARK_SUBMIT_ARGS  extra spark-submit arguments, e.g. "--executor-memory 4g"
+#   AFM_VENV               the venv whose Spark and Python run the job (default: .venv; `make setup
+#                          SPARK=3.5 VENV=.venv-spark3.5` makes a second one)
 #   PYSPARK_PYTHON         executors' Python (default: this venv's). On a real cluster it must be a
 #                          Python with afm-dist's dependencies on every node (same path), or ship
 #                          a packed environment with --archives via AFM_SPARK_SUBMIT_ARGS.
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="$ROOT/.venv"
+VENV="${AFM_VENV:-$ROOT/.venv}"
 die() { printf 'spark-submit.sh: %s\n' "$*" >&2; exit 2; }
 
 [ $# -ge 1 ] || die "usage: ./spark-submit.sh JOB.py [ARGS...]  (jobs are in $ROOT/jobs)"

@@ -18,9 +18,9 @@ from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
-from petastorm import make_batch_reader
 
-from afm_dist import petastorm_patch
+from afm_dist import petastorm_patch  # first: it makes Petastorm importable on pyarrow >= 16 / NumPy 2
+from petastorm import make_batch_reader  # noqa: E402
 from afm_dist.batch import Batch, fixed_width, to_batch
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
 
@@ -53,7 +53,7 @@ def _to_numpy(chunk, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
 def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None, shuffle: bool, seed: int,
             columns: tuple[str, ...], workers: int):
     petastorm_patch.apply()  # without it a read can end one row group early (see the module)
-    # Petastorm 0.13 uses pyarrow's legacy dataset API, which pyarrow 14 (pinned) still has.
+    # Petastorm 0.13 uses pyarrow's legacy dataset API: pyarrow 14 warns; newer ones get petastorm_compat's.
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     # Horovod: each rank reads only its own row groups (cur_shard / shard_count).
     reader = make_batch_reader(

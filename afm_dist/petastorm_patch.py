@@ -23,12 +23,17 @@ import queue
 
 import numpy as np
 import pyarrow as pa
-from petastorm import arrow_reader_worker
-from petastorm.workers_pool import EmptyResultError, VentilatedItemProcessedMessage
-from petastorm.workers_pool import thread_pool
-from petastorm.workers_pool.thread_pool import ThreadPool
 
-from afm_dist.batch import list_matrix
+from afm_dist import petastorm_compat
+
+petastorm_compat.install()  # before Petastorm is imported: pyarrow >= 16 and NumPy 2 lack names it imports
+
+from petastorm import arrow_reader_worker  # noqa: E402
+from petastorm.workers_pool import EmptyResultError, VentilatedItemProcessedMessage  # noqa: E402
+from petastorm.workers_pool import thread_pool  # noqa: E402
+from petastorm.workers_pool.thread_pool import ThreadPool  # noqa: E402
+
+from afm_dist.batch import list_matrix  # noqa: E402
 
 _VERIFY_END = thread_pool._VERIFY_END_OF_VENTILATION_PERIOD
 _PETASTORM_CONVERT = arrow_reader_worker.convert_arrow_table_to_numpy_dict

@@ -4,7 +4,7 @@
 # test split (Spark) -> explain AFM's attention (Spark). Ends with a table of test RMSE.
 #
 # Environment: AFM_DEMO_ROWS (default 300000), AFM_DEMO_OUT (default out/demo), AFM_DEMO_NP (2),
-# AFM_DEMO_EPOCHS (default 6).
+# AFM_DEMO_EPOCHS (default 6), AFM_VENV (default .venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,7 +12,8 @@ ROWS="${AFM_DEMO_ROWS:-300000}"
 OUT="${AFM_DEMO_OUT:-out/demo}"
 NP="${AFM_DEMO_NP:-2}"
 EPOCHS="${AFM_DEMO_EPOCHS:-6}"
-export PATH="$ROOT/.venv/bin:$PATH"
+export AFM_VENV="${AFM_VENV:-$ROOT/.venv}"
+export PATH="$AFM_VENV/bin:$PATH"
 mkdir -p "$OUT"
 start=$(date +%s)
 stage() { printf '\n=== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }

@@ -7,13 +7,19 @@
 # Horovod still works and exits in seconds.
 #
 # Environment:
+#   SPARK             the stack profile: 4 (default: pyspark 4.3, pyarrow 26, NumPy 2, pandas 3) or
+#                     3.5 (for Spark 3.5 clusters: pyspark 3.5.9, pyarrow 26, NumPy 1, pandas 2);
+#                     the pins are scripts/stack-spark$SPARK.txt
+#   AFM_VENV          the venv to create or update (default: .venv in the repository)
 #   PYTHON            interpreter to create the venv with (default: python3.11, else python3)
 #   AFM_WHEEL_CACHE   Horovod wheel cache (default: ${XDG_CACHE_HOME:-~/.cache}/afm-dist/wheels)
 #   AFM_SKIP_APT=1    never call apt-get (fail instead when a system package is missing)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${AFM_VENV:-$ROOT/.venv}"
+SPARK="${SPARK:-4}"
+STACK="$ROOT/scripts/stack-spark$SPARK.txt"
 HOROVOD_VERSION="0.28.1"
 PETASTORM_VERSION="0.13.1"
 TORCH_VERSION="2.13.0"
@@ -22,6 +28,7 @@ STAMP="$VENV/.afm-setup-stamp"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+[ -f "$STACK" ] || die "SPARK=$SPARK: no such profile (choose SPARK=4, the default, or SPARK=3.5)"
 
 # ---------------------------------------------------------------- system packages
 apt_install() {
@@ -53,10 +60,10 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
   || die "$PYTHON is not Python 3.11; set PYTHON=/path/to/python3.11"
 
 # ---------------------------------------------------------------- fast path
-key="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/cxx17-wrapper.sh" | sha256sum | cut -c1-16)"
+key="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/cxx17-wrapper.sh" "$STACK" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -x "$VENV/bin/horovodrun" ]; then
   if "$VENV/bin/python" -c 'import horovod.torch as h, petastorm, pyspark; assert h.gloo_built()' 2>/dev/null; then
-    log "already set up (stamp $key); horovod.torch with Gloo imports"
+    log "already set up (stamp $key, profile SPARK=$SPARK, $VENV); horovod.torch with Gloo imports"
     exit 0
   fi
 fi
@@ -74,11 +81,12 @@ pip_install() {  # quiet unless it fails; then the end of pip's output
     die "pip install $* failed (full output: $PIP_LOG)"
   fi
 }
-log "installing Python packages into $VENV"
+log "installing Python packages into $VENV (profile SPARK=$SPARK: $(grep -v '^#' "$STACK" | tr '\n' ' '))"
 pip_install --upgrade "pip>=23" "setuptools>=77,<81" wheel
 # torch first and on its own: an already installed CUDA build of the same version satisfies it.
 pip_install "torch==$TORCH_VERSION"
-pip_install -e "$ROOT[test]"
+# The profile's pins as constraints: a venv of the other profile is moved to this one's versions.
+pip_install -e "$ROOT[test]" -c "$STACK"
 # petastorm declares setuptools<70, which conflicts with torch's setuptools>=77; its real needs
 # are listed in pyproject.toml, so it is installed without its declared dependencies.
 pip_install --no-deps "petastorm==$PETASTORM_VERSION"

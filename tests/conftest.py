@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+os.environ.setdefault("AFM_VENV", str(VENV_BIN.parent))  # ./spark-submit.sh runs the venv the tests run in
 
 
 @pytest.fixture(scope="session")

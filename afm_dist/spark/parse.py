@@ -227,7 +227,10 @@ def parse_fields(records: DataFrame, schema: Schema) -> DataFrame:
                     F.split(text, regex_char(f.delimiter), -1))
             else:
                 items = F.split(text, regex_char(f.delimiter), -1)
-            every = F.array_distinct(F.filter(F.transform(items, F.trim), lambda v: v.isNotNull() & (v != "")))
+            # a lambda of one argument: Spark 4's F.trim(col, trim) takes two, and F.transform passes a
+            # two-argument function each element's index too, which trimmed "g1" to "g" as its characters
+            every = F.array_distinct(F.filter(F.transform(items, lambda v: F.trim(v)),
+                                              lambda v: v.isNotNull() & (v != "")))
             items = F.slice(every, 1, f.max_values)
             values.append(F.when(F.size(items) > 0, items).alias(f.name))
             # values before the cut at max_values: truncation is counted (records.summarize_input)

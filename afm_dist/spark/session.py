@@ -26,6 +26,9 @@ def build_session(app_name: str, *, master: str | None = None, conf: dict[str, s
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
     defaults = {
         "spark.sql.session.timeZone": "UTC",
+        # Spark 4 turns ANSI SQL on by default: a cast of a malformed value then fails the job instead
+        # of giving null, which parsing counts and keeps aside as a rejected row. Spark 3.5's default.
+        "spark.sql.ansi.enabled": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Local paths without Hadoop's checksum layer: a stale ".NAME.crc" beside an input (the file
         # rewritten by a tool other than Hadoop) no longer fails the job with a ChecksumException, and

@@ -1,9 +1,12 @@
 """The real launcher: horovodrun -np 2 with Gloo on this machine."""
 import json
 
+import pytest
+
 from tests.conftest import run_horovod
 
 
+@pytest.mark.stack
 def test_horovodrun_two_ranks_allreduce(tmp_path, repo_root):
     proc = run_horovod([str(repo_root / "tests/scripts/allreduce_check.py"), str(tmp_path)], np=2, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

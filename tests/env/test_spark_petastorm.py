@@ -1,11 +1,13 @@
 """Spark writes Parquet; two Petastorm readers (shards 0 and 1 of 2) read every row exactly once."""
 import numpy as np
-from petastorm import make_batch_reader
+import pytest
 from pyspark.sql import functions as F
 
-from afm_dist import petastorm_patch
+from afm_dist import petastorm_patch  # first: makes Petastorm importable on pyarrow >= 16 / NumPy 2
+from petastorm import make_batch_reader  # noqa: E402
 
 
+@pytest.mark.stack
 def test_two_petastorm_shards_cover_spark_parquet_exactly_once(spark, tmp_path):
     n = 5000
     df = (spark.range(n).withColumnRenamed("id", "row_id")

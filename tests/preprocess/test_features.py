@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pyspark.sql import DataFrame
 
 from afm_dist.dataset import SPLITS, load_metadata
 
@@ -65,7 +64,10 @@ def csv_run(spark, tmp_path_factory):
     schema.write_text(yaml.safe_dump(SCHEMA))
     out = tmp / "out"
     spy = CollectSpy()
-    original_collect = DataFrame.collect
+    # The class of the session's DataFrames: pyspark.sql.DataFrame on Spark 3.5, its classic subclass
+    # (which defines its own collect) on Spark 4.
+    frame = type(spark.range(1))
+    original_collect = frame.collect
 
     def collect(self):
         result = original_collect(self)
@@ -80,9 +82,9 @@ def csv_run(spark, tmp_path_factory):
         return f
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DataFrame, "collect", collect)
+        mp.setattr(frame, "collect", collect)
         for name in ("toPandas", "toLocalIterator"):
-            mp.setattr(DataFrame, name, forbidden(name))
+            mp.setattr(frame, name, forbidden(name))
         assert run_job(spark, "--schema", schema, "--input", logs, "--output", out, "--min-row-groups", "4") == 0
     return {"rows": rows, "out": out, "tmp": tmp, "spy": spy, "schema": schema, "logs": logs}
 

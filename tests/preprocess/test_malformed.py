@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from afm_dist.dataset import SPLITS, load_metadata
@@ -58,6 +59,7 @@ def write_inputs(tmp_path, n_filler: int = 0):
     return schema, logs, items
 
 
+@pytest.mark.stack
 def test_rejected_rows_with_line_and_reason(spark, tmp_path, small_blocks):
     schema, logs, items = write_inputs(tmp_path, n_filler=200)
     out = tmp_path / "out"

@@ -47,6 +47,7 @@ def digest_of(out) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("protocol", ["explicit", "implicit"])
 def test_the_job_writes_what_it_wrote_before(spark, tmp_path, protocol):
     lines = ["user\titem\tctx\trating"] + [f"u{i % 53}\ti{(i * 7919) % 211}\tc{i % 4}\t{1 + i % 5}" for i in range(3000)]

@@ -29,6 +29,7 @@ def direct_rmse(model_dir, split_dir, clip) -> tuple[float, int]:
     return float(np.sqrt(np.mean((pred - y) ** 2))), len(y)
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("model_name", ["fm", "afm"])
 def test_score_rmse_equals_torch_and_training(spark, planted_data, planted_models, tmp_path, model_name):
     model_dir = planted_models[model_name]
@@ -102,6 +103,7 @@ def test_score_refuses_a_split_that_is_not_of_the_models_data_set(spark, planted
     refused(beyond, f"feature id {features + 4} is beyond the model's {features} features")
 
 
+@pytest.mark.stack
 def test_explain_heatmap_peaks_on_a_planted_pair(spark, planted_data, planted_models, tmp_path):
     out = tmp_path / "explain"
     assert run_job("explain", ["--model", str(planted_models["afm"]), "--input", str(planted_data / "test"),
@@ -129,6 +131,7 @@ def test_explain_heatmap_peaks_on_a_planted_pair(spark, planted_data, planted_mo
         assert users and all(u.startswith("u") for u in users)
 
 
+@pytest.mark.stack
 def test_score_raw_logs_with_unseen_values_and_malformed_lines(spark, planted_models, tmp_path):
     model_dir = planted_models["afm"]
     info = json.loads((model_dir / "model.json").read_text())

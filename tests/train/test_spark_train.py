@@ -70,6 +70,7 @@ def test_refused_before_spark_starts(planted_data, tmp_path, capsys):
     assert "hdfs:// paths are not supported" in text and "Traceback" not in text
 
 
+@pytest.mark.stack
 def test_on_local2_resumed_with_file_uris_equals_horovodrun(planted_data, planted_models, tmp_path):
     """One epoch, then --resume to a second, paths given as file:// URIs: the same epochs as
     horovodrun's uninterrupted run with the same data, settings and seed."""

@@ -34,6 +34,7 @@ def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
+@pytest.mark.stack
 def test_fm_then_afm_from_fm_on_two_workers(planted_models):
     fm_dir, afm_dir = planted_models["fm"], planted_models["afm"]  # trained by the fixture, 2 workers
     for d in (fm_dir, afm_dir):
