@@ -30,7 +30,7 @@ BENCHES = {
 }
 TITLES = {
     "models": "Models: AFM throughput against DeepCTR-Torch and FuxiCTR, and peak training memory (issue: models)",
-    "preprocess": "Spark preprocessing rows/s at 1M and 10M rows on local[2] (issue: preprocessing)",
+    "preprocess": "Spark preprocessing rows/s from 1M to 20M rows on local[2], and against the MLlib pipeline (issues: preprocessing, 28)",
     "train": "Training examples/s with 1 and 2 Horovod workers, and the Petastorm loader alone (issue: training)",
     "score": "Spark batch scoring rows/s against raw torch inference (issue: scoring)",
     "sparse": "Training-step examples/s against the number of features, sparse and dense tables (issue: large vocabularies)",
@@ -110,12 +110,17 @@ def headline(name: str, r: dict) -> list[str]:
                 "- peak training memory, memory-efficient / naive AFM (batch 4096, m = 40): "
                 + _verdict(_get(r, "memory.efficient_over_naive_peak"), 0.5, False)]
     if name == "preprocess":
-        out = [f"- {run['protocol']} {run['rows']:,} rows: {run['rows_per_s']:,} rows/s ({run['instances_per_s']:,} "
-               f"instances/s), {run['job_seconds']} s, load before {run.get('load_1min_before')}"
-               for run in sorted(r.get("runs", []), key=lambda x: (x["protocol"], x["rows"]))]
+        out = []
         for protocol, ratio in sorted(r.get("ratios", {}).items()):
-            out.append(f"- {protocol}: time for {ratio['rows_ratio']:g}x the rows / time for 1x: "
-                       + _verdict(ratio["time_ratio"], 12.0, False))
+            out.append(f"- {protocol}: time for {ratio['rows_ratio']:g}x the rows / time for 1x "
+                       f"({ratio.get('code', 'one run')}): " + _verdict(ratio["time_ratio"], 10.0, False))
+        latest = {}
+        for run in r.get("runs", []):  # the last run of each protocol and size that has the MLlib pipeline beside it
+            if run.get("vs_mllib") is not None:
+                latest[(run["protocol"], run["rows"])] = run
+        for (protocol, rows), run in sorted(latest.items()):
+            out.append(f"- {protocol}, {rows:,} logs, ours / the MLlib pipeline ({run.get('code', '')}): "
+                       + _verdict(run["vs_mllib"], 1.5, False))
         return out
     if name == "train":
         return [f"- examples/s, FM: 1 worker {r['fm_np1_examples_per_s']:,.0f}, 2 workers {r['fm_np2_examples_per_s']:,.0f}; "
@@ -242,7 +247,73 @@ def table(name: str, r: dict) -> list[str]:
             lines.append(f"| {run['launcher']} | {run['examples_per_s']:,.0f} | {run['over_horovodrun']:.2f} | "
                          f"{run['job_seconds']:,.0f} | {run['val_rmse']:.4f} |")
         return lines
+    if name == "preprocess" and "runs" in r:
+        lines = ["| protocol | logs (instances) | job s | / MLlib pipeline | logs/s | instances/s | load before | code |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for run in sorted(r["runs"], key=lambda x: (x["protocol"], x["rows"])):
+            inst = f" ({run['instances']:,})" if run["instances"] != run["rows"] else ""
+            vs = f"{run['vs_mllib']:.2f}" if run.get("vs_mllib") is not None else ""
+            lines.append(f"| {run['protocol']} | {run['rows']:,}{inst} | {run['job_seconds']:.1f} | {vs} | "
+                         f"{run['rows_per_s']:,} | {run['instances_per_s']:,} | {run.get('load_1min_before', '')} | "
+                         f"{run.get('code', '')} |")
+        lines.append(f"\nlocal[{r.get('master', 'local[2]').strip('local[]')}], driver memory {r.get('driver_memory')}; "
+                     f"goal: {r.get('target')}.")
+        return lines
+    if name == "models" and "speed" in r:
+        return _models_table(r)
+    if name == "score" and "spark_rows_per_s" in r:
+        return ["| Spark / raw torch | Spark rows/s (job) | Spark rows/s (startup included) | raw torch rows/s | "
+                "rows | job seconds | model |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+                f"| **{r['spark_over_raw']:.2f}** | {r['spark_rows_per_s']:,.0f} | {r['spark_rows_per_s_incl_startup']:,.0f} | "
+                f"{r['raw_torch_rows_per_s']:,.0f} | {r['rows']:,} | {r['spark_job_seconds']:.1f} | {r['model']} |"]
     return ["| figure | value |", "| --- | --- |"] + [f"| {k} | {_fmt(v)} |" for k, v in _flatten(r)]
+
+
+_MODEL_NAMES = {"ours": "afm-dist AFM", "ours_naive": "afm-dist AFM, naive pair layer",
+                "deepctr_torch": "DeepCTR-Torch AFM", "fuxictr": "FuxiCTR AFM"}
+
+
+def _models_table(r: dict) -> list[str]:
+    """bench_models.py's run: the ratios first, then each variant's examples/s, then peak memory."""
+    two, one = r["speed"], r.get("speed_1_threads", {})
+    lines = ["| afm-dist AFM over | training, 2 threads | inference, 2 threads | training, 1 thread | inference, 1 thread |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for other in ("deepctr_torch", "fuxictr", "ours_naive"):
+        cells = []
+        for speed in (two, one):
+            ratios = speed.get("ratios", {}).get("median", {})
+            cells += [_fmt(ratios.get(f"ours_over_{other.replace('ours_', '')}_{kind}", "")) for kind in ("train", "infer")]
+        lines.append(f"| {_MODEL_NAMES[other]} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios of the median examples/s over the rounds; examples/s (median, best of "
+              f"{two['variants']['ours']['train_examples_per_s']['rounds']} rounds):", "",
+              "| model | training, 2 threads | inference, 2 threads | training, 1 thread | inference, 1 thread | "
+              "page faults a training step | system ms a training step |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, v in two["variants"].items():
+        w = one.get("variants", {}).get(name, {})
+        cell = lambda d, k: (f"{d[k]['median']:,.0f} ({d[k]['best']:,.0f})" if k in d else "")  # noqa: E731
+        lines.append(f"| {_MODEL_NAMES.get(name, name)} | {cell(v, 'train_examples_per_s')} | "
+                     f"{cell(v, 'infer_examples_per_s')} | {cell(w, 'train_examples_per_s')} | "
+                     f"{cell(w, 'infer_examples_per_s')} | {v['train_page_faults_per_step']:,.0f} | "
+                     f"{v['train_system_ms_per_step']:.2f} |")
+    mem = r.get("memory", {})
+    if mem:
+        lines += ["", "| model | peak training memory (MiB) | process peak RSS (MiB) | RSS before training (MiB) |",
+                  "| --- | ---: | ---: | ---: |"]
+        for name in ("ours", "ours_naive"):
+            if name in mem:
+                m = mem[name]
+                lines.append(f"| {_MODEL_NAMES[name]} | {m['training_peak_mib']:,.0f} | {m['peak_rss_mib']:,.0f} | "
+                             f"{m['base_rss_mib']:,.0f} |")
+    setup = r.get("setup", {})
+    sp, ms = setup.get("speed_shape", {}), setup.get("memory_shape", {})
+    if sp:
+        lines += ["", f"Speed: batch {sp['batch_size']}, {sp['num_fields']} fields of {sp['vocab_per_field']} values, "
+                  f"k = {sp['embedding_dim']}, t = {sp['attention_factor']}, {setup.get('optimizer')}, "
+                  f"{setup.get('loss')} loss, {setup.get('rounds')} rounds x {setup.get('passes')} passes of "
+                  f"{setup.get('iters_per_round')} steps. Memory: batch {ms.get('batch_size')}, "
+                  f"{ms.get('num_fields')} fields (m), k = {ms.get('embedding_dim')}."]
+    return lines
 
 
 def report() -> Path:
