@@ -18,8 +18,8 @@ What each shim replaces (Petastorm 0.13.1 file:line) and why:
 - ``pq.ParquetDataset(..., validate_schema=, metadata_nthreads=)`` with ``.pieces``, ``.partitions``,
   ``.common_metadata``, ``.fs``, ``.paths``, and ``pq.ParquetDatasetPiece`` (the legacy dataset
   API, gone in pyarrow 15): ``petastorm/reader.py:431``, ``petastorm/arrow_reader_worker.py:164,
-  172, 355-358``, ``petastorm/py_dict_reader_worker.py:125``,
-  ``petastorm/etl/dataset_metadata.py:107, 117, 223-288, 313-350, 402``,
+  172, 355-358``, ``petastorm/py_dict_reader_worker.py:138``,
+  ``petastorm/etl/dataset_metadata.py:107, 117, 223-288, 313-334, 350, 402``,
   ``petastorm/etl/rowgroup_indexing.py:54, 100``, ``petastorm/etl/metadata_util.py:50``,
   ``petastorm/unischema.py:317-321`` (through the dataset it is given). Stand-in:
   ``ParquetDataset`` and ``ParquetDatasetPiece`` below, which list files and Hive partitions as
@@ -35,7 +35,9 @@ What each shim replaces (Petastorm 0.13.1 file:line) and why:
   types they were aliases of.
 
 The two import-time stand-ins (``pyarrow.filesystem``, ``pyarrow.hdfs``) are in ``sys.modules`` only
-while ``install`` imports Petastorm, then taken away again.
+while ``install`` imports Petastorm, then taken away again. The shims live in the process that calls
+``install``: Petastorm's thread pool (the loader's) sees them; its process pool
+(``reader_pool_type="process"``) starts workers that import Petastorm without them.
 """
 from __future__ import annotations
 

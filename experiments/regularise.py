@@ -64,6 +64,26 @@ def load_data(path: str) -> tuple:
     return meta, batch, data, meta.target_range()
 
 
+def smoothed_row_weights(meta, train: Batch, smooth: float) -> torch.Tensor | None:
+    """(num_features,) weights of each row's L2 occurrences: (1 - smooth) + smooth * n_F / n_i, with n_i
+    the row's occurrences in the training split and n_F their mean over the field's rows that occur,
+    so that over an epoch row i is penalised ((1 - smooth) n_i + smooth n_F) ||v_i||^2: the smoothed
+    weighted trace norm of Foygel, Salakhutdinov, Shamir and Srebro (NIPS 2011) in factored form
+    (smooth 0: libFM SGD's per-occurrence L2, as the product; 1: every row of a field alike, as a
+    Gaussian prior per field); None for smooth 0."""
+    if not smooth:
+        return None
+    n = torch.bincount(train.ids[train.mask], minlength=meta.num_features).double()
+    w = torch.ones(meta.num_features, dtype=torch.float64)
+    for f in meta.fields:
+        c = n[f.offset:f.offset + f.size]
+        seen = c > 0
+        if seen.any():
+            mean = c[seen].mean()
+            w[f.offset:f.offset + f.size] = (1 - smooth) + smooth * mean / c.clamp(min=1)
+    return w.float()
+
+
 def pool_multi_valued(meta, data: dict, weighting: str) -> tuple[int, ...]:
     """Slot groups pooling every multi-valued field into one input (the product's ``SlotPooling``);
     ``mean`` / ``sqrt`` scale those fields' values in ``data`` by 1/n / 1/sqrt(n) (``sum``: as they are)."""
@@ -81,7 +101,8 @@ def pool_multi_valued(meta, data: dict, weighting: str) -> tuple[int, ...]:
 
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
         seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
-        frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0) -> dict:
+        frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0,
+        row_weight: torch.Tensor | None = None) -> dict:
     """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's);
     ``frozen``: the feature tables (embeddings, linear weights, bias) are not trained."""
     train, val = data["train"], data["validation"]
@@ -125,7 +146,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 if attention_l2:
                     loss = loss + attention_l2 * model.l2_penalty()
                 if fixed:
-                    e, w = model.feature_penalty(ids, mask)
+                    e, w = model.feature_penalty(ids, mask, row_weight)
                     loss = loss + fixed * (e + linear_factor * w)
                 if reg is not None:
                     loss = loss + reg.penalty(model, ids, mask)
@@ -205,6 +226,8 @@ def main() -> None:
                    help="the AFM's --attention-dropout (dropout on the pair weights a_ij)")
     p.add_argument("--pool", choices=("sum", "mean", "sqrt"),
                    help="multi-valued fields pooled to one vector each in the pair layer (FM and AFM)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="L2 occurrences weighted (1 - s) + s n_F / n_i (smoothed weighted trace norm; 0: per occurrence)")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     a = p.parse_args()
     torch.set_num_threads(2)
@@ -214,6 +237,7 @@ def main() -> None:
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
                       attention_scale=a.attention_scale, attention_dropout=a.attention_dropout)
     groups = pool_multi_valued(meta, data, a.pool) if a.pool else None
+    row_weight = smoothed_row_weights(meta, data["train"], a.smooth)
     fm_state, fm_acc = None, None
     if a.model != "fm":
         torch.manual_seed(2017)
@@ -223,7 +247,8 @@ def main() -> None:
             fm.load_state_dict(saved["model"])
             fm_acc = saved["accumulators"]
         else:
-            r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr)
+            r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr,
+                    row_weight=row_weight)
             fm_acc = r.pop("accumulators")
             print(json.dumps({"data": a.data, "model": "fm", **({"pool": a.pool} if a.pool else {}), **r}), flush=True)
             if a.fm_cache:
@@ -247,11 +272,13 @@ def main() -> None:
         r = fit(model, run_data, meta, clip, base, epochs=a.epochs, batch=batch, eval0=fm_state is not None,
                 lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
-                fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2)
+                fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2,
+                row_weight=row_weight)
         r.pop("accumulators")
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
+                          **({"smooth": a.smooth} if a.smooth else {}),
                           **({"attention_l2": a.attention_l2} if a.attention_l2 else {}),
                           **({"attention_dropout": a.attention_dropout} if a.attention_dropout else {}), **({"pool": a.pool} if a.pool else {}),
                           **({"attention_scale": a.attention_scale} if a.attention_scale != ModelConfig.attention_scale else {}), **({"step": a.step, "floor": a.floor} if "adaptive" in recipe else {}), **r}), flush=True)

@@ -41,13 +41,16 @@ class ScoringModel(nn.Module):
         """The regularised squared norm the trainer multiplies by lambda; 0 unless a model says otherwise."""
         return next(self.parameters()).new_zeros(())
 
-    def feature_penalty(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_penalty(self, ids: torch.Tensor, mask: torch.Tensor,
+                        row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The squared norms of the batch's feature rows, as libFM's SGD regularises: only the rows
         a step touches, each as often as it occurs (so the gradient stays sparse).
 
         Args:
             ids: (B, M) feature ids.
             mask: (B, M), 1 for a slot that holds a feature, 0 for padding.
+            row_weight: (num_features,) or None: each row's occurrences weighted by it (see
+                ``training.regularization.smoothed_row_weights``); None weighs every occurrence 1.
 
         Returns:
             (embedding, linear): scalars, the batch means of sum_i mask_i ||v_i||^2 and of
@@ -59,9 +62,13 @@ class ScoringModel(nn.Module):
             # (the same sums; a gradient of one row per distinct id, see layers.bag_sum).
             unique, inverse = torch.unique(ids[mask], return_inverse=True)  # (U,), (R,)
             counts = torch.bincount(inverse, minlength=unique.numel()).to(self.linear.weight.weight.dtype)  # (U,)
+            if row_weight is not None:
+                counts = counts * row_weight[unique]
             v, w = self.embedding.embedding(unique), self.linear.weight(unique).squeeze(-1)  # (U, k), (U,)
             return (counts * (v * v).sum(-1)).sum() / ids.shape[0], (counts * w * w).sum() / ids.shape[0]
         m = mask.to(self.linear.weight.weight.dtype)
+        if row_weight is not None:
+            m = m * row_weight[ids]
         v = self.embedding.embedding(ids)  # (B, M, k)
         w = self.linear.weight(ids).squeeze(-1)  # (B, M)
         return ((v * v).sum(-1) * m).sum(1).mean(), (w * w * m).sum(1).mean()
