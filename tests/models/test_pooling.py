@@ -122,3 +122,21 @@ def test_feature_penalty_with_a_pooled_field_counts_every_real_slot_once():
     m = mask.double()
     assert emb.item() == pytest.approx((((v[ids] ** 2).sum(-1) * m).sum(1).mean()).item(), rel=1e-12)
     assert lin.item() == pytest.approx(((w[ids] ** 2 * m).sum(1).mean()).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("groups", [GROUPS, None])
+def test_feature_penalty_weighs_each_occurrence_by_its_rows_weight(groups):
+    """row_weight[i] multiplies every occurrence of row i (the smoothed weighting of
+    experiments/regularise.py --smooth), on the pooled path and the slot path alike."""
+    ids, vals, mask = _batch()
+    ids = ids.clone()
+    ids[0, 3] = ids[1, 2] = 10
+    model = _fm(groups) if groups is not None else _fm(tuple([1] * ids.shape[1]))
+    weight = torch.linspace(0.5, 3.0, N, dtype=model.embedding.weight.dtype)
+    emb, lin = model.feature_penalty(ids, mask, weight)
+    v, w = model.embedding.weight, model.linear.weight.weight[:, 0]
+    m = mask.to(weight.dtype) * weight[ids]
+    assert emb.item() == pytest.approx((((v[ids] ** 2).sum(-1) * m).sum(1).mean()).item(), rel=1e-12)
+    assert lin.item() == pytest.approx(((w[ids] ** 2 * m).sum(1).mean()).item(), rel=1e-12)
+    plain = model.feature_penalty(ids, mask)
+    assert emb.item() != pytest.approx(plain[0].item(), rel=1e-3)  # the weights changed something
