@@ -109,7 +109,7 @@ class HadoopFileSystem:
     def __init__(self, *args, **kwargs) -> None:
         raise NotImplementedError(
             f"hdfs:// URLs need pyarrow's legacy HDFS client, which pyarrow {pa.__version__} no longer has; "
-            "read HDFS through an fsspec URL (webhdfs://namenode:port/path), or install the Spark 3.5 profile")
+            "read HDFS through an fsspec URL (webhdfs://namenode:port/path)")
 
 
 class _Partition:

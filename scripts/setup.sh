@@ -8,7 +8,7 @@
 #
 # Environment:
 #   SPARK             the stack profile: 4 (default: pyspark 4.3, pyarrow 26, NumPy 2, pandas 3) or
-#                     3.5 (for Spark 3.5 clusters: pyspark 3.5.9, pyarrow 26, NumPy 1, pandas 2);
+#                     3.5 (for Spark 3.5 clusters: pyspark 3.5.9, pyarrow 25, NumPy 1, pandas 2);
 #                     the pins are scripts/stack-spark$SPARK.txt
 #   AFM_VENV          the venv to create or update (default: .venv in the repository)
 #   PYTHON            interpreter to create the venv with (default: python3.11, else python3)

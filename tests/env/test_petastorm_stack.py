@@ -1,5 +1,5 @@
-"""Petastorm's make_batch_reader on whichever stack this venv has (pyarrow 14 + NumPy 1, or pyarrow 26 +
-NumPy 2 through afm_dist/petastorm_compat.py): the row groups each shard gets, their order under a
+"""Petastorm's make_batch_reader on whichever stack this venv has (pyarrow 14 + NumPy 1 as Petastorm
+expects; pyarrow 25 + NumPy 1 or pyarrow 26 + NumPy 2 through afm_dist/petastorm_compat.py): the row groups each shard gets, their order under a
 seed, every row once, streaming epochs, Hive partitions. The expected values are derived here from
 the rules Petastorm 0.13.1 documents (row groups in path order, sharded by index after a seeded
 shuffle, ventilated in a seeded permutation), not read back from Petastorm."""
