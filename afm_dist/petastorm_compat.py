@@ -135,11 +135,32 @@ class _Partition:
 
 
 class _Partitions(list):
-    """The legacy ``ParquetPartitions``: the levels in order, and their ``partition_names``."""
+    """The legacy ``ParquetPartitions``: the levels in order (falsy when there are none), and their
+    ``partition_names``."""
 
     @property
     def partition_names(self) -> set[str]:
         return {p.name for p in self}
+
+    def get_index(self, level: int, name: str, key: str) -> int:
+        if level == len(self):
+            if name in self.partition_names:
+                raise ValueError(f"{name} was the name of the partition in another level")
+            self.append(_Partition(name))
+        return self[level].get_index(key)
+
+    def accepts(self, part_key: tuple[str, int], condition, level: int) -> bool:
+        """pyarrow 14's ``filter_accepts_partition``: the partition value, typed as the filter's, against it."""
+        column, op, value = condition
+        if part_key[0] != column:
+            return True
+        kind = type(next(iter(value))) if op in ("in", "not in") else type(value)
+        v = kind(self[level].dictionary[part_key[1]].as_py())
+        ops = {"=": v.__eq__, "==": v.__eq__, "!=": v.__ne__, "<": v.__lt__, ">": v.__gt__, "<=": v.__le__,
+               ">=": v.__ge__, "in": lambda c: v in c, "not in": lambda c: v not in c}
+        if op not in ops:
+            raise ValueError(f"'{op}' is not a valid operator in predicates.")
+        return bool(ops[op](value))
 
 
 class ParquetDatasetPiece:
@@ -183,6 +204,8 @@ class ParquetDatasetPiece:
             table = reader.read(columns=columns, use_threads=use_threads, use_pandas_metadata=use_pandas_metadata)
         if file is None:
             reader.close()
+        if self.partition_keys and not partitions:
+            raise ValueError("Must pass partition sets")
         for name, index in self.partition_keys:
             level = next(p for p in partitions if p.name == name)
             indices = pa.array(np.full(table.num_rows, index, dtype=np.int32))
@@ -191,86 +214,88 @@ class ParquetDatasetPiece:
 
 
 def _skipped(name: str) -> bool:
-    # pyarrow 14's ParquetManifest._should_silently_exclude / _isfilestore: metadata, markers, hidden files
-    return name.startswith(("_", ".")) or name.endswith("_$folder$") or name.endswith(".crc")
+    # pyarrow 14's ParquetManifest._should_silently_exclude
+    return name.endswith(".crc") or name.endswith("_$folder$") or name.startswith((".", "_"))
 
 
 class ParquetDataset:
-    """The legacy ``pq.ParquetDataset`` as Petastorm uses it: ``paths``, ``fs``, ``pieces`` (one per
-    file, sorted by path), ``partitions`` (None, or the Hive levels ``name=value`` of directories),
-    ``metadata`` / ``common_metadata`` (the ``_metadata`` / ``_common_metadata`` files' metadata, or
-    None) and ``schema``. ``validate_schema`` and ``metadata_nthreads`` are accepted and ignored
-    (pyarrow 14 validated lazily too). ``filters`` select pieces by partition values only.
+    """The legacy ``pq.ParquetDataset`` as Petastorm uses it: ``paths``, ``fs``, ``pieces``,
+    ``partitions`` (the Hive levels ``name=value`` of directories; falsy when none; None for a list
+    of files), ``metadata_path`` / ``common_metadata_path`` and ``metadata`` / ``common_metadata``
+    (the ``_metadata`` / ``_common_metadata`` files' metadata, the latter falling back to the former,
+    or None) and ``schema``. A directory is walked as pyarrow 14's ``ParquetManifest`` walked it:
+    each level's files and directories sorted, private ones (``_x``, ``.x`` without ``=``) skipped,
+    partition codes given in that order, and the pieces sorted by path at the end; so pieces, row
+    groups and therefore shards and seeded orders are pyarrow 14's. ``validate_schema`` and
+    ``metadata_nthreads`` are accepted and ignored; ``filters`` select pieces by partition values.
 
     Raises:
-        OSError: a path that does not exist.
+        OSError: a listed path that is not a file.
+        ValueError: files beside partition directories, a directory that is not ``name=value``.
     """
 
     def __init__(self, path_or_paths, filesystem=None, schema=None, metadata=None, split_row_groups=False,
                  validate_schema=True, filters=None, metadata_nthreads=1, **_ignored) -> None:
         self.paths = path_or_paths
         self.fs = filesystem if filesystem is not None else LocalFileSystem()
-        self.partitions: _Partitions | None = None
-        levels: dict[str, _Partition] = {}
+        self.metadata_path = self.common_metadata_path = None
         self.pieces: list[ParquetDatasetPiece] = []
-        roots = [path_or_paths] if isinstance(path_or_paths, str) else list(path_or_paths)
-        for root in roots:
-            for path in self._files(root):
-                keys = []
-                rel = os.path.relpath(os.path.dirname(path), root) if path != root else "."
-                for part in ([] if rel == "." else rel.split(os.sep)):
-                    if "=" in part:
-                        name, value = part.split("=", 1)
-                        level = levels.setdefault(name, _Partition(name))
-                        keys.append((name, level.get_index(value)))
-                self.pieces.append(ParquetDatasetPiece(path, open_file_func=self.fs.open, partition_keys=keys))
-        if levels:
-            self.partitions = _Partitions(levels.values())
+        self.partitions: _Partitions | None = None
+        single = path_or_paths[0] if isinstance(path_or_paths, list) and len(path_or_paths) == 1 else path_or_paths
+        if isinstance(single, str) and self.fs.isdir(single):
+            self.partitions = _Partitions()
+            self._visit_level(0, single.rstrip("/") if single != "/" else single, [])
+            self.pieces.sort(key=lambda piece: piece.path)
+            if self.common_metadata_path is None:  # _common_metadata is a subset of _metadata
+                self.common_metadata_path = self.metadata_path
+        else:
+            paths = single if isinstance(single, list) else [single]
+            if not paths:
+                raise ValueError("Must pass at least one file path")
+            for path in paths:
+                if not self.fs.isfile(path):
+                    raise OSError(f"Passed non-file path: {path}")
+                self.pieces.append(ParquetDatasetPiece(path, open_file_func=self.fs.open))
+        self.common_metadata = self._read_metadata(self.common_metadata_path)
+        self.metadata = metadata if metadata is not None else self._read_metadata(self.metadata_path)
         if filters:
-            self.pieces = [p for p in self.pieces if self._keep(p, filters)]
-        base = roots[0] if isinstance(path_or_paths, str) else None
-        self.metadata = self._metadata_file(base, "_metadata")
-        self.common_metadata = self._metadata_file(base, "_common_metadata")
-        self.schema = (self.common_metadata or self.metadata or
-                       (self.pieces[0].get_metadata() if self.pieces else None))
-        self.schema = self.schema.schema if self.schema is not None else None
+            disjunction = filters if isinstance(filters[0], list) else [filters]
+            self.pieces = [p for p in self.pieces if any(
+                all(self.partitions.accepts(key, f, level) for f in conjunction
+                    for level, key in enumerate(p.partition_keys)) for conjunction in disjunction)]
+        source = self.common_metadata or self.metadata or (self.pieces[0].get_metadata() if self.pieces else None)
+        self.schema = source.schema if source is not None else None
 
-    def _files(self, root: str) -> list[str]:
-        if not self.fs.exists(root):
-            raise OSError(f"Passed non-file path: {root}")
-        if not self.fs.isdir(root):
-            return [root]
-        out = []
-        for path in self.fs.ls(root):  # sorted, as pyarrow 14's manifest sorted each level
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if _skipped(name):
-                continue
-            out += self._files(path) if self.fs.isdir(path) else [path]
-        return out
+    def _visit_level(self, level: int, base: str, part_keys: list[tuple[str, int]]) -> None:
+        files, directories = [], []
+        for path in self.fs.ls(base):
+            name = path.rsplit("/", 1)[-1]
+            if self.fs.isdir(path):
+                if not (name.startswith(("_", ".")) and "=" not in name):
+                    directories.append(path)
+            elif name.endswith("_common_metadata"):
+                self.common_metadata_path = path
+            elif name.endswith("_metadata"):
+                self.metadata_path = path
+            elif not _skipped(name):
+                files.append(path)
+        files.sort()
+        directories.sort()
+        if files and directories:
+            raise ValueError(f"Found files in an intermediate directory: {base}")
+        for path in directories:
+            tail = path.rsplit("/", 1)[-1]
+            if "=" not in tail:
+                raise ValueError(f"Directory name did not appear to be a partition: {tail}")
+            name, key = tail.split("=", 1)
+            self._visit_level(level + 1, path, part_keys + [(name, self.partitions.get_index(level, name, key))])
+        self.pieces += [ParquetDatasetPiece(f, open_file_func=self.fs.open, partition_keys=part_keys) for f in files]
 
-    def _metadata_file(self, base: str | None, name: str):
-        if base is None or not self.fs.isdir(base):
-            return None
-        path = base.rstrip("/") + "/" + name
-        if not self.fs.exists(path):
+    def _read_metadata(self, path: str | None):
+        if path is None:
             return None
         with self.fs.open(path) as f:
             return pq.read_metadata(f)
-
-    def _keep(self, piece: ParquetDatasetPiece, filters) -> bool:
-        values = {name: self.partitions[[p.name for p in self.partitions].index(name)].keys[i]
-                  for name, i in piece.partition_keys}
-        disjunction = filters if isinstance(filters[0], list) else [filters]
-        ops = {"=": str.__eq__, "==": str.__eq__, "!=": str.__ne__,
-               "in": lambda v, s: v in {str(x) for x in s}, "not in": lambda v, s: v not in {str(x) for x in s}}
-        for conjunction in disjunction:
-            for column, op, value in conjunction:
-                if column not in values or op not in ops:
-                    raise ValueError(f"filters: only partition columns with {sorted(ops)} are supported "
-                                     f"on this pyarrow ({pa.__version__}); got {(column, op, value)}")
-            if all(ops[op](values[c], value if op.endswith("in") else str(value)) for c, op, value in conjunction):
-                return True
-        return False
 
 
 class _Namespace(types.ModuleType):

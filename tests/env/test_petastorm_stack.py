@@ -102,3 +102,34 @@ def test_the_shims_leave_pyarrow_and_numpy_as_they_are():
     assert (importlib.util.find_spec("pyarrow.filesystem") is not None) == legacy_pyarrow
     assert hasattr(np, "unicode_") == (int(np.__version__.split(".")[0]) < 2)
     assert ("pyarrow.filesystem" in petastorm_compat.installed()) == (not legacy_pyarrow)
+
+
+@pytest.mark.stack
+def test_partitions_and_pieces_in_pyarrow_14s_order(tmp_path):
+    """pyarrow 14 sorted the pieces by their whole path: day=1-x/ before day=1/ ('-' < '/'), and
+    gave partition codes in each level's sorted listing, directories without data included."""
+    d = tmp_path / "parted"
+    for n, day in enumerate(["1", "1-x", "11", "3"]):
+        (d / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"row_id": np.array([n], dtype=np.int64)}), d / f"day={day}" / "p.parquet")
+    (d / "day=0").mkdir()  # no data: still a partition value
+    petastorm_patch.apply()
+    with make_batch_reader(f"file://{d}", schema_fields=["row_id", "day"], workers_count=1, num_epochs=1,
+                           shuffle_row_groups=False) as reader:
+        got = [(int(b.row_id[0]), str(b.day[0])) for b in reader]
+    assert got == [(1, "1-x"), (0, "1"), (2, "11"), (3, "3")]
+
+
+@pytest.mark.stack
+def test_a_summary_metadata_file_alone_is_read_as_the_common_metadata(split):
+    """A split with a _metadata summary (Spark's summary files) and no _common_metadata reads all its rows."""
+    files = sorted(split.glob("part-*.parquet"))
+    metas = []
+    for f in files:
+        meta = pq.read_metadata(f)
+        meta.set_file_path(f.name)
+        metas.append(meta)
+    for m in metas[1:]:
+        metas[0].append_row_groups(m)
+    metas[0].write_metadata_file(split / "_metadata")
+    assert sorted(_groups(f"file://{split}", num_epochs=1, shuffle_row_groups=False)) == list(range(7))
