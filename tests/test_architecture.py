@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("spark layer", ("afm_dist.spark", "afm_dist.synthetic")),
     ("orchestration", ("afm_dist.preprocess", "afm_dist.training")),
     ("job runtime", ("afm_dist.cli",)),
-    ("entry points", ("afm_dist.train", "afm_dist.search", "jobs")),
+    ("entry points", ("afm_dist.train", "afm_dist.search", "afm_dist.horovodrun", "jobs")),
 ]
 
 
