@@ -141,6 +141,21 @@ def test_a_worker_killed_while_a_commit_is_made(planted_data, tmp_path):
     assert history[0]["workers"] == 2 and history[0]["resets"] == 1
 
 
+def test_a_killed_workers_host_comes_back_after_the_blacklist_cooldown(planted_data, tmp_path):
+    """horovodrun blacklists a failed worker's host; with --blacklist-cooldown-range it lists it again
+    after the cooldown, and the host's new worker joins at a commit: the world is 3 again."""
+    out = tmp_path / "back"
+    run = ElasticRun(tmp_path, "back", elastic_args(planted_data, out), "localhost:2\n127.0.0.1:1\n", np=3,
+                     min_np=2, max_np=3, hvd_flags=("--blacklist-cooldown-range", "1", "2"))
+    run.wait_for(rf"epoch 1/{EPOCHS} step (1[0-9]|[2-7][0-9])/")
+    run.worker("127.0.0.1", out).send_signal(signal.SIGKILL)
+    history = check_complete(run, run.finish(), out, planted_data)
+    text = run.text()
+    lost, back = text.find("2 worker(s) now: going on from"), text.find("3 worker(s) now: going on from")
+    assert 0 <= lost < back, text[-4000:]
+    assert history[-1]["workers"] == 3 and history[-1]["resets"] >= 2
+
+
 def test_a_host_added_mid_run_joins_and_the_world_grows(planted_data, tmp_path):
     out = tmp_path / "grow"
     run = ElasticRun(tmp_path, "grow", elastic_args(planted_data, out), "localhost:2\n", np=2, min_np=2, max_np=3)
