@@ -209,6 +209,7 @@ def main() -> None:
     p.add_argument("recipes", nargs="+")
     p.add_argument("--model", default="fm")
     p.add_argument("--k", type=int, default=64)
+    p.add_argument("--t", type=int, help="the AFM's attention factor (default: k)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int)
     p.add_argument("--fm-recipe", default="none", help="the FM an AFM starts from")
@@ -234,7 +235,7 @@ def main() -> None:
     meta, batch, data, clip = load_data(a.data)
     batch = a.batch or batch
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
-    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.k, interaction_dropout=a.dropout,
+    cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.t or a.k, interaction_dropout=a.dropout,
                       attention_scale=a.attention_scale, attention_dropout=a.attention_dropout)
     groups = pool_multi_valued(meta, data, a.pool) if a.pool else None
     row_weight = smoothed_row_weights(meta, data["train"], a.smooth)
@@ -276,7 +277,7 @@ def main() -> None:
                 row_weight=row_weight)
         r.pop("accumulators")
         r["recipe"] = recipe
-        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **({"t": a.t} if a.t else {}), "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
                           **({"smooth": a.smooth} if a.smooth else {}),
                           **({"attention_l2": a.attention_l2} if a.attention_l2 else {}),
