@@ -6,7 +6,6 @@ The worker on ``127.0.0.1`` (one slot) is the one killed: Horovod blacklists the
 worker, so the world goes on with the other host's two slots."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
