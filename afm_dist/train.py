@@ -29,6 +29,7 @@ from afm_dist.io import UnsupportedSchemeError, local_path
 from afm_dist.models import MODEL_NAMES, ModelConfig
 from afm_dist.models.afm import ATTENTION_SCALES
 from afm_dist.training import TrainConfig
+from afm_dist.training.config import AFM_FINE_TUNE_LR, LR
 from afm_dist.training.launch import run
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 
@@ -46,7 +47,10 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
                    help="adagrad (the paper's; lazy on sparse tables), rowwise_adagrad (one accumulator per table "
                         "row: k times less optimizer memory), adam (dense tables only)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"the optimizer's learning rate (default {LR}; {AFM_FINE_TUNE_LR} for --model afm with "
+                        "--init-from: fine-tuning a trained FM at the lower rate ends lower on validation, "
+                        "docs/results/quality.md)")
     p.add_argument("--loss", choices=["squared", "logistic"], default=TrainConfig.loss)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
     p.add_argument("--attention-l2", type=float, default=TrainConfig.attention_l2,

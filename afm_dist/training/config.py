@@ -8,6 +8,15 @@ from afm_dist.models import ModelConfig
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 
 INIT_FROM_FM = ("fm", "afm", "wide_deep", "deep_cross")  # the models init_from_fm accepts
+# Adagrad's learning rate (the paper's optimizer; the rate measured on Frappe in issue 15).
+LR = 0.05
+# The rate of an AFM fine-tuned from a trained FM (--init-from). At 0.05 the tables' first steps
+# under fresh Adagrad accumulators undo part of the FM: the AFM's first epoch raised validation RMSE
+# (Frappe logs 0.5645 -> 0.5922) before 45 epochs of slow descent. At 0.02 that rise is gone and the
+# AFM ends lower (docs/results/quality.md, seventh step; measured on validation, k = 256: Frappe logs
+# -3.9% -> -4.4% and -5.1% -> -5.6% against its FM, equal on the Frappe file and MovieLens), as
+# pre-trained weights are commonly fine-tuned at a lower rate than they were trained at.
+AFM_FINE_TUNE_LR = 0.02
 
 
 @dataclass
@@ -23,7 +32,8 @@ class TrainConfig:
     # Paper: Frappe 128, MovieLens 4096; a dataset schema may set its own (training.batch_size).
     batch_size: int | None = None
     optimizer: str = "adagrad"  # the paper's mini-batch Adagrad; rowwise_adagrad, adam as options
-    lr: float = 0.05
+    # None: LR, or AFM_FINE_TUNE_LR for an AFM with init_from (resolved when the config is made).
+    lr: float | None = None
     loss: str = "squared"  # the paper's squared loss; "logistic" for binary log loss
     patience: int = 3  # early stopping on validation RMSE
     # lambda of the L2 penalty lambda * ||W||^2 on AFM's attention network (added to the mean loss).
@@ -60,6 +70,10 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     model_config: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = AFM_FINE_TUNE_LR if self.init_from and self.model == "afm" else LR
 
     def check(self) -> None:
         """Refuse settings and combinations of settings that cannot work, before any work.

@@ -412,6 +412,9 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])  # Adagrad's accumulators, Adam's moments
+    # torch restores the learning rate with the state: the run goes on at the rate it started with
+    # (an AFM fine-tuned from --init-from at AFM_FINE_TUNE_LR), and model.json says so.
+    cfg.lr = optimizer.param_groups[0]["lr"]
     if tail is not None and cfg.average_tail:  # resumed with --average-tail false: nothing averaged from here
         tail.load_state_dict(saved.get("average"), device=next(model.parameters()).device)
     return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],

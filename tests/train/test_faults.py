@@ -72,6 +72,20 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
     assert parse_args(base + ["--model", "fm", "--embedding-l2", "0.02"]).l2_at(3) == (0.02, 0.0)
 
 
+def test_an_afm_from_a_trained_fm_fine_tunes_at_the_lower_rate(tmp_path):
+    from afm_dist.train import parse_args
+    from afm_dist.training import TrainConfig
+
+    base = ["--data", str(tmp_path / "none"), "--output", str(tmp_path / "m")]
+    fm = str(tmp_path / "fm")
+    assert parse_args(base + ["--model", "fm"]).lr == 0.05
+    assert parse_args(base + ["--model", "afm"]).lr == 0.05  # from random tables: the FM's rate
+    assert parse_args(base + ["--model", "afm", "--init-from", fm]).lr == 0.02
+    assert parse_args(base + ["--model", "afm", "--init-from", fm, "--lr", "0.1"]).lr == 0.1
+    assert parse_args(base + ["--model", "deep_cross", "--init-from", fm]).lr == 0.05  # measured for AFM only
+    assert TrainConfig(data="d", model="afm", output="o", init_from=fm).lr == 0.02
+
+
 def test_afm_on_one_field_refused_before_training(spark, tmp_path, capsys):
     from afm_dist.train import main
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from afm_dist.training.checkpoint import CHECKPOINT, load_checkpoint
 from afm_dist.dataset import COMPLETE_MARKER, METADATA_FILE
+from afm_dist.model_dir import TrainedModel
 from tests.conftest import REPO, SMALL_MODEL as SMALL, horovod_command, run_horovod
 
 
@@ -95,7 +96,7 @@ def test_uneven_shards_finish(planted_data, tmp_path):
 def test_killed_rank_fails_fast_and_resume_finishes(planted_data, tmp_path):
     out = tmp_path / "m"
     args = train_args(planted_data, "afm", out, "--epochs", "4", "--batch-size", "128", "--patience", "10")
-    cmd, env = horovod_command(args, np=2)
+    cmd, env = horovod_command(args + ["--lr", "0.03"], np=2)
     launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while not (out / CHECKPOINT).exists():
@@ -114,10 +115,12 @@ def test_killed_rank_fails_fast_and_resume_finishes(planted_data, tmp_path):
     done_before = load_checkpoint(out / CHECKPOINT)["epoch"]
     assert 1 <= done_before < 4
 
-    check(run_horovod(args + ["--resume"], np=2))
+    check(run_horovod(args + ["--resume"], np=2))  # without --lr: the run goes on at its own rate
     history = metrics(out)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert (out / COMPLETE_MARKER).exists()
+    assert TrainedModel.load(out).train_config["lr"] == 0.03
+    assert load_checkpoint(out / CHECKPOINT)["optimizer_state"]["param_groups"][0]["lr"] == 0.03
 
 
 def test_l2_schedule_moves_on_at_a_plateau_from_the_best_weights(planted_data, tmp_path):
