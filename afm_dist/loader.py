@@ -1,12 +1,13 @@
 """Petastorm readers over a preprocessed split, turned into fixed-size torch batches.
 
-Training reads its shard of the train split forever (``num_epochs=None``) and the trainer takes
-exactly ``steps_per_epoch`` batches from it, so every rank runs the same number of steps however
+Training reads its shard of the train split pass after pass, each row once a pass, and the
+trainer takes exactly ``steps_per_epoch`` batches from it, so every rank runs the same number of steps however
 uneven the shards are and no collective waits for a rank that ran out of data. Evaluation reads
 its shard once, every row exactly once across ranks.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -170,7 +171,17 @@ def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
                       shuffle_buffer: int, workers: int) -> Iterator[Batch]:
-    """``train_batches``' batches, in the caller's thread."""
+    """``train_batches``' batches, in the caller's thread.
+
+    The shard is read pass after pass (one Petastorm reader a pass, its row groups in an order of
+    the pass's own seed). Within a pass the buffer gives out half its rows each time it is full and
+    keeps the other half to mix with the next row groups; at the pass's end it gives out all it
+    holds but the last partial batch, before any row of the next pass comes in. So each pass
+    yields every row of the shard once, and a shard no larger than the buffer is one uniform
+    permutation a pass. (Reading the shard as one endless stream, a full buffer kept half of it
+    into the next pass: on a shard the buffer holds whole, a fifth of an epoch's rows were
+    repeats and as many were never seen, MovieLens ratings, 70,821 rows.)
+    """
     sizes = row_group_sizes(split_dir)
     groups = len(sizes)
     if groups < size:
@@ -179,32 +190,47 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
             "Re-run jobs/preprocess.py with smaller row groups (more files), or use fewer workers."
         )
     rng = np.random.default_rng(seed * 1_000_003 + rank)
-    # The shard is read in a loop: a buffer larger than the shard would only hold repeats.
     capacity = max(2 * batch_size, min(shuffle_buffer, sum(sizes) // size))
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
     produced = 0
-    with _reader(split_dir, shard=rank, shards=size, num_epochs=None, shuffle=True, seed=seed,
-                 columns=COLUMNS, workers=workers) as reader:
-        for chunk in reader:
-            arrays = _to_numpy(chunk, COLUMNS)
-            pending.append(arrays)
-            pending_rows += len(arrays[LABEL])
-            if pending_rows < capacity:
-                continue
-            buf = {c: np.concatenate([p[c] for p in pending]) for c in COLUMNS}
-            order = rng.permutation(pending_rows)
-            n_out = pending_rows // batch_size - (capacity // batch_size) // 2  # keep half to mix with the next chunks
-            n_out = max(1, n_out)
-            for b in range(n_out):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                yield to_batch({c: buf[c][idx] for c in COLUMNS})
+
+    def cut(keep_half: bool) -> Iterator[Batch]:
+        """Permute the buffer and give out its batches: half of it, or all but the last partial batch."""
+        nonlocal pending, pending_rows
+        buf = {c: np.concatenate([p[c] for p in pending]) for c in COLUMNS}
+        order = rng.permutation(pending_rows)
+        n_out = pending_rows // batch_size
+        if keep_half:
+            n_out = max(1, n_out - (capacity // batch_size) // 2)
+        for b in range(n_out):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield to_batch({c: buf[c][idx] for c in COLUMNS})
+        rest = order[n_out * batch_size:]
+        pending = [{c: buf[c][rest] for c in COLUMNS}]
+        pending_rows = len(rest)
+
+    for n in itertools.count():
+        # Petastorm's seed for the row groups' order in pass n (32 bits: Petastorm seeds NumPy with it).
+        pass_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+        with _reader(split_dir, shard=rank, shards=size, num_epochs=1, shuffle=True, seed=pass_seed,
+                     columns=COLUMNS, workers=workers) as reader:
+            for chunk in reader:
+                pending.append(_to_numpy(chunk, COLUMNS))
+                pending_rows += len(pending[-1][LABEL])
+                if pending_rows < capacity:
+                    continue
+                for batch in cut(keep_half=True):
+                    yield batch
+                    produced += 1
+                    if produced == steps:
+                        return
+        if pending_rows >= batch_size:
+            for batch in cut(keep_half=False):
+                yield batch
                 produced += 1
                 if produced == steps:
                     return
-            rest = order[n_out * batch_size:]
-            pending = [{c: buf[c][rest] for c in COLUMNS}]
-            pending_rows = len(rest)
 
 
 def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int = 8192,

@@ -33,6 +33,43 @@ def test_train_batches_same_step_count_on_every_rank(planted_data):
     assert counts == [steps, steps]
 
 
+def _numbered_split(directory, sizes: list[int]):
+    """A train split of one row group per file, ``sizes`` rows each; row r has ids [r, r + 1]."""
+    import pyarrow as pa
+
+    directory.mkdir()
+    start = 0
+    for i, n in enumerate(sizes):
+        r = np.arange(start, start + n)
+        pq.write_table(pa.table({"row_id": pa.array(r), "ids": pa.array([[int(x), int(x) + 1] for x in r]),
+                                 "vals": pa.array([[1.0, 1.0]] * n, pa.list_(pa.float32())),
+                                 "mask": pa.array([[1, 1]] * n, pa.list_(pa.int8())),
+                                 "label": pa.array(r.astype(np.float32))}), directory / f"part-{i}.parquet")
+        start += n
+    return directory, start
+
+
+def test_an_epoch_of_train_batches_holds_every_row_of_the_shard_once(tmp_path):
+    """Rows are drawn without replacement: an epoch of rows / batch steps is a permutation of the
+    shard, whether the shard fits in the shuffle buffer or not, and the next epoch (another seed)
+    another one."""
+    split, rows = _numbered_split(tmp_path / "train", [50, 60, 55, 45, 52, 58])  # 320 rows
+    for buffer in (100_000, 64):  # the whole shard in the buffer; a buffer of a fifth of it
+        orders = []
+        for seed in (11, 12):
+            batches = list(train_batches(split, rank=0, size=1, batch_size=32, steps=10, seed=seed,
+                                         shuffle_buffer=buffer))
+            seen = torch.cat([b.ids[:, 0] for b in batches]).numpy()
+            np.testing.assert_array_equal(np.sort(seen), np.arange(rows))
+            orders.append(seen)
+        assert not np.array_equal(orders[0], orders[1])
+    # Two ranks: each reads its own row groups, none twice before it has read them all.
+    for rank in range(2):
+        seen = torch.cat([b.ids[:, 0] for b in train_batches(split, rank=rank, size=2, batch_size=16, steps=9,
+                                                               seed=3)]).numpy()
+        assert len(np.unique(seen)) == len(seen) == 144
+
+
 def test_train_batches_are_shuffled_and_seeded(planted_data):
     split = planted_data / "train"
     first = [next(train_batches(split, rank=0, size=1, batch_size=64, steps=1, seed=s)).label for s in (1, 1, 2)]
