@@ -218,9 +218,12 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
             for chunk in reader:
                 pending.append(_to_numpy(chunk, COLUMNS))
                 pending_rows += len(pending[-1][LABEL])
-                if pending_rows < capacity:
+                # The epoch's last batches (the one completed from the next pass): as soon as the
+                # buffer holds them, not after a whole buffer of the next pass.
+                last = pending_rows >= (steps - produced) * batch_size
+                if pending_rows < capacity and not last:
                     continue
-                for batch in cut(keep_half=True):
+                for batch in cut(keep_half=not last):
                     yield batch
                     produced += 1
                     if produced == steps:
