@@ -72,7 +72,7 @@ def test_trainer_keeps_the_mean_where_it_is_better_and_resumes_it_exactly(plante
     Two workers: each keeps its own mean (no collective), and the split evaluation of it across
     both must equal rank 0's written mean scored in plain torch."""
     common = ["-m", "afm_dist.train", "--data", str(planted_data), "--model", "fm", *SMALL_MODEL,
-              "--batch-size", "128", "--lr", "0.3", "--l2-schedule", "3", "--patience", "20", "--seed", "3"]
+              "--batch-size", "128", "--lr", "0.6", "--l2-schedule", "3", "--patience", "20", "--seed", "3"]
     whole = tmp_path / "whole"
     proc = run_horovod(common + ["--output", str(whole), "--epochs", "7"], np=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
