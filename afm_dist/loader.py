@@ -210,6 +210,16 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
         pending = [{c: buf[c][rest] for c in COLUMNS}]
         pending_rows = len(rest)
 
+    def emit(keep_half: bool):
+        """``cut``'s batches up to the epoch's last; True when that one has gone out."""
+        nonlocal produced
+        for batch in cut(keep_half):
+            yield batch
+            produced += 1
+            if produced == steps:
+                return True
+        return False
+
     for n in itertools.count():
         # Petastorm's seed for the row groups' order in pass n (32 bits: Petastorm seeds NumPy with it).
         pass_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
@@ -223,17 +233,10 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
                 last = pending_rows >= (steps - produced) * batch_size
                 if pending_rows < capacity and not last:
                     continue
-                for batch in cut(keep_half=not last):
-                    yield batch
-                    produced += 1
-                    if produced == steps:
-                        return
-        if pending_rows >= batch_size:
-            for batch in cut(keep_half=False):
-                yield batch
-                produced += 1
-                if produced == steps:
+                if (yield from emit(keep_half=not last)):
                     return
+        if pending_rows >= batch_size and (yield from emit(keep_half=False)):
+            return
 
 
 def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int = 8192,
