@@ -77,7 +77,8 @@ def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None,
 
 def train_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
                   shuffle_buffer: int = 100_000, workers: int = 1, prefetch_rows: int = 65_536) -> Iterator[Batch]:
-    """Yield exactly ``steps`` shuffled batches of ``batch_size`` rows from this rank's shard.
+    """Yield exactly ``steps`` shuffled batches of ``batch_size`` rows from this rank's shard
+    (none for ``steps`` <= 0).
 
     Rows are shuffled twice: Petastorm shuffles the order of row groups (seeded), and a buffer
     of ``shuffle_buffer`` rows is permuted before batches are cut from it. The seed should
@@ -189,6 +190,8 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
             f"{split_dir}: {groups} Parquet row groups for {size} workers; every worker needs at least one. "
             "Re-run jobs/preprocess.py with smaller row groups (more files), or use fewer workers."
         )
+    if steps <= 0:  # an epoch gone on from a commit of its last step: nothing left to draw
+        return
     rng = np.random.default_rng(seed * 1_000_003 + rank)
     capacity = max(2 * batch_size, min(shuffle_buffer, sum(sizes) // size))
     pending: list[dict[str, np.ndarray]] = []

@@ -84,8 +84,8 @@ class ElasticRun:
             self._out.close()
 
 
-def elastic_args(data: Path, out: Path, *extra: str, script: str | None = None) -> list[str]:
-    args = train_args(data, "fm", out, "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--commit-every", "10",
+def elastic_args(data: Path, out: Path, *extra: str, script: str | None = None, epochs: int = EPOCHS) -> list[str]:
+    args = train_args(data, "fm", out, "--epochs", str(epochs), "--batch-size", str(BATCH), "--commit-every", "10",
                       "--log-every", "0.2", *extra)
     return [script, *args[2:]] if script else args
 
@@ -96,11 +96,11 @@ def steps(data: Path) -> int:
     return steps_per_epoch(load_metadata(data).split_rows(TRAIN), BATCH)
 
 
-def check_complete(run: ElasticRun, rc: int, out: Path, data: Path) -> list[dict]:
+def check_complete(run: ElasticRun, rc: int, out: Path, data: Path, epochs: int = EPOCHS) -> list[dict]:
     assert rc == 0, run.text()[-5000:]
     assert (out / COMPLETE_MARKER).exists()
     history = metrics(out)
-    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     assert all(h["steps"] == steps(data) for h in history), [h["steps"] for h in history]  # every epoch in full
     return history
 
@@ -140,15 +140,33 @@ def test_a_worker_killed_while_a_commit_is_made(planted_data, tmp_path):
     assert history[0]["workers"] == 2 and history[0]["resets"] == 1
 
 
+def test_a_worker_killed_at_the_commit_of_an_epochs_last_step(planted_data, tmp_path):
+    """The survivors go on from the epoch's last step: the epoch ends with no step more (the loader
+    drew batches without end for an epoch with 0 steps left, and the run never ended)."""
+    n = steps(planted_data)
+    assert n % 10 == 0, n  # --commit-every 10: a commit at the epoch's last step
+    out = tmp_path / "last"
+    run = ElasticRun(tmp_path, "last", elastic_args(planted_data, out, script="tests/train/elastic_worker.py"),
+                     "localhost:2\n127.0.0.1:1\n", np=3, min_np=2, max_np=3,
+                     env={"AFM_KILL_HOST": "127.0.0.1", "AFM_KILL_AT_COMMIT": str(2 + n // 10)})
+    history = check_complete(run, run.finish(timeout=180), out, planted_data)
+    assert f"2 worker(s) now: going on from epoch 1, step {n} of {n}" in run.text(), run.text()[-4000:]
+    assert history[0]["workers"] == 2 and history[0]["resets"] == 1
+
+
 def test_a_killed_workers_host_comes_back_after_the_blacklist_cooldown(planted_data, tmp_path):
     """horovodrun blacklists a failed worker's host; with --blacklist-cooldown-range it lists it again
     after the cooldown, and the host's new worker joins at a commit: the world is 3 again."""
-    out = tmp_path / "back"
-    run = ElasticRun(tmp_path, "back", elastic_args(planted_data, out), "localhost:2\n127.0.0.1:1\n", np=3,
-                     min_np=2, max_np=3, hvd_flags=("--blacklist-cooldown-range", "1", "2"))
-    run.wait_for(rf"epoch 1/{EPOCHS} step (1[0-9]|[2-7][0-9])/")
+    # The host's new worker joins some 3 epochs (seconds) after the kill: 12 epochs, early stopping
+    # held off, leave the run going well after that.
+    epochs, out = 12, tmp_path / "back"
+    run = ElasticRun(tmp_path, "back", elastic_args(planted_data, out, "--patience", "12", "--l2-patience", "12",
+                                                    epochs=epochs),
+                     "localhost:2\n127.0.0.1:1\n", np=3, min_np=2, max_np=3,
+                     hvd_flags=("--blacklist-cooldown-range", "1", "2"))
+    run.wait_for(rf"epoch 1/{epochs} step (1[0-9]|[2-7][0-9])/")
     run.worker("127.0.0.1", out).send_signal(signal.SIGKILL)
-    history = check_complete(run, run.finish(), out, planted_data)
+    history = check_complete(run, run.finish(), out, planted_data, epochs)
     text = run.text()
     lost, back = text.find("2 worker(s) now: going on from"), text.find("3 worker(s) now: going on from")
     assert 0 <= lost < back, text[-4000:]

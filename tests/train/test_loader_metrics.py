@@ -1,6 +1,8 @@
 """Petastorm loading of preprocessed splits, and metrics that are summed across ranks."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -68,6 +70,15 @@ def test_an_epoch_of_train_batches_holds_every_row_of_the_shard_once(tmp_path):
         seen = torch.cat([b.ids[:, 0] for b in train_batches(split, rank=rank, size=2, batch_size=16, steps=9,
                                                                seed=3)]).numpy()
         assert len(np.unique(seen)) == len(seen) == 144
+
+
+def test_no_step_left_in_the_epoch_gives_no_batch(tmp_path):
+    """An elastic run that goes on from the commit of an epoch's last step asks for 0 more steps:
+    it gets none (the loader drew batches without end, and the epoch never ended)."""
+    split, _ = _numbered_split(tmp_path / "train", [50, 60, 55])
+    for steps in (0, -1):
+        assert list(itertools.islice(train_batches(split, rank=0, size=1, batch_size=32, steps=steps, seed=1), 3)) == []
+    assert len(list(train_batches(split, rank=0, size=1, batch_size=32, steps=1, seed=1))) == 1
 
 
 def test_train_batches_are_shuffled_and_seeded(planted_data):
