@@ -157,7 +157,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
     if summary.truncated:
         counts["truncated"] = summary.truncated
     if "history_counts" in extra:
-        counts["history"] = extra.pop("history_counts")
+        counts["history"] = extra.pop("history_counts")()
         for name, per_split in counts["history"].items():
             log.info("history %s: rows with an empty bag %s, rows cut by the cap %s", name,
                      {s: c["rows_empty"] for s, c in per_split.items()}, {s: c["rows_capped"] for s, c in per_split.items()})
@@ -306,8 +306,9 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         instances = encode.standardize(instances, stats)
         more["numeric_statistics"] = stats
     if schema.history_fields:
-        instances = _add_histories(schema, instances, out_dir, cached)
-        more["history_counts"] = history.history_counts(instances, schema.history_fields)
+        # counted by the splits' write (the function is called after it)
+        instances, more["history_counts"] = history.observe_counts(_add_histories(schema, instances, out_dir, cached),
+                                                                   schema.history_fields)
         more["history_bags"] = {"directory": HISTORY, "basis": "training split; one row per owner with a bag: "
                                 "owner (local id), field, bag (item local ids, capped, in the cap's order)"}
     return encode.assemble(instances, fields, layouts), layouts, more

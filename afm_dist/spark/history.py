@@ -15,9 +15,9 @@ the bag a test row got (``join_training_bags``).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from afm_dist.dataset import HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN
@@ -133,15 +133,23 @@ def join_training_bags(rows: DataFrame, bag_tables: DataFrame, histories: Sequen
     return rows
 
 
-def history_counts(instances: DataFrame, histories: Sequence[Field]) -> dict[str, dict[str, dict[str, int]]]:
-    """Per history field and split: ``rows_empty`` (rows with an empty bag) and ``rows_capped``
-    (rows whose bag the cap cut), from instances after ``add_histories`` (one job; a few numbers
-    collected)."""
+def observe_counts(instances: DataFrame, histories: Sequence[Field]
+                   ) -> tuple[DataFrame, Callable[[], dict[str, dict[str, dict[str, int]]]]]:
+    """``instances`` (after ``add_histories``) with metrics observed by whatever action reads them
+    next (``DataFrame.observe``: the splits' write, so no pass of its own), and a function that
+    returns them once that action has run: per history field and split, ``rows_empty`` (rows with
+    an empty bag) and ``rows_capped`` (rows whose bag the cap cut)."""
+    observed = Observation("history")
     aggs = []
     for i, h in enumerate(histories):
-        aggs += [F.sum((F.size(h.name) == 0).cast("long")).alias(f"_e{i}"),
-                 F.sum(F.col(CUT_PREFIX + h.name).cast("long")).alias(f"_c{i}")]
-    per_split = {r[SPLIT]: r for r in instances.groupBy(SPLIT).agg(*aggs).collect()}
-    return {h.name: {s: {"rows_empty": int(per_split[s][f"_e{i}"]) if s in per_split else 0,
-                         "rows_capped": int(per_split[s][f"_c{i}"]) if s in per_split else 0} for s in SPLITS}
-            for i, h in enumerate(histories)}
+        for s in SPLITS:
+            in_split = F.col(SPLIT) == s
+            aggs += [F.sum((in_split & (F.size(h.name) == 0)).cast("long")).alias(f"_e{i}_{s}"),
+                     F.sum((in_split & F.col(CUT_PREFIX + h.name)).cast("long")).alias(f"_c{i}_{s}")]
+
+    def counts() -> dict[str, dict[str, dict[str, int]]]:
+        got = observed.get
+        return {h.name: {s: {"rows_empty": int(got[f"_e{i}_{s}"] or 0), "rows_capped": int(got[f"_c{i}_{s}"] or 0)}
+                         for s in SPLITS} for i, h in enumerate(histories)}
+
+    return instances.observe(observed, *aggs), counts
