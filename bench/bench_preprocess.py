@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             events.mkdir(parents=True)
             os.environ["AFM_SPARK_SUBMIT_ARGS"] = (
                 f"--driver-memory {args.driver_memory} "
-                f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}")
+                f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events} "
+                # one plain file per application (Spark 4 rolls and compresses event logs by default)
+                "--conf spark.eventLog.rolling.enabled=false --conf spark.eventLog.compress=false")
             before = load()
             baselined = protocol != "history"  # the MLlib pipeline has no history
             pairs = []  # (MLlib pipeline s, our job s, our wall s), alternately
