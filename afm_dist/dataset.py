@@ -82,7 +82,7 @@ class DatasetMetadata:
     num_features: int
     num_slots: int
     target: dict[str, Any]  # {"kind": "explicit"|"implicit", "min": float, "max": float}
-    counts: dict[str, Any]  # input, rejected, and per split: rows, positive, negative
+    counts: dict[str, Any]  # input, rejected, and per split: rows, positive, negative, label_sum
     seed: int
     inputs: list[str]
     format_version: int = FORMAT_VERSION
@@ -111,6 +111,14 @@ class DatasetMetadata:
         for f in self.fields:
             out += [f.width] if f.pooled else [1] * f.width
         return tuple(out)
+
+    def target_mean(self, split: str) -> float | None:
+        """Mean target of ``split``'s rows, from the label sum its write counted; None for an
+        empty split or a data set written before the sum was counted."""
+        counts = self.counts.get(split, {})
+        if "label_sum" not in counts or not counts.get("rows"):
+            return None
+        return float(counts["label_sum"]) / int(counts["rows"])
 
     def split_rows(self, split: str) -> int:
         """Rows (instances) written to ``split``."""

@@ -45,6 +45,22 @@ def row_group_sizes(split_dir: str | Path) -> list[int]:
     return sizes
 
 
+def label_mean(split_dir: str | Path) -> float:
+    """Mean of a split's ``label`` column, read with pyarrow (that column alone).
+
+    Raises:
+        DatasetError: the split has no row.
+    """
+    import pyarrow.compute as pc
+
+    files = _parquet_files(Path(split_dir))
+    labels = [pq.read_table(f, columns=[LABEL]).column(LABEL) for f in files]
+    rows = sum(len(c) for c in labels)
+    if not rows:
+        raise DatasetError(f"{split_dir}: no rows to take the mean target of")
+    return sum(float(pc.sum(c).as_py() or 0.0) for c in labels) / rows
+
+
 def _to_numpy(chunk, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """A Petastorm batch's columns as numpy arrays, list columns (rows, width)."""
     return {c: fixed_width(getattr(chunk, c), _DTYPES[c], name=c) for c in columns}

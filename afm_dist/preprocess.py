@@ -344,7 +344,8 @@ def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:
 def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bool = True) -> dict[str, dict[str, int]]:
     """Write ``table`` (with a ``split`` column) as ``out_dir/{train,validation,test}`` in one
     pass: each of ``tasks`` partitions writes one file, one row group, per split. Returns the
-    rows, positives (label > 0) and negatives of each split, counted by the write itself
+    rows, positives (label > 0), negatives and the sum of the labels (``label_sum``, float) of
+    each split, counted by the write itself
     (``DataFrame.observe``: metrics of the rows the write's successful tasks wrote).
 
     ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
@@ -361,6 +362,8 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
     is_split = {s: F.col(encode.SPLIT) == s for s in SPLITS}
     table = table.observe(observed, *[F.sum(is_split[s].cast("long")).alias(f"{s}_rows") for s in SPLITS],
                           *[F.sum((is_split[s] & (F.col(OUT_LABEL) > 0)).cast("long")).alias(f"{s}_positive")
+                            for s in SPLITS],
+                          *[F.sum(F.when(is_split[s], F.col(OUT_LABEL).cast("double"))).alias(f"{s}_label_sum")
                             for s in SPLITS])
     key = "spark.sql.maxConcurrentOutputFileWriters"
     previous = spark.conf.get(key, None)
@@ -383,5 +386,6 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
     out = {}
     for s in SPLITS:
         rows, positive = int(metrics[f"{s}_rows"] or 0), int(metrics[f"{s}_positive"] or 0)
-        out[s] = {"rows": rows, "positive": positive, "negative": rows - positive}
+        out[s] = {"rows": rows, "positive": positive, "negative": rows - positive,
+                  "label_sum": float(metrics[f"{s}_label_sum"] or 0.0)}
     return out

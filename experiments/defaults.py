@@ -1,6 +1,6 @@
 """Issues 24 and 26: FM and AFM at the defaults, and libFM SGD and MCMC, on the same rows of each data set.
 
-Three real data sets, two splits each, and MovieLens again with each user's history (mh1, mh2;
+Three real data sets, two splits each, and MovieLens and the Frappe logs again with each user's history (mh1, mh2, fh1, fh2;
 ``bash experiments/quality_data.sh WORK/data`` writes them all),
 every step the product's command as a user types it with no flag beyond ``--data --model
 --init-from --output``: ``horovodrun -np 2 ... afm_dist.train`` for FM, then AFM initialised from it,
@@ -33,7 +33,9 @@ SETS = {"fl1": "Frappe libFM file, given splits (lines by NR%10)", "fl2": "Frapp
         "fr1": "Frappe logs, seed 2017", "fr2": "Frappe logs, seed 99",
         "ml1": "MovieLens ratings + genres, seed 2017", "ml2": "MovieLens ratings + genres, seed 99",
         "mh1": "MovieLens ratings + genres + user history (50), seed 2017",
-        "mh2": "MovieLens ratings + genres + user history (50), seed 99"}
+        "mh2": "MovieLens ratings + genres + user history (50), seed 99",
+        "fh1": "Frappe logs + user history of used apps (50), seed 2017",
+        "fh2": "Frappe logs + user history of used apps (50), seed 99"}
 
 
 def load() -> dict:

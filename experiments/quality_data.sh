@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The six data sets of the quality experiments (issue 24): three real data sets, two splits each.
+# The data sets of the quality experiments (issues 24 and 26): three real data sets, two splits each,
+# and MovieLens and the Frappe logs again with each user's history.
 #
-#   bash experiments/quality_data.sh OUT      # writes OUT/{fl1,fl2,fr1,fr2,ml1,ml2}; ~10 minutes on 2 cores
+#   bash experiments/quality_data.sh OUT      # writes OUT/{fl1,fl2,fr1,fr2,ml1,ml2,mh1,mh2,fh1,fh2}; ~15 minutes on 2 cores
 #
 # fl1/fl2: the shared Frappe libFM file as given splits (fl1: lines by NR%10, 7/2/1; fl2: a seeded
 #          random 70/20/10 assignment of lines), schemas/frappe_libfm.yaml.
@@ -9,6 +10,8 @@
 # ml1/ml2: MovieLens latest-small ratings with genres, schemas/movielens_ratings.yaml, seeds 2017 and 99.
 # mh1/mh2: the same rows with each user's history of rated movies (issue 26),
 #          schemas/movielens_ratings_history.yaml, seeds 2017 and 99.
+# fh1/fh2: the Frappe logs of fr1/fr2 with each user's history of used apps (issue 26),
+#          schemas/frappe_history.yaml, seeds 2017 and 99.
 # Existing OUT/<name> directories are kept (delete one to rebuild it).
 set -euo pipefail
 OUT=${1:?usage: quality_data.sh OUT}
@@ -40,3 +43,6 @@ run mh1 --schema schemas/movielens_ratings_history.yaml --input "$DATA/movielens
   --table movies="$DATA/movielens-latest-small/movies.csv"
 run mh2 --schema "$OUT/src/movielens_history99.yaml" --input "$DATA/movielens-latest-small/ratings.csv" \
   --table movies="$DATA/movielens-latest-small/movies.csv"
+sed 's/^seed: 2017/seed: 99/' schemas/frappe_history.yaml > "$OUT/src/frappe_history99.yaml"
+run fh1 --schema schemas/frappe_history.yaml --input "$DATA/frappe/frappe_logs.tsv"
+run fh2 --schema "$OUT/src/frappe_history99.yaml" --input "$DATA/frappe/frappe_logs.tsv"

@@ -8,7 +8,7 @@ validation curve. Recipes: ``none`` (no L2), ``l2=X`` (fixed --embedding-l2/--li
 each with ``+swa`` (the average of the epochs' weights from the first epoch that did not improve);
 an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the FM's last ones,
 ``+fixp`` keeps p at its ones, ``+honest`` fits on the first half of validation (rows the FM
-never saw) and judges on its second half, ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
+never saw) and judges on its second half, ``+centre`` starts w0 at the training split's mean target, ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
 ``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
 al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
 
@@ -263,7 +263,9 @@ def main() -> None:
         flags = recipe.split("+")
         if "fieldbias" in flags:
             add_field_bias(model, meta)
-        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest"))
+        if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
+            model.linear.bias.data.fill_(float(data["train"].label.mean()))
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest", "centre"))
         run_data = data
         if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
             v, h = data["validation"], len(data["validation"]) // 2

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from afm_dist import metrics as M
 from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
 from afm_dist.io import OutputPathError, check_apart
-from afm_dist.loader import eval_batches, steps_per_epoch, train_batches
+from afm_dist.loader import eval_batches, label_mean, steps_per_epoch, train_batches
 from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel, check_weights
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
 from afm_dist.training import artifacts
@@ -230,6 +230,8 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config, meta.slot_groups())
     if cfg.init_from:
         init_from(model, cfg.init_from)
+    else:
+        centre_bias(model, cfg, meta)
     model.to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr)
     # Every rank keeps the same mean of the same weights (the ranks' weights are equal after each
@@ -386,6 +388,28 @@ def rollback_to_best(model: ScoringModel, out: Path) -> None:
         model.load_state_dict(load_file(str(out / MODEL_WEIGHTS)))
     # Horovod: rank 0's weights on every rank.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+
+def centre_bias(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata) -> float:
+    """Start w0 at the training split's mean target rather than 0, and return it.
+
+    From 0, the first steps spend themselves on the mean: every residual is off by it, so the
+    embeddings and linear weights take large steps that w0 alone should take, and Adagrad's
+    accumulators keep the size of those steps, shrinking every later step of the same rows. The
+    rating models of Koren (KDD 2008, "Factorization meets the neighborhood") hold the overall
+    mean fixed as their first term for the same reason; here w0 only starts there and is trained.
+    Measured: docs/RESULTS.md, "Issue 24, ninth step". The mean comes from the label sum the
+    preprocessing counted (``DatasetMetadata.target_mean``), else from the split's label column.
+
+    Raises:
+        DatasetError: the training split has no Parquet file or no row.
+    """
+    mean = meta.target_mean(TRAIN)
+    if mean is None:  # a data set written before its label sums were counted
+        mean = label_mean(split_path(cfg.data, TRAIN))
+    with torch.no_grad():
+        model.linear.bias.fill_(mean)
+    return mean
 
 
 def init_from(model: ScoringModel, fm_dir: str) -> None:

@@ -86,6 +86,37 @@ def test_an_afm_from_a_trained_fm_fine_tunes_at_the_lower_rate(tmp_path):
     assert TrainConfig(data="d", model="afm", output="o", init_from=fm).lr == 0.02
 
 
+def test_a_new_run_starts_w0_at_the_training_splits_mean_target(spark, tmp_path):
+    """The preprocessing counts each split's label sum; a run not started from an FM starts w0 at
+    the training split's mean (from that sum, or from the labels of a data set written before it
+    was counted); an AFM from an FM keeps the FM's w0."""
+    from afm_dist.dataset import TRAIN, load_metadata
+    from afm_dist.models import ModelConfig, build_model
+    from afm_dist.training import TrainConfig
+    from afm_dist.training.loop import centre_bias
+
+    data = preprocess(spark, tmp_path, "centre", "user\titem\trating", RATINGS, ["user", "item"])
+    labels = pq.read_table(data / TRAIN, columns=["label"]).column("label").to_pylist()
+    meta = load_metadata(data)
+    assert meta.counts[TRAIN]["rows"] == len(labels)
+    assert meta.counts[TRAIN]["label_sum"] == pytest.approx(sum(labels))
+    mean = sum(labels) / len(labels)
+    assert 2.5 < mean < 4.0  # the ratings' mean is 3.25: a wrong column or split would miss it
+    assert sum(meta.counts[s]["label_sum"] for s in ("train", "validation", "test")) == pytest.approx(3.25 * 60)
+    cfg = TrainConfig(data=str(data), model="fm", output=str(tmp_path / "m"))
+    model = build_model("fm", meta.num_features, meta.num_slots, ModelConfig(embedding_dim=4))
+    assert centre_bias(model, cfg, meta) == pytest.approx(mean)
+    assert model.linear.bias.item() == pytest.approx(mean)
+    del meta.counts[TRAIN]["label_sum"]  # written before the sums were counted: the labels themselves
+    model.linear.bias.data.zero_()
+    assert centre_bias(model, cfg, meta) == pytest.approx(mean) and model.linear.bias.item() == pytest.approx(mean)
+    # the trainer does it: one epoch at a rate that barely moves w0 ends next to the mean
+    check(run_horovod(train_args(data, "fm", tmp_path / "fm", "--epochs", "1", "--batch-size", "6", "--lr", "1e-9",
+                                 "--embedding-dim", "4"), np=1))
+    w0 = load_file(str(tmp_path / "fm" / MODEL_WEIGHTS))["linear.bias"].item()
+    assert w0 == pytest.approx(mean, abs=1e-4)
+
+
 def test_afm_on_one_field_refused_before_training(spark, tmp_path, capsys):
     from afm_dist.train import main
 
