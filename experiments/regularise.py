@@ -230,6 +230,7 @@ def main() -> None:
     p.add_argument("--smooth", type=float, default=0.0,
                    help="L2 occurrences weighted (1 - s) + s n_F / n_i (smoothed weighted trace norm; 0: per occurrence)")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
+    p.add_argument("--fm-centre", action="store_true", help="the FM an AFM starts from starts w0 at the mean target")
     a = p.parse_args()
     torch.set_num_threads(2)
     meta, batch, data, clip = load_data(a.data)
@@ -248,6 +249,8 @@ def main() -> None:
             fm.load_state_dict(saved["model"])
             fm_acc = saved["accumulators"]
         else:
+            if a.fm_centre:
+                fm.linear.bias.data.fill_(float(data["train"].label.mean()))
             r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr,
                     row_weight=row_weight)
             fm_acc = r.pop("accumulators")
