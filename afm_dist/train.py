@@ -47,6 +47,9 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
                    help="adagrad (the paper's; lazy on sparse tables), rowwise_adagrad (one accumulator per table "
                         "row: k times less optimizer memory), adam (dense tables only)")
+    p.add_argument("--w0-init", choices=("mean", "zero"), default=TrainConfig.w0_init,
+                   help="where w0 starts in a run not started from an FM: the training split's mean target "
+                        "(default), or 0 as libFM and the paper")
     p.add_argument("--lr", type=float, default=None,
                    help=f"the optimizer's learning rate (default {LR}; {AFM_FINE_TUNE_LR} for --model afm with "
                         "--init-from: fine-tuning a trained FM at the lower rate ends lower on validation, "

@@ -27,6 +27,8 @@ class TrainConfig:
     model: str
     output: str
     init_from: str | None = None
+    # where w0 starts in a run not started from an FM: the training split's mean target, or 0
+    w0_init: str = "mean"
     # An upper bound: early stopping ends a run (each plateau first moves to the next L2 strength).
     epochs: int = 50
     # Paper: Frappe 128, MovieLens 4096; a dataset schema may set its own (training.batch_size).
