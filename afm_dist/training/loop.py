@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config, meta.slot_groups())
     if cfg.init_from:
         init_from(model, cfg.init_from)
-    elif cfg.w0_init == "mean":
+    elif cfg.w0_init == "mean" and not cfg.resume:  # a resumed run loads its checkpoint's w0 below
         centre_bias(model, cfg, meta)
     model.to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr)
