@@ -4,11 +4,15 @@ FM (and AFM from it) on one preprocessed data set, in one process with the produ
 Adagrad and regulariser (no Horovod, no Petastorm: quick looks at recipes before the product runs
 them). Each recipe prints the best validation RMSE, its epoch and the test RMSE there, and the
 validation curve. Recipes: ``none`` (no L2), ``l2=X`` (fixed --embedding-l2/--linear-l2 X),
-``adaptive`` (per-field strengths learnt on validation, afm_dist/training/regularization.py);
+``adaptive`` (per-field strengths learnt on validation, experiments/sgda.py);
 each with ``+swa`` (the average of the epochs' weights from the first epoch that did not improve);
 an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the FM's last ones,
 ``+fixp`` keeps p at its ones, ``+honest`` fits on the first half of validation (rows the FM
-never saw) and judges on its second half, ``+centre`` starts w0 at the training split's mean target, ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
+never saw) and judges on its second half, ``+tailpat`` (with ``+swa``) does not count a tail epoch whose mean beats the mean's best so far
+towards early stopping, ``+swaall`` (with ``+swa``) averages the plateau of every strength of the
+path (from its first bad epoch, moving on when neither the weights nor their mean improve), ``+centre`` starts w0 at the training split's mean target, ``+acc0`` starts Adagrad's
+accumulators at the paper's code's value (``paper_accumulator``; ``--fm-acc0`` for the FM an AFM
+starts from), ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
 ``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
 al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
 
@@ -99,10 +103,17 @@ def pool_multi_valued(meta, data: dict, weighting: str) -> tuple[int, ...]:
     return tuple(groups)
 
 
+def paper_accumulator(batch_size: int) -> float:
+    """Adagrad's starting accumulator of the paper's code (hexiangnan/attentional_factorization_machine,
+    code/AFM.py and FM.py: ``tf.train.AdagradOptimizer(initial_accumulator_value=1e-8)``) on the batch's
+    summed half squared error, whose gradients are B/2 times those of our mean squared error: 1e-8 (2/B)^2."""
+    return 1e-8 * (2.0 / batch_size) ** 2
+
+
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
         seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
         frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0,
-        row_weight: torch.Tensor | None = None) -> dict:
+        row_weight: torch.Tensor | None = None, acc0: float = 0.0) -> dict:
     """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's);
     ``frozen``: the feature tables (embeddings, linear weights, bias) are not trained."""
     train, val = data["train"], data["validation"]
@@ -111,12 +122,14 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
             q.requires_grad_(not n.startswith(("embedding.", "linear.")))
     if fixp:
         model.p.requires_grad_(False)
-    opt = build_optimizer("adagrad", model, lr)
+    opt = build_optimizer("adagrad", model, lr, initial_accumulator_value=acc0)
     for name, acc in (carry or {}).items():
         opt.state[dict(model.named_parameters())[name]]["sum"] = acc.clone()
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     base, _, swa = recipe.partition("+")
+    tailpat = "tailpat" in swa.split("+")  # in the tail, an epoch whose mean beats the mean's best so far is not a bad one
+    swaall = "swaall" in swa.split("+")  # a mean from the first bad epoch at every strength, each strength's own
     fixed = float(base.split("=")[1]) if base.startswith("l2=") else 0.0
     # raised at each plateau: "ladder" from 0, "ladder=X" from X, "ladder/P" after P epochs without improvement
     base, _, rung_patience = base.partition("/")
@@ -130,7 +143,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
     reg = AdaptiveL2([f.offset for f in meta.fields], meta.num_features, **(adaptive_kw or {})) \
         if base == "adaptive" else None
     curve, best, bad = [], (math.inf, 0, None), 0
-    avg, n_avg, averaging = None, 0, False
+    avg, n_avg, averaging, best_avg, mean_improved = None, 0, False, math.inf, False
     t0 = time.time()
     for epoch in range(0 if eval0 else 1, epochs + 1):
         if epoch:
@@ -169,6 +182,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
             shadow.load_state_dict(avg)
             v_avg = rmse(shadow, val, clip)
             tag = f"avg{n_avg}:{v_avg:.4f}"
+            mean_improved, best_avg = v_avg < best_avg, min(best_avg, v_avg)
             if v_avg < v:
                 v, cand = v_avg, copy.deepcopy(avg)
             else:
@@ -178,14 +192,21 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
         curve.append(f"{v:.4f}" + (f"({tag})" if tag else ""))
         if v < best[0]:
             best, bad = (v, epoch, cand), 0
+        elif swaall and averaging and mean_improved:  # the plateau's mean still falling: not a bad epoch
+            bad = 0
         elif ladder is not None and rung + 1 < len(ladder) and bad + 1 < rung_patience:
             bad += 1
+            if swaall and not averaging:  # every strength's plateau averaged, not only the last's
+                averaging, avg, n_avg, best_avg = True, copy.deepcopy(model.state_dict()), 1, math.inf
         elif ladder is not None and rung + 1 < len(ladder):
             rung, bad = rung + 1, 0
             fixed = ladder[rung]
             model.load_state_dict(best[2])
             curve.append(f"[l2={fixed}]")
+            averaging, mean_improved = False, False
             continue
+        elif tailpat and averaging and mean_improved:
+            bad = 0
         else:
             bad += 1
             if swa and not averaging and epoch:
@@ -231,6 +252,8 @@ def main() -> None:
                    help="L2 occurrences weighted (1 - s) + s n_F / n_i (smoothed weighted trace norm; 0: per occurrence)")
     p.add_argument("--fm-cache", help="file of the FM an AFM starts from (written if missing)")
     p.add_argument("--fm-centre", action="store_true", help="the FM an AFM starts from starts w0 at the mean target")
+    p.add_argument("--fm-acc0", action="store_true",
+                   help="the FM an AFM starts from starts Adagrad's accumulators at the paper's (paper_accumulator)")
     a = p.parse_args()
     torch.set_num_threads(2)
     meta, batch, data, clip = load_data(a.data)
@@ -252,7 +275,7 @@ def main() -> None:
             if a.fm_centre:
                 fm.linear.bias.data.fill_(float(data["train"].label.mean()))
             r = fit(fm, data, meta, clip, a.fm_recipe, epochs=a.epochs, batch=batch, adaptive_kw=kw, lr=a.lr,
-                    row_weight=row_weight)
+                    row_weight=row_weight, acc0=paper_accumulator(batch) if a.fm_acc0 else 0.0)
             fm_acc = r.pop("accumulators")
             print(json.dumps({"data": a.data, "model": "fm", **({"pool": a.pool} if a.pool else {}), **r}), flush=True)
             if a.fm_cache:
@@ -268,7 +291,7 @@ def main() -> None:
             add_field_bias(model, meta)
         if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
             model.linear.bias.data.fill_(float(data["train"].label.mean()))
-        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest", "centre"))
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest", "centre", "acc0"))
         run_data = data
         if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
             v, h = data["validation"], len(data["validation"]) // 2
@@ -279,7 +302,7 @@ def main() -> None:
                 lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
                 fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2,
-                row_weight=row_weight)
+                row_weight=row_weight, acc0=paper_accumulator(batch) if "acc0" in flags else 0.0)
         r.pop("accumulators")
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **({"t": a.t} if a.t else {}), "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,

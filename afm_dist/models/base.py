@@ -49,8 +49,8 @@ class ScoringModel(nn.Module):
         Args:
             ids: (B, M) feature ids.
             mask: (B, M), 1 for a slot that holds a feature, 0 for padding.
-            row_weight: (num_features,) or None: each row's occurrences weighted by it (see
-                ``training.regularization.smoothed_row_weights``); None weighs every occurrence 1.
+            row_weight: (num_features,) or None: each row's occurrences weighted by it (the
+                trainer passes None; ``experiments/regularise.py`` measures weightings with it).
 
         Returns:
             (embedding, linear): scalars, the batch means of sum_i mask_i ||v_i||^2 and of

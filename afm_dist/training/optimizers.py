@@ -103,8 +103,10 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, model: nn.Module, lr: float,
+                    initial_accumulator_value: float = 0.0) -> torch.optim.Optimizer:
     """The optimizer ``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters.
+    ``initial_accumulator_value``: Adagrad's (both kinds) starting accumulator; Adam ignores it.
 
     Raises:
         ValueError: an unknown name, or ``adam`` with sparse table gradients.
@@ -115,7 +117,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optim
         raise ValueError(f"--optimizer {name} takes no sparse gradients; use --optimizer adagrad or rowwise_adagrad, "
                          "or --sparse-embeddings false")
     if name == "adagrad":
-        return RowWiseAdagrad(model.parameters(), lr=lr)
+        return RowWiseAdagrad(model.parameters(), lr=lr, initial_accumulator_value=initial_accumulator_value)
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
     if name == "rowwise_adagrad":
@@ -123,5 +125,6 @@ def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optim
         rowwise = [p for p in model.parameters() if id(p) in table_ids]
         rest = [p for p in model.parameters() if id(p) not in table_ids]
         groups = [{"params": rowwise, "rowwise": True}, {"params": rest}]
-        return RowWiseAdagrad([g for g in groups if g["params"]], lr=lr)
+        return RowWiseAdagrad([g for g in groups if g["params"]], lr=lr,
+                              initial_accumulator_value=initial_accumulator_value)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")

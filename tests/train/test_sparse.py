@@ -90,10 +90,11 @@ def test_rowwise_adagrad_by_hand():
 
 def test_sparse_path_equals_dense_path_under_horovod(planted_data, tmp_path):
     """Plain Adagrad, two ranks: rows exchanged by allgather give the parameters of the dense
-    allreduce of the whole table, after an epoch of steps. With w0 from 0: from the mean, the
-    residuals' signs mix, and the two paths' different orders of adding the ranks' rows (rounding)
-    grew to 0.03 in some embeddings after one epoch (one rank: 4e-6), through Adagrad's first
-    steps on near-cancelled gradients (not proven; RESULTS.md, issue 24's ninth step)."""
+    allreduce of the whole table, after an epoch of steps. With w0 from 0: from the mean, at step
+    19 one embedding coordinate's first gradient was a near-cancellation, -1.1e-10 on the sparse
+    path and +1.5e-11 on the dense one (the paths' weights already differed by 2e-6: rounding of
+    the ranks' rows added in other orders), and Adagrad, whose first step is lr * g / (|g| + 1e-10)
+    whatever g's size, moved it by -0.027 and +0.006 (RESULTS.md, issue 24's tenth step)."""
     common = ["--epochs", "2", "--batch-size", "128", "--interaction-dropout", "0", "--seed", "4", "--w0-init", "zero"]
     for mode in ("true", "false"):
         check(run_horovod(train_args(planted_data, "fm", tmp_path / mode, "--sparse-embeddings", mode, *common), np=2))
