@@ -205,6 +205,14 @@ def findings(runs: dict) -> list[str]:
     return out
 
 
+RESULTS_HEADER = ["# Results: AFM against FM and libFM on real data, and the paper's Table 2 and Figures 2-4 on Frappe", "",
+                  "The sections down to Table 2 are kept by hand (each with its commands); Table 2 and the figures",
+                  "after it are rendered by `.venv/bin/python experiments/frappe.py --report-only` from",
+                  "`docs/results/frappe.json`, and `experiments/frappe.py` (no arguments) reruns them with the",
+                  "product's own commands. docs/results/quality.md has the one-process measurements behind each step."]
+RENDERED_MARKER = "<!-- Rendered by experiments/frappe.py from docs/results/frappe.json from here on: edits below are lost. -->"
+
+
 def render() -> Path:
     """docs/RESULTS.md and its figures from docs/results/frappe.json."""
     import matplotlib.pyplot as plt
@@ -214,12 +222,11 @@ def render() -> Path:
     res = load_results()
     runs = res.get("runs", {})
     data = res.get("data", {})
-    lines = ["# Results: AFM against FM and libFM on real data, and the paper's Table 2 and Figures 2-4 on Frappe", "",
-             "Rendered by `.venv/bin/python experiments/frappe.py --report-only` from `docs/results/frappe.json`;",
-             "`experiments/frappe.py` (no arguments) reruns everything with the product's own commands.", ""]
-    quality = DOCS / "results" / "quality.md"  # issue 15's comparison with FM and libFM, kept by hand
-    if quality.exists():
-        lines += [quality.read_text(encoding="utf-8").rstrip("\n"), ""]
+    out = DOCS / "RESULTS.md"
+    # The sections above the marker (each step's measurements, with their commands) are kept by hand;
+    # only what follows it is rendered here, so a re-render keeps them.
+    kept = out.read_text(encoding="utf-8").split(RENDERED_MARKER)[0].rstrip("\n") if out.exists() else ""
+    lines = [kept or "\n".join(RESULTS_HEADER), "", RENDERED_MARKER, ""]
     if data:
         rows = data["rows"]
         lines += [
@@ -317,7 +324,6 @@ def render() -> Path:
         png = DOCS / "results" / "frappe_curves.png"
         save_figure(fig, png)
         lines += ["## Training curves (Figure 5)", "", f"![FM and AFM training curves](results/{png.name})", ""]
-    out = DOCS / "RESULTS.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
 

@@ -68,6 +68,10 @@ def main() -> None:
     p.add_argument("--recipe", default="path=0.1/2")
     p.add_argument("--without", action="store_true", help="also the same models without the history")
     p.add_argument("--seed", type=int, default=2017)
+    p.add_argument("--centre", action="store_true", help="w0 starts at the training split's mean target (the product's)")
+    p.add_argument("--bag-l2-weight", type=float, default=1.0,
+                   help="each L2 occurrence of a bag's row weighted by this (1: as every other row, the product)")
+    p.add_argument("--fm-only", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(2)
     meta, batch, data, clip = load_data(a.data)
@@ -80,10 +84,19 @@ def main() -> None:
         m = sum(groups) if groups else meta.num_slots
         torch.manual_seed(2017)
         fm = build_model("fm", n, m, cfg, groups)
-        r = fit(fm, d, meta, clip, a.recipe, epochs=a.epochs, batch=batch)
+        if a.centre:
+            fm.linear.bias.data.fill_(float(d["train"].label.mean()))
+        row_weight = None
+        if a.bag_l2_weight != 1.0 and name == "history":
+            row_weight = torch.ones(n)
+            row_weight[meta.num_features:] = a.bag_l2_weight
+        r = fit(fm, d, meta, clip, a.recipe, epochs=a.epochs, batch=batch, row_weight=row_weight)
         r.pop("accumulators")
         print(json.dumps({"data": a.data, "experiment": "history", "features": name, "model": "fm", "k": a.k,
-                          "max_values": a.max_values, **r}), flush=True)
+                          "max_values": a.max_values, **({"centre": True} if a.centre else {}),
+                          **({"bag_l2_weight": a.bag_l2_weight} if a.bag_l2_weight != 1.0 else {}), **r}), flush=True)
+        if a.fm_only:
+            continue
         torch.manual_seed(2017)
         afm = init_from_fm(build_model("afm", n, m, cfg, groups), fm)
         r = fit(afm, d, meta, clip, a.recipe, epochs=a.epochs, batch=batch, eval0=True)

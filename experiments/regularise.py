@@ -13,7 +13,8 @@ towards early stopping, ``+swaall`` (with ``+swa``) averages the plateau of ever
 path (from its first bad epoch, moving on when neither the weights nor their mean improve), ``+centre`` starts w0 at the training split's mean target, ``+acc0`` starts Adagrad's
 accumulators at the paper's code's value (``paper_accumulator``; ``--fm-acc0`` for the FM an AFM
 starts from), ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
-``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
+``+fieldmean`` offsets every row's embedding by an unpenalised vector of its field (rows shrunk
+towards their field's mean, not 0), ``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
 al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
 
     .venv/bin/python experiments/regularise.py DATA_DIR RECIPE [RECIPE ...] [--model afm --init-from RECIPE]
@@ -34,9 +35,31 @@ import torch.nn.functional as F
 from afm_dist.batch import Batch, to_batch
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
+from afm_dist.models.layers import FeaturesEmbedding
 from afm_dist.training.optimizers import build_optimizer
 from afm_start import rmse  # experiments/afm_start.py: RMSE over a split, clipped
 from sgda import AdaptiveL2  # experiments/sgda.py
+
+
+class FieldMeanEmbedding(FeaturesEmbedding):
+    """e_i = (mu_F(i) + v_i) x_i: every row of field F offset by the field's own vector mu_F, which the
+    L2 penalty (on v_i, ``feature_penalty``) leaves alone, so a row is shrunk towards its field's mean
+    rather than towards 0: the group mean of libFM MCMC's hierarchical prior (Freudenthaler, Schmidt-
+    Thieme and Rendle, 2011), as a point estimate."""
+
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        return (self.embedding(ids) + self.field_mean[self.field_of[ids]]) * xs.unsqueeze(-1)
+
+
+def add_field_mean(model, meta) -> None:
+    """``FieldMeanEmbedding`` in place of the model's (order-2) embedding, mu_F starting at 0."""
+    emb = model.embedding
+    field_of = torch.zeros(meta.num_features, dtype=torch.long)
+    for n, f in enumerate(meta.fields):
+        field_of[f.offset:f.offset + f.size] = n
+    emb.field_mean = torch.nn.Parameter(torch.zeros(len(meta.fields), emb.weight.shape[1]))
+    emb.register_buffer("field_of", field_of, persistent=False)
+    emb.__class__ = FieldMeanEmbedding
 
 
 def add_field_bias(model, meta) -> None:
@@ -289,9 +312,11 @@ def main() -> None:
         flags = recipe.split("+")
         if "fieldbias" in flags:
             add_field_bias(model, meta)
+        if "fieldmean" in flags:
+            add_field_mean(model, meta)
         if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
             model.linear.bias.data.fill_(float(data["train"].label.mean()))
-        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fixp", "honest", "centre", "acc0"))
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fieldmean", "fixp", "honest", "centre", "acc0"))
         run_data = data
         if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
             v, h = data["validation"], len(data["validation"]) // 2
