@@ -16,16 +16,16 @@ gradient is queued at once:
   2 D, hence the bound: large dense parts (an MLP), or many ranks, keep the allreduce;
 - one allgather of every sparse table's ids and rows, packed in one buffer: each rank adds the
   others' rows of the batch to its own, never the whole table (TorchRec's habit, and Horovod's
-  own sparse path). The buffer has the same length every step (``B * M`` slots a table, padded),
-  so that Horovod's response cache recognises it: a collective whose shape changes from step to
-  step is negotiated anew each step, over several round trips between the ranks. The price is
-  bandwidth: every slot travels whether the batch's ids repeat or not, B * M * (k + 2) floats a
-  table and rank for float32 (0.4 MB at B = 256, M = 6, k = 64; 42 MB at the paper's B = 4096,
-  M = 39), where the distinct rows alone may be several times fewer.
+  own sparse path). Each rank first sums its rows per feature id (``sum_rows``); its buffer holds
+  their counts, then the distinct ids and rows, (k + 2) floats a row for float32. While small
+  (``PAD_LIMIT``) it is padded to the batch's B * M lookups a table, so that its length is the
+  same at every step and Horovod's response cache recognises the collective (one negotiated at
+  each step costs a round of messages between the ranks); above, only the distinct rows travel:
+  a batch's lookups repeat ids 3 to 6 times on the data sets measured (BENCHMARKS.md), and
+  padded, the paper's B = 4096, M = 39, k = 64 would send 42 MB a rank and step.
 
-Backward's sparse gradients are not coalesced before the exchange (the buffer's length is fixed
-whether they are or not); each rank sums the gathered rows per feature id once, every table
-looked up by the same ids at one sort (``sum_rows``). With one rank the exchange is only that sum.
+Each rank sums the gathered rows per feature id once more, every table looked up by the same ids
+at one sort (``sum_rows``). With one rank the exchange is only that sum.
 
 The numbers are those of ``hvd.DistributedOptimizer``: the dense gradients averaged by Horovod,
 and a sparse table's gradient the union of every rank's rows divided by the number of ranks (a
@@ -54,16 +54,21 @@ class GradientExchange:
         dense_gather_limit: the dense gradients travel in the sparse allgather when their number
             of values times the number of ranks is at most this (default ``DENSE_IN_GATHER``;
             0: they are always allreduced).
+        pad_limit: a rank's buffer is padded to the batch's lookups while that is at most this
+            many values (default ``PAD_LIMIT``; 0: never padded, only the distinct rows travel).
     """
 
-    def __init__(self, model: nn.Module, name: str = "grads", dense_gather_limit: int | None = None) -> None:
+    def __init__(self, model: nn.Module, name: str = "grads", dense_gather_limit: int | None = None,
+                 pad_limit: int | None = None) -> None:
         sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
         params = [p for p in model.parameters() if p.requires_grad]
         self.dense = [p for p in params if id(p) not in sparse_ids]
         self.sparse = [p for p in params if id(p) in sparse_ids]
         self.name = name
         self.wait_seconds = 0.0  # wall seconds spent waiting for the collectives, over every call
+        self.sent_values = 0  # values of this rank's allgather buffers, over every call
         self.dense_gather_limit = DENSE_IN_GATHER if dense_gather_limit is None else dense_gather_limit
+        self.pad_limit = PAD_LIMIT if pad_limit is None else pad_limit
         self._dense_values = sum(p.numel() for p in self.dense)
         self._one_dtype = bool(self.sparse) and {p.dtype for p in self.dense + self.sparse} == {self.sparse[0].dtype}
 
@@ -72,14 +77,22 @@ class GradientExchange:
         few, and of the tables' dtype) rather than in an allreduce of their own."""
         return bool(self.dense) and self._one_dtype and self._dense_values * size <= self.dense_gather_limit
 
+    def pads(self, slots: list[int], dense_values: int) -> bool:
+        """Whether a step's buffer is padded to ``slots`` rows a table (its length the same at every
+        step, so Horovod's response cache knows the collective) rather than as long as the rank's
+        distinct rows (negotiated at each step): padded while at most ``pad_limit`` values."""
+        word = torch.empty((), dtype=torch.int64).element_size() // self.sparse[0].element_size()
+        values = dense_values + sum(n * (word + p[0].numel()) for p, n in zip(self.sparse, slots))
+        return values <= self.pad_limit
+
     def __call__(self, max_rows: int) -> None:
         """Average the gradients in place.
 
-        ``max_rows``: the same bound on every rank of the rows a table's gradient has this step:
-        the batch's number of feature ids (B * M), as every table is looked up by them.
+        ``max_rows``: a bound on the distinct rows of a table's gradient this step: the batch's
+        number of feature ids (B * M), as every table is looked up by them.
 
         Raises:
-            ValueError: a table's gradient has more rows than ``max_rows``.
+            ValueError: a table's gradient has more distinct rows than ``max_rows``.
         """
         size = hvd.size()
         in_gather = self.gathers_dense(size)
@@ -98,29 +111,42 @@ class GradientExchange:
             else:
                 slots = [min(max_rows, p.shape[0]) for p in self.sparse]
                 dense = [p.grad.reshape(-1) for p in self.dense] if in_gather else []
+                padded = self.pads(slots, sum(d.numel() for d in dense))
+                local = [_rows(p) for p in self.sparse]  # backward's rows, an id once per lookup
+                if padded:  # summed per id only where the lookups outnumber the slots (a table looked up twice)
+                    local = [sum_rows([e])[0] if e[0].numel() > n else e for e, n in zip(local, slots)]
+                else:  # only this rank's distinct rows travel
+                    local = sum_rows(local)
+                for (ids, _), n in zip(local, slots):
+                    if ids.numel() > n:
+                        raise ValueError(f"a sparse table's gradient has {ids.numel()} distinct rows, more than "
+                                         f"the step's {n} feature ids")
+                if padded:  # every rank's buffer as long at every step
+                    local = [_padded(ids, rows, n) for (ids, rows), n in zip(local, slots)]
                 # Horovod: every table's ids and rows (and the small dense gradients) gathered from
-                # every rank in one allgather of one buffer whose length is the same every step,
-                # so that Horovod's response cache knows it and the step's exchange is not
-                # negotiated again.
-                sparse_handle = hvd.allgather_async(_pack(self.sparse, slots, prefix=dense),
-                                                    name=f"{self.name}.sparse")
+                # every rank in one allgather of one buffer.
+                buffer = _pack(local, self.sparse, prefix=dense)
+                self.sent_values += buffer.numel()
+                sparse_handle = hvd.allgather_async(buffer, name=f"{self.name}.sparse" + (".padded" if padded else ""))
         start = time.perf_counter()
         if dense_handle is not None:
             wait(dense_handle)
         if sparse_handle is not None:
-            gathered = wait(sparse_handle).view(size, -1)  # (ranks, dense values + packed tables)
+            gathered = wait(sparse_handle)  # the ranks' buffers one after the other, rank 0's first
         if dense_handle is not None or sparse_handle is not None:
             self.wait_seconds += time.perf_counter() - start
         if sparse_handle is not None:
-            offset = 0
+            prefixes, entries = _unpack(gathered, self.sparse, size, self._dense_values if in_gather else 0,
+                                        slots if padded else None)
             if in_gather:
                 # the ranks' copies averaged: Horovod's Average bit for bit on 2 ranks; on more,
                 # within a few ulps of it (its ring adds in another order), the same on every rank
+                mean = prefixes.sum(dim=0).div_(size)  # (dense values,)
+                offset = 0
                 for p in self.dense:
                     n = p.numel()
-                    p.grad.copy_(gathered[:, offset:offset + n].sum(dim=0).div_(size).view_as(p))
+                    p.grad.copy_(mean[offset:offset + n].view_as(p))
                     offset += n
-            entries = list(_unpack(gathered[:, offset:], self.sparse, slots))
         if self.sparse:
             for p, (ids, rows) in zip(self.sparse, sum_rows(entries)):
                 if size == 1 and p.grad is None:  # a table this step did not use keeps no gradient
@@ -154,53 +180,90 @@ def sum_rows(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[tor
     return out
 
 
-def _pack(tables: list[nn.Parameter], slots: list[int], prefix: list[torch.Tensor] = ()) -> torch.Tensor:
-    """Every table's sparse gradient in one 1-D buffer of the tables' dtype: the 1-D ``prefix``
-    tensors first (the dense gradients that travel with them), then per table ``slots`` ids (int64
-    bits, -1 for an unused slot) and ``slots`` rows (zeros for an unused slot).
+def _pack(entries: list[tuple[torch.Tensor, torch.Tensor]], tables: list[nn.Parameter],
+          prefix: list[torch.Tensor] = ()) -> torch.Tensor:
+    """This rank's buffer for the allgather, 1-D, of the tables' dtype: each table's number of rows
+    (int64 bits), the 1-D ``prefix`` tensors (the dense gradients that travel with them), then per
+    table its ids (int64 bits) and rows. ``entries``: per table, distinct ids (R,) and their rows
+    (R, ...) (``sum_rows``); the buffer is as long as they are, so it changes from step to step.
 
     Raises:
         ValueError: tables of different dtypes (one buffer holds the ids' bits in the tables'
-            dtype, and concatenating mixed dtypes would convert them), or a gradient with more
-            rows than its slots.
+            dtype, and concatenating mixed dtypes would convert them).
     """
     dtypes = {p.dtype for p in tables}
     if len(dtypes) > 1:
         raise ValueError(f"the sparse feature tables have different dtypes {sorted(map(str, dtypes))}; "
                          "the gradient exchange packs them in one buffer: give every table one dtype")
-    parts = list(prefix)
-    for p, n in zip(tables, slots):
-        ids, values = _rows(p)
-        if ids.numel() > n:  # a table looked up more than once a step: its rows summed per id first
-            (ids, values), = sum_rows([(ids, values)])
-        r = ids.numel()
-        if r > n:
-            raise ValueError(f"a sparse table's gradient has {r} rows, more than the step's {n} feature ids")
-        if r < n:  # padded to the same length every step
-            ids = torch.cat([ids, torch.full((n - r,), -1, dtype=torch.int64, device=p.device)])
-            values = torch.cat([values, torch.zeros((n - r, *p.shape[1:]), dtype=p.dtype, device=p.device)])
-        parts += [ids.view(p.dtype), values.reshape(-1)]  # the ids' bytes travel untouched
+    dtype, device = tables[0].dtype, tables[0].device
+    counts = torch.tensor([ids.numel() for ids, _ in entries], dtype=torch.int64, device=device)
+    parts = [counts.view(dtype), *prefix]  # the ids' and counts' bytes travel untouched
+    for ids, rows in entries:
+        parts += [ids.view(dtype), rows.reshape(-1)]
     return torch.cat(parts)
 
 
-def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], slots: list[int]):
-    """``_pack``'s inverse over every rank's buffer (``gathered``: (ranks, L)): per table, every
-    slot's id (ranks * n,), -1 for an unused one, and row (ranks * n, k), rank 0's first."""
+def _padded(ids: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids`` (R,) and ``rows`` (R, ...) padded to ``n`` by -1 ids and zero rows (``sum_rows`` leaves them out)."""
+    r = ids.numel()
+    if r == n:
+        return ids, rows
+    return (torch.cat([ids, torch.full((n - r,), -1, dtype=ids.dtype, device=ids.device)]),
+            torch.cat([rows, rows.new_zeros((n - r, *rows.shape[1:]))]))
+
+
+def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], ranks: int, prefix_values: int,
+            slots: list[int] | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``_pack``'s inverse over the allgather's output (every rank's buffer in rank order):
+    the ranks' prefixes (ranks, prefix_values), and per table every rank's ids and rows together,
+    ids (sum of the ranks' R,) and rows (same, ...), rank 0's first. ``slots``: every rank's rows
+    a table when the buffers were padded to them (their layout known: the counts are not read)."""
+    word = torch.empty((), dtype=torch.int64).element_size() // gathered.element_size()  # elements an int64 takes
+    header = len(tables) * word
+    if slots is not None:
+        per_rank = gathered.view(ranks, -1)  # (ranks, L), every buffer as long
+        offset = header + prefix_values
+        entries = []
+        for p, n in zip(tables, slots):
+            ids = per_rank[:, offset:offset + n * word].clone().view(torch.int64).reshape(-1)  # (ranks * n,)
+            offset += n * word
+            width = n * p[0].numel()
+            entries.append((ids, per_rank[:, offset:offset + width].reshape(-1, *p.shape[1:])))  # (ranks * n, ...)
+            offset += width
+        return per_rank[:, header:header + prefix_values], entries
+    prefixes, ids_parts, rows_parts = [], [[] for _ in tables], [[] for _ in tables]
     offset = 0
-    for p, n in zip(tables, slots):
-        id_width = n * torch.empty((), dtype=torch.int64).element_size() // gathered.element_size()
-        ids = gathered[:, offset:offset + id_width].contiguous().view(torch.int64).reshape(-1)  # (ranks * n,)
-        offset += id_width
-        width = n * p[0].numel()
-        rows = gathered[:, offset:offset + width].reshape(-1, *p.shape[1:])  # (ranks * n, k)
-        offset += width
-        yield ids, rows
+    for _ in range(ranks):
+        counts = gathered[offset:offset + header].clone().view(torch.int64).tolist()  # one read a rank (a copy: aligned)
+        offset += header
+        prefixes.append(gathered[offset:offset + prefix_values])
+        offset += prefix_values
+        for t, (p, n) in enumerate(zip(tables, counts)):
+            ids_parts[t].append(gathered[offset:offset + n * word].clone().view(torch.int64))
+            offset += n * word
+            width = n * p[0].numel()
+            rows_parts[t].append(gathered[offset:offset + width].reshape(-1, *p.shape[1:]))
+            offset += width
+    if offset != gathered.numel():
+        raise RuntimeError(f"the gathered gradient buffer has {gathered.numel()} values, its headers "
+                           f"account for {offset}")
+    entries = [(torch.cat(i), torch.cat(r)) for i, r in zip(ids_parts, rows_parts)]
+    return torch.stack(prefixes), entries
 
 
 # The dense gradients travel in the sparse allgather rather than an allreduce of their own when
 # their values times the ranks (what each rank receives) are at most this (see the module): 128k
 # values, 512 KB in float32. An AFM's attention network, p and bias at k = t = 64 have 4,289.
 DENSE_IN_GATHER = 131_072
+
+# A rank's buffer is padded to the batch's B * M lookups a table (the same length at every step: Horovod
+# finds the collective in its response cache) while that is at most this many values, 2 MB in float32;
+# above, only the distinct rows travel, in a buffer negotiated at each step. Measured with 2 ranks on
+# this 2-core host (bench/bench_exchange.py, BENCHMARKS.md), FM k = 256, a step's time distinct / padded:
+# 1.14 at 0.17M values (Frappe logs, M = 10), 0.89 at 0.4M (MovieLens, M = 12; whole runs of the trainer
+# were as fast or slower: 19,400-24,400 examples/s against 22,900-24,900), 0.41 at 1.0M and 0.70 at
+# 2.1M (the same with a history bag of 50).
+PAD_LIMIT = 1 << 19
 
 # Seconds between two looks at a collective in flight (see ``wait``): a few percent of a step.
 POLL_INTERVAL = 1e-4

@@ -39,15 +39,17 @@ def build(name: str, sparse: bool):
 
 
 IN_GATHER = {}  # (model, limit): whether the dense gradients travelled in the allgather
+PADDED = {}  # (model, pad limit): whether the rows travelled padded to the batch's lookups
 
 
 def train(name: str, sparse: bool, optimizer_name: str, exchange: bool,
-          dense_gather_limit: int | None = None) -> dict[str, torch.Tensor]:
+          dense_gather_limit: int | None = None, pad_limit: int | None = None) -> dict[str, torch.Tensor]:
     model = build(name, sparse)
     optimizer = build_optimizer(optimizer_name, model, 0.05)
     if exchange:
-        average = GradientExchange(model, name=f"{name}.{optimizer_name}.{dense_gather_limit}",
-                                   dense_gather_limit=dense_gather_limit)
+        average = GradientExchange(model, name=f"{name}.{optimizer_name}.{dense_gather_limit}.{pad_limit}",
+                                   dense_gather_limit=dense_gather_limit, pad_limit=pad_limit)
+        PADDED[name, pad_limit] = average.pads([min(ROWS * M, p.shape[0]) for p in average.sparse], 0)
         assert dense_gather_limit != 0 or not average.gathers_dense(hvd.size())
         IN_GATHER[name, dense_gather_limit] = average.gathers_dense(hvd.size())
     else:
@@ -79,6 +81,10 @@ for name, optimizer_name in (("fm", "adagrad"), ("wide_deep", "rowwise_adagrad")
                     "vs_dense": largest_difference(ours, train(name, False, optimizer_name, exchange=False)),
                     # the dense gradients allreduced on their own rather than in the allgather
                     "vs_dense_allreduced": largest_difference(ours, train(name, True, optimizer_name, exchange=True,
-                                                                          dense_gather_limit=0))}
+                                                                          dense_gather_limit=0)),
+                    # only the distinct rows in a buffer of the step's length, never padded
+                    "vs_distinct_only": largest_difference(ours, train(name, True, optimizer_name, exchange=True,
+                                                                       pad_limit=0)),
+                    "padded": [PADDED[name, None], PADDED[name, 0]]}
 with open(f"{sys.argv[1]}/rank{hvd.rank()}.json", "w") as f:
     json.dump(result, f)
