@@ -184,8 +184,9 @@ def _pack(entries: list[tuple[torch.Tensor, torch.Tensor]], tables: list[nn.Para
           prefix: list[torch.Tensor] = ()) -> torch.Tensor:
     """This rank's buffer for the allgather, 1-D, of the tables' dtype: each table's number of rows
     (int64 bits), the 1-D ``prefix`` tensors (the dense gradients that travel with them), then per
-    table its ids (int64 bits) and rows. ``entries``: per table, distinct ids (R,) and their rows
-    (R, ...) (``sum_rows``); the buffer is as long as they are, so it changes from step to step.
+    table its ids (int64 bits) and rows. ``entries``: per table, ids (R,) and rows (R, ...): the
+    rank's distinct rows (``sum_rows``), whose number changes from step to step, or rows padded to
+    a fixed number by -1 ids (``_padded``), which make a buffer of the same length at every step.
 
     Raises:
         ValueError: tables of different dtypes (one buffer holds the ids' bits in the tables'
