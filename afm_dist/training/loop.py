@@ -301,7 +301,8 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
         seconds = time.time() - epoch_start
         state.run.record({"epoch": 0, "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
                           **{f"val_{k}": v for k, v in val_m.items() if k != "rmse"},
-                          "seconds": seconds, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0})
+                          "seconds": seconds, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0,
+                          "exchange_values": 0.0})
         if rank == 0:
             log(f"epoch 0 (initialised from {cfg.init_from}, before any step): train RMSE {train_m['rmse']:.4f}, "
                 f"validation RMSE {val_m['rmse']:.4f}")
@@ -340,6 +341,7 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
                                "embedding_l2": l2[0], "linear_l2": l2[1],
                                "seconds": seconds, "examples_per_s": steps * global_batch / seconds,
                                "train_seconds": train_seconds, "exchange_wait_s": train_m["exchange_wait_s"],
+                               "exchange_values": train_m["exchange_values"],
                                **elastic_m})
         if rank == 0:
             shown = f"validation RMSE {val_m['rmse']:.4f}"
@@ -465,7 +467,8 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
 
     Returns the epoch's training metrics over every rank (unclipped RMSE of the scores), and
     ``exchange_wait_s``: the seconds this rank waited for the gradient exchange's collectives (the
-    other ranks' lag and the collectives' own time).
+    other ranks' lag and the collectives' own time), and ``exchange_values``: the values of this
+    rank's allgather buffer a step, on average (0 on one rank; ``GradientExchange``).
 
     Raises:
         FloatingPointError: a non-finite loss, naming the epoch, step and rank.
@@ -479,7 +482,7 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
     local_batch = local_batch_size(global_batch, rank, size)
     share = local_batch * size / global_batch  # 1.0 when the batch divides evenly
     max_local = -(-global_batch // size)  # the largest rank's rows: the exchange's bound is the same on every rank
-    waited_before = exchange.wait_seconds
+    waited_before, sent_before = exchange.wait_seconds, exchange.sent_values
     epoch_start = time.time()
     sums = M.new_sums(device)
     emb_l2, lin_l2 = l2 if l2 is not None else cfg.l2_at(0)
@@ -515,7 +518,9 @@ def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: Trai
         sums = state.commit_step(sums)  # elastic: every commit_every steps
     state.gather_sums(sums)  # Horovod: every rank's sums since the last commit added
     result = M.finish(state.progress.sums, binary=False)
-    return {**result, "exchange_wait_s": exchange.wait_seconds - waited_before}
+    steps_run = max(1, state.progress.steps - start_step)
+    return {**result, "exchange_wait_s": exchange.wait_seconds - waited_before,
+            "exchange_values": (exchange.sent_values - sent_before) / steps_run}
 
 
 @torch.no_grad()

@@ -75,6 +75,13 @@ def test_one_and_two_workers_agree_after_one_epoch(planted_data, tmp_path):
     e1, e2 = metrics(tmp_path / "one")[0], metrics(tmp_path / "two")[0]
     assert e1["exchange_wait_s"] == 0.0 and 0.0 < e1["train_seconds"] < e1["seconds"], e1
     assert 0.0 < e2["exchange_wait_s"] < e2["train_seconds"] < e2["seconds"], e2
+    # what rank 0 sent a step: its allgather buffer, padded (small): 2 row counts (int64, 2 floats
+    # each), FM's bias, then per table (linear k = 1, embeddings k = 16) min(32 M, N) slots of an id
+    # (2 floats) and a row
+    meta = json.loads((planted_data / METADATA_FILE).read_text())
+    slots = min(32 * meta["num_slots"], meta["num_features"])
+    assert e1["exchange_values"] == 0.0
+    assert e2["exchange_values"] == 2 * 2 + 1 + slots * (2 + 1) + slots * (2 + 16), (e2, slots)
 
 
 def test_uneven_shards_finish(planted_data, tmp_path):
