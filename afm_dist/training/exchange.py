@@ -16,20 +16,25 @@ gradient is queued at once:
   2 D, hence the bound: large dense parts (an MLP), or many ranks, keep the allreduce;
 - one allgather of every sparse table's ids and rows, packed in one buffer: each rank adds the
   others' rows of the batch to its own, never the whole table (TorchRec's habit, and Horovod's
-  own sparse path). Each rank first sums its rows per feature id (``sum_rows``); its buffer holds
-  their counts, then the distinct ids and rows, (k + 2) floats a row for float32. While small
-  (``PAD_LIMIT``) it is padded to the batch's B * M lookups a table, so that its length is the
-  same at every step and Horovod's response cache recognises the collective (one negotiated at
-  each step costs a round of messages between the ranks); above, only the distinct rows travel:
-  a batch's lookups repeat ids 3 to 6 times on the data sets measured (BENCHMARKS.md), and
-  padded, the paper's B = 4096, M = 39, k = 64 would send 42 MB a rank and step.
+  own sparse path). The buffer holds each table's number of rows, the small dense gradients
+  that ride along, then each table's ids and rows, (k + 2) floats a row for float32. While small
+  (``PAD_LIMIT``) it has one slot per lookup of the batch, B * M a table (backward's rows as they
+  are, an id once per lookup; summed per id on the rank only where they outnumber the slots, as
+  for a table looked up twice), padded by -1 ids, so that its length is the same at every step
+  and Horovod's response cache recognises the collective (one negotiated at each step costs a
+  round of messages between the ranks). Above, each rank sums its rows per id first
+  (``sum_rows``) and only those distinct rows travel: a batch's lookups repeat ids 3 to 6 times
+  on the data sets measured (BENCHMARKS.md), and padded, the paper's B = 4096, M = 39, k = 64
+  would send 42 MB a rank and step.
 
-Each rank sums the gathered rows per feature id once more, every table looked up by the same ids
-at one sort (``sum_rows``). With one rank the exchange is only that sum.
+Each rank sums the gathered rows per feature id, every table looked up by the same ids at one
+sort (``sum_rows``). With one rank the exchange is only that sum.
 
-The numbers are those of ``hvd.DistributedOptimizer``: the dense gradients averaged by Horovod,
-and a sparse table's gradient the union of every rank's rows divided by the number of ranks (a
-row two ranks touched is the sum of both, once coalesced).
+The numbers are those of ``hvd.DistributedOptimizer`` up to the order of the sums: the dense
+gradients averaged by Horovod, and a sparse table's gradient the union of every rank's rows
+divided by the number of ranks (a row two ranks touched is the sum of both, once coalesced).
+Summing a rank's rows before the gather (above ``PAD_LIMIT``) adds them in another order: the
+last bit of a row can differ from the padded buffer's.
 """
 from __future__ import annotations
 
@@ -88,11 +93,13 @@ class GradientExchange:
     def __call__(self, max_rows: int) -> None:
         """Average the gradients in place.
 
-        ``max_rows``: a bound on the distinct rows of a table's gradient this step: the batch's
-        number of feature ids (B * M), as every table is looked up by them.
+        ``max_rows``: the same bound on every rank of the distinct rows a table's gradient has
+        this step: the batch's number of feature ids (B * M, of the largest rank's batch), as
+        every table is looked up by them. It sets the padded buffer's slots, and whether the
+        buffer is padded: ranks given different bounds would gather different buffers.
 
         Raises:
-            ValueError: a table's gradient has more distinct rows than ``max_rows``.
+            ValueError: padded, a table's gradient has more distinct rows than its slots.
         """
         size = hvd.size()
         in_gather = self.gathers_dense(size)
@@ -113,16 +120,15 @@ class GradientExchange:
                 dense = [p.grad.reshape(-1) for p in self.dense] if in_gather else []
                 padded = self.pads(slots, sum(d.numel() for d in dense))
                 local = [_rows(p) for p in self.sparse]  # backward's rows, an id once per lookup
-                if padded:  # summed per id only where the lookups outnumber the slots (a table looked up twice)
+                if padded:  # summed per id only where the lookups outnumber the slots (e.g. a table looked up twice)
                     local = [sum_rows([e])[0] if e[0].numel() > n else e for e, n in zip(local, slots)]
+                    for (ids, _), n in zip(local, slots):
+                        if ids.numel() > n:
+                            raise ValueError(f"a sparse table's gradient has {ids.numel()} distinct rows, more "
+                                             f"than the step's {n} feature ids")
+                    local = [_padded(ids, rows, n) for (ids, rows), n in zip(local, slots)]  # as long every step
                 else:  # only this rank's distinct rows travel
                     local = sum_rows(local)
-                for (ids, _), n in zip(local, slots):
-                    if ids.numel() > n:
-                        raise ValueError(f"a sparse table's gradient has {ids.numel()} distinct rows, more than "
-                                         f"the step's {n} feature ids")
-                if padded:  # every rank's buffer as long at every step
-                    local = [_padded(ids, rows, n) for (ids, rows), n in zip(local, slots)]
                 # Horovod: every table's ids and rows (and the small dense gradients) gathered from
                 # every rank in one allgather of one buffer.
                 buffer = _pack(local, self.sparse, prefix=dense)
@@ -222,6 +228,10 @@ def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], ranks: int, pref
     word = torch.empty((), dtype=torch.int64).element_size() // gathered.element_size()  # elements an int64 takes
     header = len(tables) * word
     if slots is not None:
+        length = header + prefix_values + sum(n * (word + p[0].numel()) for p, n in zip(tables, slots))
+        if gathered.numel() != ranks * length:
+            raise RuntimeError(f"the gathered gradient buffer has {gathered.numel()} values, {ranks} padded buffers "
+                               f"of {length}: the ranks padded to different slots")
         per_rank = gathered.view(ranks, -1)  # (ranks, L), every buffer as long
         offset = header + prefix_values
         entries = []

@@ -79,6 +79,11 @@ def test_pack_and_unpack_round_trip_every_rank_s_rows():
         _, [(ids_a, rows_a), (ids_b, _)] = _unpack(torch.cat(padded), [big, small], 2, 0, slots=[4, 5])
         assert ids_a.tolist() == [5, 7, 999, -1] * 2 and ids_b.tolist() == [-1] * 10
         assert torch.equal(rows_a[3], torch.zeros(4, dtype=dtype))
+        # ranks that padded to different slots: refused, never read as garbage ids
+        other = _pack([_padded(i, r, n) for (i, r), n in zip(sum_rows([_rows(big), _rows(small)]), (3, 6))],
+                      [big, small])
+        with pytest.raises(RuntimeError, match="padded to different slots"):
+            _unpack(torch.cat([padded[0], other]), [big, small], 2, 0, slots=[4, 5])
     mixed_a, _ = _table(10, 2, torch.float16, [1])
     mixed_b, _ = _table(10, 2, torch.float32, [1])
     with pytest.raises(ValueError, match="different dtypes"):
