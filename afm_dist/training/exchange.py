@@ -85,10 +85,9 @@ class GradientExchange:
     def pads(self, slots: list[int], dense_values: int) -> bool:
         """Whether a step's buffer is padded to ``slots`` rows a table (its length the same at every
         step, so Horovod's response cache knows the collective) rather than as long as the rank's
-        distinct rows (negotiated at each step): padded while at most ``pad_limit`` values."""
-        word = torch.empty((), dtype=torch.int64).element_size() // self.sparse[0].element_size()
-        values = dense_values + sum(n * (word + p[0].numel()) for p, n in zip(self.sparse, slots))
-        return values <= self.pad_limit
+        distinct rows (negotiated at each step): padded while that buffer (``_padded_length``) is at
+        most ``pad_limit`` values."""
+        return _padded_length(self.sparse, slots, dense_values) <= self.pad_limit
 
     def __call__(self, max_rows: int) -> None:
         """Average the gradients in place.
@@ -210,6 +209,17 @@ def _pack(entries: list[tuple[torch.Tensor, torch.Tensor]], tables: list[nn.Para
     return torch.cat(parts)
 
 
+def _id_width(dtype: torch.dtype) -> int:
+    """Elements of ``dtype`` that an int64 (an id, a row count) takes in the buffer."""
+    return torch.empty((), dtype=torch.int64).element_size() // torch.empty((), dtype=dtype).element_size()
+
+
+def _padded_length(tables: list[nn.Parameter], slots: list[int], prefix_values: int) -> int:
+    """Values of a buffer padded to ``slots`` rows a table: the row counts, the prefix, the ids and rows."""
+    word = _id_width(tables[0].dtype)
+    return len(tables) * word + prefix_values + sum(n * (word + p[0].numel()) for p, n in zip(tables, slots))
+
+
 def _padded(ids: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``ids`` (R,) and ``rows`` (R, ...) padded to ``n`` by -1 ids and zero rows (``sum_rows`` leaves them out)."""
     r = ids.numel()
@@ -225,10 +235,10 @@ def _unpack(gathered: torch.Tensor, tables: list[nn.Parameter], ranks: int, pref
     the ranks' prefixes (ranks, prefix_values), and per table every rank's ids and rows together,
     ids (sum of the ranks' R,) and rows (same, ...), rank 0's first. ``slots``: every rank's rows
     a table when the buffers were padded to them (their layout known: the counts are not read)."""
-    word = torch.empty((), dtype=torch.int64).element_size() // gathered.element_size()  # elements an int64 takes
+    word = _id_width(gathered.dtype)
     header = len(tables) * word
     if slots is not None:
-        length = header + prefix_values + sum(n * (word + p[0].numel()) for p, n in zip(tables, slots))
+        length = _padded_length(tables, slots, prefix_values)
         if gathered.numel() != ranks * length:
             raise RuntimeError(f"the gathered gradient buffer has {gathered.numel()} values, {ranks} padded buffers "
                                f"of {length}: the ranks padded to different slots")
