@@ -20,9 +20,17 @@ Split columns (fixed width, so a Petastorm batch is a set of dense arrays):
                              0.0 in padded slots)
     mask    list<int8>[M]    1 for a real slot, 0 for padding (multi-valued fields are padded)
     label   float32          target: a rating, or +1 / -1 for implicit feedback
+    bag_F   list<int32>      with a history field F only: the row's bag, its global feature ids
+                             (0 to max_values of them, no padding). Its slots are not in ids, vals
+                             and mask (its ids are the bag, each value 1/sqrt(n), each mask 1):
+                             ``batch.with_bags`` puts them back at the field's slots, so that a
+                             batch has the M slots. Writing three arrays of max_values slots a row
+                             took the preprocessing job most of its time with a history
+                             (BENCHMARKS.md); metadata.json's ``extra.bag_columns`` lists them.
 
 M (``num_slots``) is the sum of the fields' widths: 1 for a categorical or numeric field,
-``max_values`` for a multi-valued or history field.
+``max_values`` for a multi-valued or history field. ids, vals and mask hold M slots less the
+bag columns' widths (data sets written before bag columns hold all M).
 """
 from __future__ import annotations
 
@@ -51,6 +59,7 @@ FORMAT_VERSION = 1
 
 # Column names of a split: the single place they are spelled.
 ROW_ID, IDS, VALS, MASK, LABEL = "row_id", "ids", "vals", "mask", "label"
+BAG_PREFIX = "bag_"  # + a history field's name: the column of its bags
 
 
 class DatasetError(Exception):
@@ -70,6 +79,15 @@ class FieldLayout:
     # The field's slots enter the pair layer as one vector, the sum of their e_i = v_i x_i (a bag
     # field: its values are not paired with each other); False: every slot is paired on its own.
     pooled: bool = False
+
+
+@dataclass(frozen=True)
+class BagColumn:
+    """A split column that holds a history field's bags apart from ids, vals and mask."""
+
+    column: str  # BAG_PREFIX + the field's name
+    slot: int  # the field's first slot in a batch (its FieldLayout.slot)
+    width: int  # its slots in a batch: the field's max_values
 
 
 @dataclass
@@ -112,6 +130,12 @@ class DatasetMetadata:
             out += [f.width] if f.pooled else [1] * f.width
         return tuple(out)
 
+    @property
+    def bag_columns(self) -> tuple[BagColumn, ...]:
+        """The splits' bag columns, in slot order (none for a data set without a history field,
+        or written before they were kept apart): what ``batch.with_bags`` takes."""
+        return tuple(BagColumn(**b) for b in self.extra.get("bag_columns", ()))
+
     def target_mean(self, split: str) -> float | None:
         """Mean target of ``split``'s rows, from the label sum its write counted; None for an
         empty split or a data set written before the sum was counted."""
@@ -131,27 +155,43 @@ class DatasetMetadata:
         write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
         for split in SPLITS:
             if (Path(directory) / split).is_dir():
-                write_text_atomic(Path(directory) / split / SPLIT_IDENTITY, json.dumps(
-                    {"split": split, "schema_hash": self.schema_hash, "num_features": self.num_features}) + "\n")
+                write_text_atomic(Path(directory) / split / SPLIT_IDENTITY, json.dumps(self._identity(split)) + "\n")
+
+    def _identity(self, split: str) -> dict[str, Any]:
+        out = {"split": split, "schema_hash": self.schema_hash, "num_features": self.num_features}
+        if self.bag_columns:
+            out["bag_columns"] = [asdict(b) for b in self.bag_columns]
+        return out
 
 
 
 
 def read_split_identity(split_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A split directory's identity (``split``, ``schema_hash``, ``num_features``), from its own
-    ``SPLIT_IDENTITY`` file or else from the ``metadata.json`` of the data set around it (splits
-    written before the file existed); None when neither is there."""
+    """A split directory's identity (``split``, ``schema_hash``, ``num_features`` and, with bag
+    columns, ``bag_columns``), from its own ``SPLIT_IDENTITY`` file or else from the
+    ``metadata.json`` of the data set around it (splits written before the file existed); None
+    when neither is there."""
     d = Path(split_dir)
     own, around = d / SPLIT_IDENTITY, d.parent / METADATA_FILE
     try:
         if own.exists():
             return json.loads(own.read_text())
         if around.exists():
-            meta = read_metadata(around)
-            return {"split": d.name, "schema_hash": meta.schema_hash, "num_features": meta.num_features}
+            return read_metadata(around)._identity(d.name)
     except (OSError, ValueError, KeyError) as e:
         raise DatasetError(f"{own if own.exists() else around}: unreadable ({e}); preprocess the data set again") from e
     return None
+
+
+def split_bag_columns(split_dir: str | os.PathLike) -> tuple[BagColumn, ...]:
+    """The bag columns of a split directory (``read_split_identity``), to read its rows with
+    (``batch.to_batch``); none for a split without them, or without an identity.
+
+    Raises:
+        DatasetError: an identity file that cannot be read.
+    """
+    identity = read_split_identity(split_dir) or {}
+    return tuple(BagColumn(**b) for b in identity.get("bag_columns", ()))
 
 
 def mark_complete(directory: str | os.PathLike) -> None:

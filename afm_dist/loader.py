@@ -15,15 +15,15 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from afm_dist import petastorm_patch  # first: it makes Petastorm importable on pyarrow >= 16 / NumPy 2
 from petastorm import make_batch_reader  # noqa: E402
-from afm_dist.batch import Batch, fixed_width, to_batch
-from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
+from afm_dist.batch import Batch, bag_matrix, fixed_width, to_batch, with_bags
+from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, BagColumn, DatasetError, split_bag_columns
 
 COLUMNS = (IDS, VALS, MASK, LABEL)
 _DTYPES = {IDS: np.int64, VALS: np.float32, MASK: np.int8, LABEL: np.float32, ROW_ID: np.int64}
@@ -61,21 +61,26 @@ def label_mean(split_dir: str | Path) -> float:
     return sum(float(pc.sum(c).as_py() or 0.0) for c in labels) / rows
 
 
-def _to_numpy(chunk, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A Petastorm batch's columns as numpy arrays, list columns (rows, width)."""
-    return {c: fixed_width(getattr(chunk, c), _DTYPES[c], name=c) for c in columns}
+def _to_numpy(chunk, columns: tuple[str, ...], bags: Sequence[BagColumn] = ()) -> dict[str, np.ndarray]:
+    """A Petastorm batch's columns as numpy arrays, list columns (rows, width), the split's bag
+    columns put back into ids, vals and mask (``batch.with_bags``)."""
+    out = {c: fixed_width(getattr(chunk, c), _DTYPES[c], name=c) for c in columns}
+    if bags:
+        out[IDS], out[VALS], out[MASK] = with_bags(out[IDS], out[VALS], out[MASK],
+                                                   [(b, bag_matrix(getattr(chunk, b.column))) for b in bags])
+    return out
 
 
 @contextmanager
 def _reader(split_dir: Path, *, shard: int, shards: int, num_epochs: int | None, shuffle: bool, seed: int,
-            columns: tuple[str, ...], workers: int):
+            columns: tuple[str, ...], workers: int, bags: Sequence[BagColumn] = ()):
     petastorm_patch.apply()  # without it a read can end one row group early (see the module)
     # Petastorm 0.13 uses pyarrow's legacy dataset API: pyarrow 14 warns; newer ones get petastorm_compat's.
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     # Horovod: each rank reads only its own row groups (cur_shard / shard_count).
     reader = make_batch_reader(
         f"file://{split_dir.resolve()}",
-        schema_fields=list(columns),
+        schema_fields=list(columns) + [b.column for b in bags],
         cur_shard=shard,
         shard_count=shards,
         num_epochs=num_epochs,
@@ -208,6 +213,7 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
         )
     if steps <= 0:  # an epoch gone on from a commit of its last step: nothing left to draw
         return
+    bags = split_bag_columns(split_dir)
     rng = np.random.default_rng(seed * 1_000_003 + rank)
     capacity = max(2 * batch_size, min(shuffle_buffer, sum(sizes) // size))
     pending: list[dict[str, np.ndarray]] = []
@@ -243,9 +249,9 @@ def _shuffled_batches(split_dir: Path, *, rank: int, size: int, batch_size: int,
         # Petastorm's seed for the row groups' order in pass n (32 bits: Petastorm seeds NumPy with it).
         pass_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
         with _reader(split_dir, shard=rank, shards=size, num_epochs=1, shuffle=True, seed=pass_seed,
-                     columns=COLUMNS, workers=workers) as reader:
+                     columns=COLUMNS, workers=workers, bags=bags) as reader:
             for chunk in reader:
-                pending.append(_to_numpy(chunk, COLUMNS))
+                pending.append(_to_numpy(chunk, COLUMNS, bags))
                 pending_rows += len(pending[-1][LABEL])
                 # The epoch's last batches (the one completed from the next pass): as soon as the
                 # buffer holds them, not after a whole buffer of the next pass.
@@ -270,10 +276,11 @@ def eval_batches(split_dir: str | Path, *, rank: int, size: int, batch_size: int
     if rank >= shards:
         return
     columns = COLUMNS + ((ROW_ID,) if with_row_id else ())
+    bags = split_bag_columns(split_dir)
     with _reader(split_dir, shard=rank, shards=shards, num_epochs=1, shuffle=False, seed=0,
-                 columns=columns, workers=workers) as reader:
+                 columns=columns, workers=workers, bags=bags) as reader:
         for chunk in reader:
-            arrays = _to_numpy(chunk, columns)
+            arrays = _to_numpy(chunk, columns, bags)
             n = len(arrays[LABEL])
             for start in range(0, n, batch_size):
                 part = {c: arrays[c][start:start + batch_size] for c in columns}

@@ -33,7 +33,8 @@ from petastorm.workers_pool import EmptyResultError, VentilatedItemProcessedMess
 from petastorm.workers_pool import thread_pool  # noqa: E402
 from petastorm.workers_pool.thread_pool import ThreadPool  # noqa: E402
 
-from afm_dist.batch import list_matrix  # noqa: E402
+from afm_dist.batch import list_matrix, ragged_matrix  # noqa: E402
+from afm_dist.dataset import BAG_PREFIX  # noqa: E402
 
 _VERIFY_END = thread_pool._VERIFY_END_OF_VENTILATION_PERIOD
 _PETASTORM_CONVERT = arrow_reader_worker.convert_arrow_table_to_numpy_dict
@@ -71,7 +72,9 @@ def convert_lists(result_table: pa.Table, schema) -> dict[str, np.ndarray]:
 
     Returns a numpy array per column: (rows, width) for a list column whose Petastorm field is 1-D
     (as Petastorm's conversion gives, but sharing Arrow's memory, so read-only: the loader's
-    ``fixed_width`` copies it), else what Petastorm's conversion gives.
+    ``fixed_width`` copies it); for a split's bag column (``dataset.BAG_PREFIX``), whose rows
+    differ in length, (rows, longest row) padded with -1 (``batch.ragged_matrix``); else what
+    Petastorm's conversion gives.
 
     Raises:
         RuntimeError: Petastorm's, for a list column whose rows differ in width.
@@ -80,7 +83,9 @@ def convert_lists(result_table: pa.Table, schema) -> dict[str, np.ndarray]:
     for name in result_table.column_names:
         matrix = None
         if pa.types.is_list(result_table.schema.field(name).type) and len(schema.fields[name].shape) <= 1:
-            matrix = list_matrix(result_table.column(name))
+            column = result_table.column(name)
+            # a split's bag column: rows of different lengths by design, padded with -1
+            matrix = ragged_matrix(column) if name.startswith(BAG_PREFIX) else list_matrix(column)
         if matrix is None:
             rest.append(name)
         else:

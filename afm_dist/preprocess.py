@@ -60,6 +60,9 @@ class Options:
     # Logs per partition of negative sampling's window over contexts (its shuffle is not the
     # output's: the instances are shuffled again by row id into the files).
     rows_per_window: int = 250_000
+    # A history field's bags are broadcast to the rows when owners x (max_values + 1) is at most
+    # this many item ids (afm_dist/spark/history.py); larger ones are joined by a shuffle.
+    history_broadcast_ids: int = history.BROADCAST_IDS
 
 
 def window_partitions(spark: SparkSession, rows: int, options: Options) -> int:
@@ -148,10 +151,11 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
                                 "; validation drawn from the train files in the schema's train : validation ratio"))
 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
-    # Explicit targets come partitioned by text already (one partition per output file).
-    # The history's join by owner undoes the explicit target's partitioning by text.
+    # Explicit targets come partitioned by text already (one partition per output file). A
+    # history's join by a shuffle on the owner undoes that; a broadcast one keeps it.
+    shuffled = "shuffle" in extra.get("history_join", {}).values()
     written = write_splits(table, out_dir, tasks,
-                           repartition=(schema.target.kind == "implicit" and per_positive > 0) or bool(schema.history_fields))
+                           repartition=(schema.target.kind == "implicit" and per_positive > 0) or shuffled)
     counts: dict = {"input": n_input, "rejected": n_rejected, "accepted": n_accepted,
                     "blank_lines": summary.blank, "continuation_lines": summary.continued}
     if summary.truncated:
@@ -307,18 +311,21 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         more["numeric_statistics"] = stats
     if schema.history_fields:
         # counted by the splits' write (the function is called after it)
-        instances, more["history_counts"] = history.observe_counts(_add_histories(schema, instances, out_dir, cached),
-                                                                   schema.history_fields)
+        instances, more["history_join"] = _add_histories(schema, instances, out_dir, cached, options)
+        instances, more["history_counts"] = history.observe_counts(instances, schema.history_fields)
         more["history_bags"] = {"directory": HISTORY, "basis": "training split; one row per owner with a bag: "
                                 "owner (local id), field, bag (item local ids, capped, in the cap's order)"}
-    return encode.assemble(instances, fields, layouts), layouts, more
+        more["bag_columns"] = encode.bag_columns(layouts)  # the bags apart from ids, vals, mask (dataset.py)
+    return encode.assemble(instances, fields, layouts, bags_apart=True), layouts, more
 
 
-def _add_histories(schema: Schema, instances: DataFrame, out_dir: Path, cached: list[DataFrame]) -> DataFrame:
+def _add_histories(schema: Schema, instances: DataFrame, out_dir: Path, cached: list[DataFrame],
+                   options: Options) -> tuple[DataFrame, dict[str, str]]:
     """The history fields' bags, from the training split's rows (afm_dist/spark/history.py), and
     ``history/``: each owner's bag once (``history.bag_table``), for scoring raw logs later.
     The instances and each field's owner bags are persisted first: the bags' table, the join and
-    the counts all read them."""
+    the counts all read them. Returns the instances with the bags, and how each field's bags were
+    joined to them: "broadcast" or "shuffle" (``options.history_broadcast_ids``)."""
     _stage(f"history bags of {', '.join(f.name for f in schema.history_fields)} from the training split")
     instances = instances.persist(StorageLevel.MEMORY_AND_DISK)
     cached.append(instances)
@@ -332,8 +339,12 @@ def _add_histories(schema: Schema, instances: DataFrame, out_dir: Path, cached: 
     for t in tables[1:]:
         union = union.unionByName(t)
     union.sortWithinPartitions(HISTORY_FIELD, HISTORY_OWNER).write.parquet(str(out_dir / HISTORY))
+    join = {h.name: "broadcast" if history.broadcasts(bags[h.name].count(), h, options.history_broadcast_ids)
+            else "shuffle" for h in schema.history_fields}  # the counts: from the persisted bags
+    log.info("history bags joined to the rows by: %s", join)
     return history.add_histories(instances, schema.history_fields, by_name, seed=schema.seed,
-                                 positives_only=positives_only, bags=bags)
+                                 positives_only=positives_only, bags=bags,
+                                 broadcast=[n for n, how in join.items() if how == "broadcast"]), join
 
 
 def _write_empty_vocabulary(spark: SparkSession, out_dir: Path) -> None:

@@ -30,11 +30,10 @@ MODES = {"padded": 1 << 62, "distinct": 0}
 
 def probe(data: Path, model_name: str, pad_limit: int, steps: int) -> None:
     import horovod.torch as hvd
-    import pyarrow.parquet as pq
     import torch
     import torch.nn.functional as F
 
-    from afm_dist.batch import to_batch
+    from afm_dist.batch import read_split
     from afm_dist.dataset import TRAIN, load_metadata
     from afm_dist.models import ModelConfig, build_model
     from afm_dist.training.exchange import PAD_LIMIT, GradientExchange
@@ -43,7 +42,7 @@ def probe(data: Path, model_name: str, pad_limit: int, steps: int) -> None:
     hvd.init()
     torch.set_num_threads(1)
     meta = load_metadata(data)
-    rows = to_batch(pq.read_table(data / TRAIN))
+    rows = read_split(data / TRAIN)
     local = int(meta.schema.get("training", {}).get("batch_size", 128)) // hvd.size()
     torch.manual_seed(0)
     model = build_model(model_name, meta.num_features, meta.num_slots,

@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
-from afm_dist.batch import Batch, to_batch  # noqa: E402
+from afm_dist.batch import Batch, read_split  # noqa: E402
 from afm_dist.dataset import TRAIN, load_metadata  # noqa: E402
 from afm_dist.io import write_text_atomic  # noqa: E402
 from afm_dist.models import ModelConfig, build_model  # noqa: E402
@@ -37,7 +36,7 @@ from common import machine  # noqa: E402
 def variants(data: Path) -> tuple[dict, dict]:
     """(with, without): Batch of the training split, N, M, slot groups and the bag's width."""
     meta = load_metadata(data)
-    rows = to_batch(pq.read_table(data / TRAIN))
+    rows = read_split(data / TRAIN)
     bags = [f for f in meta.fields if f.pooled]
     if not bags:
         raise SystemExit(f"{data}: no pooled (history) field; preprocess with a schema that declares one")

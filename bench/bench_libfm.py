@@ -39,7 +39,7 @@ from common import REPO, WORK, save  # noqa: E402
 from afm_dist import metrics as M  # noqa: E402
 from afm_dist.batch import to_batch  # noqa: E402
 from afm_dist.dataset import IDS, LABEL, MASK, SPLITS, TEST, TRAIN, VALIDATION, VALS, DatasetError, DatasetMetadata, \
-    load_metadata, split_path  # noqa: E402
+    load_metadata, split_bag_columns, split_path  # noqa: E402
 
 SETUP = REPO / "bench" / "setup_libfm.sh"
 # libFM prints one line per iteration: "#Iter= 12\tTrain=0.31\tTest=0.35" (Test: RMSE on -test so far).
@@ -100,8 +100,16 @@ def libfm_lines(table: pa.Table) -> list[str]:
 
 def read_split(data_dir: Path, split: str, *, shuffle_seed: int | None = None) -> pa.Table:
     """A split's columns, rows in file order or permuted with ``shuffle_seed`` (libFM's SGD walks
-    the training file in order and asks for shuffled rows)."""
-    table = pq.read_table(split_path(data_dir, split), columns=[IDS, VALS, MASK, LABEL])
+    the training file in order and asks for shuffled rows); a history field's bag column put back
+    at its slots (``batch.with_bags``), so that libFM gets the rows the trainer gets."""
+    path = split_path(data_dir, split)
+    bags = split_bag_columns(path)
+    table = pq.read_table(path, columns=[IDS, VALS, MASK, LABEL, *[b.column for b in bags]])
+    if bags:
+        batch = to_batch(table, bags)
+        table = pa.table({name: pa.FixedSizeListArray.from_arrays(pa.array(t.numpy().ravel()), t.shape[1])
+                          for name, t in ((IDS, batch.ids), (VALS, batch.vals), (MASK, batch.mask.to(torch.int8)))}
+                         | {LABEL: table.column(LABEL)})
     if shuffle_seed is not None:
         table = table.take(np.random.default_rng(shuffle_seed).permutation(table.num_rows))
     return table

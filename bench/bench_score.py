@@ -60,11 +60,12 @@ def raw_torch_rate(model_path: Path, split: Path, batch: int = 8192) -> float:
     import torch
 
     from afm_dist.batch import to_batch
+    from afm_dist.dataset import split_bag_columns
     from afm_dist.model_dir import TrainedModel
 
     torch.set_num_threads(2)
     model = TrainedModel.load(model_path).build()
-    ids, vals, mask = to_batch(pq.read_table(split).slice(0, 1_000_000)).inputs  # a rate: a million rows are enough
+    ids, vals, mask = to_batch(pq.read_table(split).slice(0, 1_000_000), split_bag_columns(split)).inputs  # a rate: a million rows are enough
     n = len(ids)
     start = time.time()
     with torch.inference_mode():

@@ -15,11 +15,10 @@ import math
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from afm_dist.batch import Batch, to_batch
+from afm_dist.batch import Batch, read_split
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
 from afm_dist.training.optimizers import build_optimizer
@@ -70,7 +69,7 @@ def fit(model, data, clip, *, epochs: int, batch: int, lr: float = 0.05, patienc
 def main(directory: str, batch: int, afm_epochs: int) -> None:
     torch.set_num_threads(2)
     meta = load_metadata(directory)
-    data = {s: to_batch(pq.read_table(Path(directory) / s)) for s in ("train", "validation", "test")}
+    data = {s: read_split(Path(directory) / s) for s in ("train", "validation", "test")}
     clip = meta.target_range()
     torch.manual_seed(2017)
     fm = build_model("fm", meta.num_features, meta.num_slots, ModelConfig(embedding_dim=64))

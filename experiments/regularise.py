@@ -28,11 +28,10 @@ import math
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from afm_dist.batch import Batch, to_batch
+from afm_dist.batch import Batch, read_split
 from afm_dist.dataset import load_metadata
 from afm_dist.models import ModelConfig, build_model, init_from_fm
 from afm_dist.models.layers import FeaturesEmbedding
@@ -87,7 +86,7 @@ def load_data(path: str) -> tuple:
     """(metadata, the schema's batch, {split: Batch} of the three splits, the clip range) of a data set."""
     meta = load_metadata(path)
     batch = int(meta.schema.get("training", {}).get("batch_size", 128))
-    data = {s: to_batch(pq.read_table(Path(path) / s)) for s in ("train", "validation", "test")}
+    data = {s: read_split(Path(path) / s) for s in ("train", "validation", "test")}
     return meta, batch, data, meta.target_range()
 
 

@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Parquet rows per row group of the training split (default %(default)s)")
     p.add_argument("--min-row-groups", type=int, default=preprocess.Options.min_row_groups,
                    help="row groups per split at least (default %(default)s)")
+    p.add_argument("--history-broadcast-ids", type=int, default=preprocess.Options.history_broadcast_ids,
+                   help="a history field's bags are broadcast to the rows (no shuffle) when its owners x "
+                        "(max_values + 1) is at most this; larger ones are joined by a shuffle (default %(default)s)")
     p.add_argument("--partitions", type=int, default=None,
                    help="spark.sql.shuffle.partitions of the small aggregations (default: 2 per core)")
     return p.parse_args(argv)
@@ -69,6 +72,8 @@ def main(argv: Sequence[str] | None = None, *, spark=None) -> int:
     def prepare() -> tuple[inputs.Plan, preprocess.Options]:  # everything checkable before Spark starts
         if args.rows_per_group < 1 or args.min_row_groups < 1:
             raise inputs.InputError("--rows-per-group and --min-row-groups must be positive")
+        if args.history_broadcast_ids < 0:
+            raise inputs.InputError("--history-broadcast-ids must be 0 (never broadcast) or more")
         if not args.input and not any(getattr(args, s) for s in SPLITS):
             raise inputs.InputError("give the logs with --input (split at random), or --train and --test "
                                     "(and optionally --validation) for given splits")
@@ -77,7 +82,8 @@ def main(argv: Sequence[str] | None = None, *, spark=None) -> int:
         plan = inputs.plan(schema, args.input, cli.tables(args), splits=splits or None)
         options = preprocess.Options(seed=schema.seed if args.seed is None else args.seed,
                                      max_rejected_fraction=args.max_rejected_fraction,
-                                     rows_per_group=args.rows_per_group, min_row_groups=args.min_row_groups)
+                                     rows_per_group=args.rows_per_group, min_row_groups=args.min_row_groups,
+                                     history_broadcast_ids=args.history_broadcast_ids)
         log.info("schema %s (%s), %d input file(s), output %s, seed %d", schema.name, args.schema,
                  len(plan.logs.paths), args.output, options.seed)
         return plan, options

@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS, DatasetError,
-                              FieldLayout)
+from afm_dist.dataset import (BAG_PREFIX, IDS, LABEL as OUT_LABEL, MASK, ROW_ID, TEST, TRAIN, VALIDATION, VALS,
+                              DatasetError, FieldLayout)
 from afm_dist.schema import Field, Split
 from afm_dist.spark.parse import LABEL, LIBFM_IDS, LIBFM_VALS
 from afm_dist.spark.readers import BLOCK, POS, SOURCE, TEXT
@@ -420,27 +420,34 @@ def _padded(values: Column, width: int, pad: Column) -> Column:
     return F.concat(values, F.array_repeat(pad, F.lit(width) - F.size(values)))
 
 
-def _final(ids: Column, vals: Column, mask: Column) -> list[Column]:
+def _final(ids: Column, vals: Column, mask: Column, bags: Sequence[Column] = ()) -> list[Column]:
     return [
         F.col(ROW_ID),
         ids.cast("array<int>").alias(IDS),
         vals.cast("array<float>").alias(VALS),
         mask.cast("array<tinyint>").alias(MASK),
         F.col(LABEL).cast("float").alias(OUT_LABEL),
+        *bags,
         F.col(SPLIT),
     ]
 
 
-def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[FieldLayout]) -> DataFrame:
+def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[FieldLayout], *,
+             bags_apart: bool = False) -> DataFrame:
     """Encoded instances -> ``row_id, ids, vals, mask, label, split`` with ids, vals and mask of
     width M = sum of the fields' widths. Padded slots hold id 0, value 0.0 and mask 0. A history
     field's column holds its bag's local ids (afm_dist/spark/history.py); each of its n values
-    is weighted 1/sqrt(n)."""
-    ids, vals, mask = [], [], []
+    is weighted 1/sqrt(n). ``bags_apart``: a history field F's bag goes to column ``bag_F``
+    instead (its global ids, unpadded; ``dataset.BAG_PREFIX``), and its slots are left out of
+    ids, vals and mask: a data set's split format (afm_dist/dataset.py)."""
+    ids, vals, mask, bags = [], [], [], []
     one, zero = F.lit(1), F.lit(0)
     for f, lay in zip(fields, layouts):
         col = F.col(f.name)
-        if f.kind == "categorical":
+        if f.kind == "history" and bags_apart:
+            values = F.coalesce(col, F.array().cast("array<int>"))
+            bags.append(F.transform(values, _shift(lay.offset)).cast("array<int>").alias(BAG_PREFIX + f.name))
+        elif f.kind == "categorical":
             ids.append(F.array(col + lay.offset))
             vals.append(F.array(F.lit(1.0)))
             mask.append(F.array(one))
@@ -458,7 +465,14 @@ def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[Fi
             ids.append(_padded(F.transform(values, _shift(lay.offset)), lay.width, zero))
             vals.append(_padded(F.array_repeat(value, n), lay.width, F.lit(0.0)))
             mask.append(_padded(F.array_repeat(one, n), lay.width, zero))
-    return instances.select(*_final(F.concat(*ids), F.concat(*vals), F.concat(*mask)))
+    return instances.select(*_final(F.concat(*ids), F.concat(*vals), F.concat(*mask), bags))
+
+
+def bag_columns(layouts: Sequence[FieldLayout]) -> list[dict]:
+    """``metadata.json``'s ``extra.bag_columns`` for a data set assembled with ``bags_apart``:
+    each history field's column, first slot and width (``dataset.BagColumn``)."""
+    return [{"column": BAG_PREFIX + lay.name, "slot": lay.slot, "width": lay.width}
+            for lay in layouts if lay.kind == "history"]
 
 
 def libfm_id_counts(records: DataFrame) -> DataFrame:

@@ -22,11 +22,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from afm_dist.batch import to_batch
-from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
+from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, BagColumn, DatasetError, split_bag_columns
+from afm_dist.io import strip_file_scheme
 from afm_dist.model_dir import TrainedModel
 from afm_dist.plots import plot_attention_heatmap
 from afm_dist.spark import readers
-from afm_dist.spark.model_input import load_encoded
+from afm_dist.spark.model_input import is_encoded_split, load_encoded
 from afm_dist.spark.scoring import PREDICTION, broadcast_model, executor_model
 
 FIELD_PAIRS, HEATMAP, ROWS = "field_pairs.csv", "attention_heatmap.png", "rows"
@@ -49,12 +50,13 @@ def input_mask(mask: np.ndarray, first_slots: np.ndarray) -> np.ndarray:
 
 
 def attention_sums(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequence[tuple[int, int, bool]],
-                   batch_size: int = 8192, threads: int = 1) -> DataFrame:
+                   batch_size: int = 8192, threads: int = 1, bags: Sequence[BagColumn] = ()) -> DataFrame:
     """Per field pair (fi <= fj): total attention over rows, and rows where the pair occurs.
 
     ``pair_inputs``: (first slot, field index, pooled) of each input of the pair layer
     (``TrainedModel.pair_inputs``); attention of input pairs in the same field pair (multi-valued
-    fields) is added within a row. Partial sums per batch are reduced by Spark.
+    fields) is added within a row. Partial sums per batch are reduced by Spark. ``bags``: the
+    bag columns of a split (``dataset.split_bag_columns``), none for raw logs.
     """
     first_slots = np.asarray([p[0] for p in pair_inputs])
     input_fields = np.asarray([p[1] for p in pair_inputs])
@@ -73,7 +75,7 @@ def attention_sums(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Seque
         onehot = (pair_field[:, None] == codes[None, :]).astype(np.float64)  # (P, C)
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
-                rows = to_batch(batch.slice(start, batch_size))
+                rows = to_batch(batch.slice(start, batch_size), bags)
                 with torch.inference_mode():
                     _, att = model(*rows.inputs, return_attention=True)
                 m = input_mask(rows.mask.numpy(), first_slots)  # (B, G)
@@ -84,7 +86,7 @@ def attention_sums(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Seque
                     "attention": per_row.sum(axis=0), "rows": present.sum(axis=0).astype(np.int64)})
 
     encoded.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    sums = encoded.select(IDS, VALS, MASK).mapInArrow(
+    sums = encoded.select(IDS, VALS, MASK, *[b.column for b in bags]).mapInArrow(
         partial, schema="field_a long, field_b long, attention double, rows long")
     return sums.groupBy("field_a", "field_b").agg(F.sum("attention").alias("attention"),
                                                  F.sum("rows").alias("rows"))
@@ -104,12 +106,12 @@ def field_pair_table(sums: Sequence[Mapping], names: Sequence[str]) -> tuple[lis
 
 
 def explain_rows(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequence[tuple[int, int, bool]],
-                 threads: int = 1) -> DataFrame:
+                 threads: int = 1, bags: Sequence[BagColumn] = ()) -> DataFrame:
     """One output row per (input row, active pair of the pair layer's inputs): ids of both features
     (-1 for a pooled field, a bag of values), attention a_ij, interaction score p^T (v_i * v_j) x_i x_j
     (``AFM.pair_terms``) and its weighted contribution a_ij * score, and the row's prediction;
     ``slot_a``/``slot_b`` are the inputs' first slots (``pair_inputs``: ``TrainedModel.pair_inputs``).
-    Meant for a sample of rows (the paper's Table 1)."""
+    Meant for a sample of rows (the paper's Table 1). ``bags``: as ``attention_sums``."""
     has_label = LABEL in encoded.columns
     first_slots = np.asarray([p[0] for p in pair_inputs])
     pooled = np.asarray([p[2] for p in pair_inputs])
@@ -121,7 +123,7 @@ def explain_rows(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequenc
         model = executor_model(payload, threads)
         pi, pj = (t.numpy() for t in model.pair_index())
         for batch in batches:
-            rows = to_batch(batch)
+            rows = to_batch(batch, bags)
             with torch.inference_mode():
                 pred, att, inter = (t.double().numpy() for t in model.pair_terms(*rows.inputs))
             ids = np.where(pooled, -1, rows.ids.numpy()[:, first_slots])  # (B, G)
@@ -138,7 +140,7 @@ def explain_rows(encoded: DataFrame, payload: Broadcast, *, pair_inputs: Sequenc
 
     schema = (f"{ROW_ID} long, slot_a long, slot_b long, id_a long, id_b long, attention double, "
               f"interaction double, {PREDICTION} double, {LABEL} double, contribution double")
-    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
+    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else []) + [b.column for b in bags]
     return encoded.select(*cols).mapInArrow(explain, schema=schema)
 
 
@@ -169,10 +171,11 @@ def explain_input(spark: SparkSession, inputs: Sequence[str], model: TrainedMode
     if model.name != "afm":
         raise DatasetError(f"{model.path}: explanations need an AFM (attention weights); this is {model.name!r}")
     encoded, _, _ = load_encoded(spark, inputs, model, out, tables=tables, max_rejected_fraction=max_rejected_fraction)
+    bags = split_bag_columns(strip_file_scheme(inputs[0])) if is_encoded_split(inputs) else ()
     payload = broadcast_model(spark, model)
 
     # Whole input: mean attention per field pair (over the rows where the pair occurs).
-    sums = attention_sums(encoded, payload, pair_inputs=model.pair_inputs, threads=threads).collect()
+    sums = attention_sums(encoded, payload, pair_inputs=model.pair_inputs, threads=threads, bags=bags).collect()
     table, matrix = field_pair_table(sums, model.field_names)
     with open(out / FIELD_PAIRS, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -183,7 +186,8 @@ def explain_input(spark: SparkSession, inputs: Sequence[str], model: TrainedMode
 
     # A deterministic sample of rows, explained pair by pair with raw values.
     sample = encoded.withColumn("_h", F.xxhash64(F.col(ROW_ID), F.lit(seed))).orderBy("_h").limit(rows).drop("_h")
-    pairs = with_raw_values(explain_rows(sample, payload, pair_inputs=model.pair_inputs, threads=threads), model)
+    pairs = with_raw_values(explain_rows(sample, payload, pair_inputs=model.pair_inputs, threads=threads, bags=bags),
+                            model)
     pairs = pairs.orderBy(ROW_ID, F.desc("attention"))
     pairs.write.parquet(str(out / ROWS))
     pairs.toPandas().to_csv(out / f"{ROWS}.csv", index=False)  # a sample: small by construction

@@ -30,6 +30,13 @@ CUT_PREFIX = "_cut_"  # + field name: true when the cap left values of the row's
 BAG_TYPE = "array<struct<_t:double,_k:bigint,_v:int,_n:bigint>>"
 # Columns of ``owner_bags``: the owner's local id, its distinct values before the cap, its first cap + 1 values.
 OWNER, DISTINCT, BAG = "_owner", "_distinct", "_bag"
+# Columns of ``joinable``: the bag's item ids (first cap + 1, in the cap's order), and those of them
+# that one feeding row alone put there (occurrences 1: that row leaves them out of its own bag).
+IDS, SINGLES = "_ids", "_singles"
+# ``add_history`` broadcasts the owners' bags to the rows (a map-side join: the rows keep their
+# partitions and order, no shuffle) when owners x (max_values + 1) is at most this many item ids
+# (two int arrays: at most 8 bytes an id, 256 MB); larger ones are joined by a shuffle on the owner.
+BROADCAST_IDS = 32 * 1024 * 1024
 
 
 def _feeds(history: Field, of: Field, *, positives_only: bool) -> Column:
@@ -78,8 +85,23 @@ def bag_table(bags: DataFrame, history: Field) -> DataFrame:
                        F.transform(F.slice(BAG, 1, history.max_values), lambda e: e["_v"]).alias(HISTORY_BAG))
 
 
+def joinable(bags: DataFrame, history: Field) -> DataFrame:
+    """``owner_bags`` as the rows' join needs them: ``OWNER``, ``DISTINCT``, ``IDS`` (array<int>:
+    the first ``max_values + 1`` item ids in the cap's order) and ``SINGLES`` (array<int>: those
+    of them with one occurrence). Two int arrays a bag, a quarter of ``BAG_TYPE``'s bytes: what
+    ``add_history`` broadcasts."""
+    first = F.slice(BAG, 1, history.max_values + 1)
+    return bags.select(OWNER, DISTINCT, F.transform(first, lambda e: e["_v"]).alias(IDS),
+                       F.transform(F.filter(first, lambda e: e["_n"] == 1), lambda e: e["_v"]).alias(SINGLES))
+
+
+def broadcasts(owners: int, history: Field, limit: int = BROADCAST_IDS) -> bool:
+    """Whether ``add_history`` broadcasts the bags of ``owners`` owners (see ``BROADCAST_IDS``)."""
+    return owners * (history.max_values + 1) <= limit
+
+
 def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool,
-                bags: DataFrame | None = None) -> DataFrame:
+                bags: DataFrame | None = None, broadcast: bool = False) -> DataFrame:
     """Add column ``history.name``: the row's bag, array<int> of ``history.items``' local ids (at
     most ``history.max_values``, in the cap's order; empty when the row has none), and
     ``CUT_PREFIX + history.name``: true when the cap left some of the row's values out.
@@ -90,33 +112,37 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
     get an empty bag and feed none). ``seed``: the schema's, which orders the cap's sample. With
     ``history.order_by``, column ``ORDER_PREFIX + history.name`` (a time) puts the values of the
     latest training rows first. ``bags``: ``owner_bags`` of the same arguments, when the caller
-    keeps them (to write them too); computed here otherwise.
+    keeps them (to write them too); computed here otherwise. ``broadcast``: join by broadcasting
+    the bags (``broadcasts``), which keeps ``instances``' partitions and order; otherwise by a
+    shuffle on the owner.
     """
     owner, items, cap = of.name, history.items, history.max_values
     if bags is None:
         bags = owner_bags(instances, history, of, seed=seed, positives_only=positives_only)
+    small = joinable(bags, history)
     feeds = _feeds(history, of, positives_only=positives_only)
-    joined = instances.join(bags, F.col(owner) == F.col(OWNER), "left")
-    bag = F.coalesce(F.col(BAG), F.array().cast(BAG_TYPE))
-    # A row that fed the bags leaves out its own occurrence: its item unless another training row
-    # has it. Such an entry is the row's own (_n = 1: no other feeding row has the pair), so it is
-    # made from the row and removed by value (compiled), rather than by a lambda over every entry.
-    time = F.col(ORDER_PREFIX + history.name) if history.order_by else F.lit(0.0)  # the pair's latest: its only row's
-    own = F.struct(*_entry(owner, items, time, seed), F.lit(1).cast("bigint").alias("_n"))
-    kept = F.when(feeds, F.call_function("array_remove", bag, own)).otherwise(bag)  # (F.array_remove takes a literal)
+    joined = instances.join(F.broadcast(small) if broadcast else small, F.col(owner) == F.col(OWNER), "left")
+    bag = F.coalesce(F.col(IDS), F.array().cast("array<int>"))
+    # A row that fed the bags leaves out its own occurrence: its item, unless another feeding row
+    # has the pair too (the item is then not among the singles). Items are distinct within a bag,
+    # so the entry is removed by value (compiled; F.array_remove takes a literal only).
+    own = F.col(items).cast("int")
+    kept = (F.when(feeds & F.array_contains(F.col(SINGLES), own), F.call_function("array_remove", bag, own))
+            .otherwise(bag))
     available = F.coalesce(F.col(DISTINCT), F.lit(0)) - (F.size(bag) - F.size(kept))  # before the cap
-    return (joined.withColumn(history.name, F.slice(kept, 1, cap).getField("_v"))
+    return (joined.withColumn(history.name, F.slice(kept, 1, cap))
             .withColumn(CUT_PREFIX + history.name, available > cap)
-            .drop(OWNER, DISTINCT, BAG))
+            .drop(OWNER, DISTINCT, IDS, SINGLES))
 
 
 def add_histories(instances: DataFrame, histories: Sequence[Field], fields_by_name: Mapping[str, Field], *,
-                  seed: int, positives_only: bool,
-                  bags: Mapping[str, DataFrame] | None = None) -> DataFrame:
-    """``add_history`` for each history field in turn (``bags``: their ``owner_bags`` by field name)."""
+                  seed: int, positives_only: bool, bags: Mapping[str, DataFrame] | None = None,
+                  broadcast: Sequence[str] = ()) -> DataFrame:
+    """``add_history`` for each history field in turn (``bags``: their ``owner_bags`` by field
+    name; ``broadcast``: the names of those whose bags are broadcast)."""
     for h in histories:
         instances = add_history(instances, h, fields_by_name[h.of], seed=seed, positives_only=positives_only,
-                                bags=(bags or {}).get(h.name))
+                                bags=(bags or {}).get(h.name), broadcast=h.name in broadcast)
     return instances
 
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (HISTORY, IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, SPLIT_IDENTITY, VALS,
-                              DatasetError, read_split_identity)
+from afm_dist.dataset import (BAG_PREFIX, HISTORY, IDS, LABEL, MASK, METADATA_FILE, REJECTED, ROW_ID, SPLIT_IDENTITY,
+                              VALS, DatasetError, read_split_identity)
 from afm_dist.inputs import plan
 from afm_dist.io import strip_file_scheme
 from afm_dist.model_dir import TrainedModel
@@ -93,21 +93,26 @@ def check_encoded_split(path: str, model: TrainedModel) -> Path:
 
 
 def _largest_id(files: Sequence[Path]) -> int | None:
-    """The largest feature id of the ``ids`` column, from the row groups' statistics; None when a
-    row group has none (then nothing is claimed)."""
+    """The largest feature id of the ``ids`` column and the bag columns, from the row groups'
+    statistics; None when a row group has none (then nothing is claimed). A bag column's row
+    group of empty bags has no minimum or maximum, and claims nothing."""
     largest = -1
     for f in files:
         meta = pq.ParquetFile(f).metadata
-        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == IDS), None)
-        if leaf is None:
+        top = [meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns)]
+        if IDS not in top:
             return None
         for g in range(meta.num_row_groups):
             if meta.row_group(g).num_rows == 0:
                 continue
-            stats = meta.row_group(g).column(leaf).statistics
-            if stats is None or not stats.has_min_max:
-                return None
-            largest = max(largest, int(stats.max))
+            for leaf, name in enumerate(top):
+                if name != IDS and not name.startswith(BAG_PREFIX):
+                    continue
+                stats = meta.row_group(g).column(leaf).statistics
+                if stats is not None and stats.has_min_max:
+                    largest = max(largest, int(stats.max))
+                elif name == IDS:
+                    return None
     return largest if largest >= 0 else None
 
 

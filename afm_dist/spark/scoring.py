@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from afm_dist import metrics as M
 from afm_dist.batch import to_batch
-from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, DatasetError
+from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, BagColumn, DatasetError, split_bag_columns
 from afm_dist.io import write_json_atomic
 from afm_dist.model_dir import TrainedModel
 from afm_dist.spark import readers
@@ -68,14 +68,14 @@ def executor_model(payload: Broadcast, threads: int):
     return model
 
 
-def _predict(model, batch, clip: tuple[float, float] | None) -> list:
-    """[score, prediction] Arrow arrays (float64) for an Arrow batch of encoded rows: the model's
-    raw scores, and the same clipped to ``clip``."""
+def _predict(model, batch, clip: tuple[float, float] | None, bags: Sequence[BagColumn] = ()) -> list:
+    """[score, prediction] Arrow arrays (float64) for an Arrow batch of encoded rows (``bags``: a
+    split's bag columns): the model's raw scores, and the same clipped to ``clip``."""
     import pyarrow as pa
     import torch
 
     with torch.inference_mode():
-        score = model(*to_batch(batch).inputs).double().numpy()
+        score = model(*to_batch(batch, bags).inputs).double().numpy()
     return [pa.array(score), pa.array(score if clip is None else np.clip(score, *clip))]
 
 
@@ -126,7 +126,8 @@ def score_split(spark: SparkSession, split_dir: str | Path, payload: Broadcast, 
     schema = pq.read_schema(files[0])
     has_label = LABEL in schema.names
     tasks = [(f, g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]  # footers only
-    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else [])
+    bags = split_bag_columns(split)
+    cols = [ROW_ID, IDS, VALS, MASK] + ([LABEL] if has_label else []) + [b.column for b in bags]
     out_cols = [ROW_ID] + ([LABEL] if has_label else [])
 
     def predict(index_batches):  # Iterator[RecordBatch of task indices] -> Iterator[RecordBatch]
@@ -140,7 +141,7 @@ def score_split(spark: SparkSession, split_dir: str | Path, payload: Broadcast, 
                     yield pa.RecordBatch.from_arrays(
                         [part.column(ROW_ID).cast(pa.int64())]
                         + ([part.column(LABEL).cast(pa.float32())] if has_label else [])
-                        + _predict(model, part, clip),
+                        + _predict(model, part, clip, bags),
                         names=out_cols + [SCORE, PREDICTION])
 
     # Task i scores row group tasks[i]; spark.range makes the indices in the JVM (no Python RDD).

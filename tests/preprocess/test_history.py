@@ -3,6 +3,7 @@ training-split items, built by the preprocessing job. The splits are given as fi
 split is known and its bag can be derived by hand from the logs."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -13,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from afm_dist.dataset import HISTORY, HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN, load_metadata
+from afm_dist.dataset import HISTORY, HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN, load_metadata, \
+    split_bag_columns
 from afm_dist.model_dir import TrainedModel, save_weights
 from afm_dist.models import ModelConfig
 from afm_dist.schema import SchemaError, load_schema
@@ -21,7 +23,7 @@ from afm_dist.spark.model_input import encode_raw_logs
 from afm_dist.training.artifacts import RunState, write_final
 from afm_dist.training.config import TrainConfig
 
-from tests.conftest import run_job as run_any_job
+from tests.conftest import SMALL_MODEL, run_horovod, run_job as run_any_job
 
 from .util import read_all, read_delimited, run_job, vocabulary, write_lines
 
@@ -63,8 +65,9 @@ IMPLICIT_SCHEMA = {
 }
 
 
-def build(spark, directory, schema: dict, logs: dict, out_name: str = "out"):
-    """Preprocess ``logs`` (split -> rows) given as one file per split; return what was written."""
+def build(spark, directory, schema: dict, logs: dict, out_name: str = "out", extra: tuple[str, ...] = ()):
+    """Preprocess ``logs`` (split -> rows) given as one file per split, with the job's ``extra``
+    options; return what was written."""
     directory.mkdir(exist_ok=True)
     header = "\t".join(["user", "movie", "rating", "ts"] if schema["target"]["kind"] == "explicit" else ["user", "item"])
     args = ["--schema", str(write_lines(directory / "schema.yaml", [yaml.safe_dump(schema)]))]
@@ -72,7 +75,7 @@ def build(spark, directory, schema: dict, logs: dict, out_name: str = "out"):
         lines = [header] + ["\t".join(map(str, r)) for r in rows]
         args += [f"--{split}", str(write_lines(directory / f"{split}.tsv", lines))]
     out = directory / out_name
-    assert run_job(spark, *args, "--output", str(out), "--min-row-groups", "2") == 0
+    assert run_job(spark, *args, "--output", str(out), "--min-row-groups", "2", *extra) == 0
     return {"out": out, "splits": read_all(out), "meta": load_metadata(out), "vocabulary": vocabulary(out)}
 
 
@@ -137,6 +140,22 @@ def test_bags_are_the_users_other_training_items_weighted_one_over_sqrt_n(explic
         assert by_key[key]["bag"] == [] and by_key[key]["vals"] == [], key
 
 
+def test_bags_joined_by_a_shuffle_equal_the_broadcast_ones(explicit, implicit, spark, tmp_path):
+    """Small bag tables are broadcast to the rows (no shuffle, the rows keep their files); with
+    ``--history-broadcast-ids 0`` they are joined by a shuffle on the owner. Both must write the
+    same rows, bags and counts: the own-item rule (a row leaves out its item only when it alone
+    put it there, as u1's two m2 rows do not) is the same expression on both paths."""
+    for data, schema, logs in ((explicit, EXPLICIT_SCHEMA, EXPLICIT), (implicit, IMPLICIT_SCHEMA, IMPLICIT)):
+        shuffled = build(spark, tmp_path / schema["name"], schema, logs, extra=("--history-broadcast-ids", "0"))
+        names = [f["name"] for f in schema["fields"] if f["kind"] == "history"]
+        assert data["meta"].extra["history_join"] == {n: "broadcast" for n in names}
+        assert shuffled["meta"].extra["history_join"] == {n: "shuffle" for n in names}
+        for s in SPLITS:
+            assert sorted(shuffled["splits"][s], key=lambda r: r["row_id"]) == \
+                sorted(data["splits"][s], key=lambda r: r["row_id"])
+        assert shuffled["meta"].counts["history"] == data["meta"].counts["history"]
+
+
 def test_an_items_bag_holds_its_other_training_users(spark, tmp_path):
     """The other direction (``of: movie, items: user``): each row's bag is the movie's other users
     in the training split, by the same rules as the user's items."""
@@ -182,6 +201,28 @@ def test_layout_gives_history_its_own_pooled_id_range(explicit):
     movies = {v for (f, v) in vocab if f == "movie" and v is not None}
     assert {v for (f, v) in vocab if f == "history"} == movies
     assert all(vocab[("history", v)] == vocab[("movie", v)] - movie.offset + lay["history"].offset for v in movies)
+
+
+def test_splits_keep_the_bags_in_columns_of_their_own(explicit):
+    """The split format (afm_dist/dataset.py): ids, vals and mask hold the 2 plain slots; each
+    history field's bag is its own column of global ids, unpadded (as many as the row's bag has);
+    the metadata and each split's identity file list the columns with their slots."""
+    meta, out = explicit["meta"], explicit["out"]
+    lay = {f.name: f for f in meta.fields}
+    expected = [{"column": f"bag_{n}", "slot": lay[n].slot, "width": lay[n].width} for n in ("history", "sample", "recent")]
+    assert meta.extra["bag_columns"] == expected
+    assert [vars(b) for b in split_bag_columns(out / "test")] == expected
+    for split in SPLITS:
+        table = pq.read_table(out / split)
+        assert table.column_names == ["row_id", "ids", "vals", "mask", "label", "bag_history", "bag_sample",
+                                      "bag_recent"]
+        assert {len(r) for r in table.column("ids").to_pylist()} == {2}
+        full = {r["row_id"]: r for r in explicit["splits"][split]}
+        for r in table.to_pylist():  # the bag column is the masked-in ids of the field's slots
+            for b in expected:
+                slots = range(b["slot"], b["slot"] + b["width"])
+                assert r[b["column"]] == [full[r["row_id"]]["ids"][s] for s in slots if full[r["row_id"]]["mask"][s]]
+    assert any(len(r) for r in pq.read_table(out / "train").column("bag_history").to_pylist())
 
 
 def test_no_value_of_a_validation_or_test_row_reaches_any_bag(explicit, implicit):
@@ -405,3 +446,21 @@ def test_raw_logs_are_refused_by_a_model_without_history(explicit, tmp_path, cap
                                 f"logs ({raw}) cannot get their bags; train the model again from a data set "
                                 "preprocessed with this afm-dist, or score a preprocessed split (--input DATA/test)")
         assert not (tmp_path / job).exists()
+
+
+def test_training_reads_the_bag_columns_as_scoring_does(explicit, spark, tmp_path):
+    """The trainer (horovodrun -np 2, Petastorm: the loader puts each split's bag columns back at
+    their slots) and the scoring job (each task reads its row groups with pyarrow) see the same
+    rows: the scoring job's RMSE on the validation split is the trainer's best validation RMSE.
+    An FM without its bags' slots would see other rows (its pooled history input empty)."""
+    model = tmp_path / "fm"
+    proc = run_horovod(["-m", "afm_dist.train", "--data", str(explicit["out"]), "--model", "fm",
+                        "--output", str(model), "--epochs", "3", "--batch-size", "4", *SMALL_MODEL], np=2)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    info = json.loads((model / "model.json").read_text())
+    out = tmp_path / "scores"
+    assert run_any_job("score", ["--model", str(model), "--input", str(explicit["out"] / "validation"),
+                                 "--output", str(out)], spark) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["rows"] == len(EXPLICIT["validation"])
+    assert summary["rmse"] == pytest.approx(info["best"]["val_rmse"], abs=1e-6)

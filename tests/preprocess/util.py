@@ -8,7 +8,8 @@ from typing import Sequence
 
 import pyarrow.parquet as pq
 
-from afm_dist.dataset import SPLITS
+from afm_dist.batch import to_batch
+from afm_dist.dataset import SPLITS, split_bag_columns
 from tests import conftest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,8 +21,15 @@ def run_job(spark, *args: str) -> int:
 
 
 def read_split(out: Path, split: str) -> list[dict]:
-    """Rows of a split as dicts (ids, vals, mask as lists), sorted by row_id."""
-    rows = pq.read_table(out / split).to_pylist()
+    """Rows of a split as dicts (ids, vals, mask as lists of all M slots: a history field's bag
+    column, kept as it is, also put back at its slots), sorted by row_id."""
+    table = pq.read_table(out / split)
+    rows = table.to_pylist()
+    bags = split_bag_columns(out / split)
+    if bags:
+        batch = to_batch(table, bags)
+        for r, ids, vals, mask in zip(rows, batch.ids.tolist(), batch.vals.tolist(), batch.mask.int().tolist()):
+            r.update(ids=ids, vals=vals, mask=mask)
     return sorted(rows, key=lambda r: r["row_id"])
 
 

@@ -279,3 +279,86 @@ def test_fixed_width_refuses_ragged_rows_even_when_their_total_divides_evenly():
     fixed = pa.array([[1.5, 2.5], [3.5, 4.5]], type=pa.list_(pa.float32(), 2))
     out = fixed_width(fixed, np.float32)
     assert out.flags.writeable and out.tolist() == [[1.5, 2.5], [3.5, 4.5]]
+
+
+def test_ragged_bag_rows_are_padded_with_minus_one_from_their_flat_values():
+    """A bag column's rows differ in length by design: (rows, longest) int64, values first, then
+    -1; a null row is an empty bag; a sliced or chunked column reads its own rows only."""
+    import pyarrow as pa
+
+    from afm_dist.batch import ragged_matrix
+
+    column = pa.array([[7, 8, 9], [], None, [4], [5, 6]], type=pa.list_(pa.int32()))
+    np.testing.assert_array_equal(ragged_matrix(column), [[7, 8, 9], [-1, -1, -1], [-1, -1, -1], [4, -1, -1],
+                                                          [5, 6, -1]])
+    np.testing.assert_array_equal(ragged_matrix(column.slice(3)), [[4, -1], [5, 6]])
+    np.testing.assert_array_equal(ragged_matrix(pa.chunked_array([column[:1], column[3:]])),
+                                  [[7, 8, 9], [4, -1, -1], [5, 6, -1]])
+    assert ragged_matrix(pa.array([[]], type=pa.list_(pa.int32()))).shape == (1, 0)
+
+
+def test_bags_go_back_to_their_slots_weighted_one_over_sqrt_n():
+    """Slots 0-1 and 5 of a 6-slot batch are plain; a bag of width 3 sits at slots 2-4. Rows with
+    3, 1 and 0 bag values get them at their field's first slots, value 1/sqrt(n) as float32, mask
+    1, and id 0 / value 0 / mask 0 after them; the plain slots keep their columns."""
+    import pytest
+
+    from afm_dist.batch import with_bags
+    from afm_dist.dataset import BagColumn
+
+    bag = BagColumn(column="bag_history", slot=2, width=3)
+    ids = np.array([[1, 2, 9], [3, 4, 9], [5, 6, 9]])
+    vals = np.array([[1.0, 0.5, 2.0]] * 3, dtype=np.float32)
+    mask = np.ones((3, 3), dtype=np.int8)
+    matrix = np.array([[10, 11, 12], [13, -1, -1], [-1, -1, -1]])
+    out_ids, out_vals, out_mask = with_bags(ids, vals, mask, [(bag, matrix)])
+    assert out_ids.tolist() == [[1, 2, 10, 11, 12, 9], [3, 4, 13, 0, 0, 9], [5, 6, 0, 0, 0, 9]]
+    w3 = float(np.float32(1 / np.sqrt(3.0)))
+    assert out_vals.tolist() == [[1.0, 0.5, w3, w3, w3, 2.0], [1.0, 0.5, 1.0, 0.0, 0.0, 2.0],
+                                 [1.0, 0.5, 0.0, 0.0, 0.0, 2.0]]
+    assert out_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 1], [1, 1, 0, 0, 0, 1]]
+    # a narrower matrix (the batch's longest bag is shorter than the field) fills the first slots
+    narrow_ids, _, _ = with_bags(ids[1:], vals[1:], mask[1:], [(bag, matrix[1:, :1])])
+    assert narrow_ids.tolist() == [[3, 4, 13, 0, 0, 9], [5, 6, 0, 0, 0, 9]]
+    with pytest.raises(ValueError, match="above its field's 3 slots"):
+        with_bags(ids, vals, mask, [(bag, np.zeros((3, 4), dtype=np.int64))])
+    with pytest.raises(ValueError, match="does not add up"):
+        with_bags(ids, vals, mask, [(BagColumn(column="bag_history", slot=5, width=3), matrix)])
+
+
+def test_the_loader_reads_a_split_with_a_bag_column_as_all_its_slots(tmp_path):
+    """A split with a bag column (its identity file lists it) through Petastorm: train and eval
+    batches hold the M slots, bags put back as ``to_batch`` puts them back from the file."""
+    import pyarrow as pa
+
+    from afm_dist.batch import read_split
+    from afm_dist.dataset import SPLIT_IDENTITY
+
+    rows = 400
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(0, 5, size=rows)
+    bags = [list(rng.integers(100, 200, size=n)) for n in lengths]
+    table = pa.table({"row_id": pa.array(np.arange(rows, dtype=np.int64)),
+                      "ids": pa.array([[i, 7] for i in range(rows)], type=pa.list_(pa.int32())),
+                      "vals": pa.array([[1.0, 1.0]] * rows, type=pa.list_(pa.float32())),
+                      "mask": pa.array([[1, 1]] * rows, type=pa.list_(pa.int8())),
+                      "label": pa.array(rng.random(rows).astype(np.float32)),
+                      "bag_history": pa.array(bags, type=pa.list_(pa.int32()))})
+    split = tmp_path / "train"
+    split.mkdir()
+    for g in range(4):
+        pq.write_table(table.slice(g * 100, 100), split / f"part-{g}.parquet")
+    (split / SPLIT_IDENTITY).write_text('{"split": "train", "schema_hash": "x", "num_features": 200, '
+                                        '"bag_columns": [{"column": "bag_history", "slot": 1, "width": 4}]}')
+    whole = read_split(split)
+    assert whole.ids.shape == (rows, 6)
+    for r in (0, 1, 2, 3):
+        n = int(lengths[r])
+        assert whole.ids[r].tolist() == [r] + bags[r] + [0] * (4 - n) + [7]
+        assert whole.mask[r].tolist() == [True] + [True] * n + [False] * (4 - n) + [True]
+    evaluated = list(eval_batches(split, rank=0, size=1, batch_size=64))
+    got = torch.cat([b.ids for b in evaluated])
+    order = got[:, 0].argsort()
+    assert torch.equal(got[order], whole.ids) and torch.equal(torch.cat([b.vals for b in evaluated])[order], whole.vals)
+    trained = torch.cat([b.ids for b in train_batches(split, rank=0, size=1, batch_size=50, steps=8, seed=1)])
+    assert torch.equal(trained[trained[:, 0].argsort()], whole.ids)
