@@ -35,8 +35,9 @@ OWNER, DISTINCT, BAG = "_owner", "_distinct", "_bag"
 IDS, SINGLES = "_ids", "_singles"
 # ``add_history`` broadcasts the owners' bags to the rows (a map-side join: the rows keep their
 # partitions and order, no shuffle) when owners x (max_values + 1) is at most this many item ids
-# (two int arrays: at most 8 bytes an id, 256 MB); larger ones are joined by a shuffle on the owner.
-BROADCAST_IDS = 32 * 1024 * 1024
+# (two int arrays: at most 8 bytes an id, 128 MB, which a default 1 GB driver collects and builds into a
+# hash table); larger ones are joined by a shuffle on the owner.
+BROADCAST_IDS = 16 * 1024 * 1024
 
 
 def _feeds(history: Field, of: Field, *, positives_only: bool) -> Column:
