@@ -209,7 +209,8 @@ def test_splits_keep_the_bags_in_columns_of_their_own(explicit):
     the metadata and each split's identity file list the columns with their slots."""
     meta, out = explicit["meta"], explicit["out"]
     lay = {f.name: f for f in meta.fields}
-    expected = [{"column": f"bag_{n}", "slot": lay[n].slot, "width": lay[n].width} for n in ("history", "sample", "recent")]
+    expected = [{"column": f"bag_{n}", "slot": lay[n].slot, "width": lay[n].width}
+                for n in ("history", "sample", "recent")]
     assert meta.extra["bag_columns"] == expected
     assert [vars(b) for b in split_bag_columns(out / "test")] == expected
     for split in SPLITS:
