@@ -101,13 +101,15 @@ def with_bags(ids: np.ndarray, vals: np.ndarray, mask: np.ndarray,
     each bag column's ``BagColumn`` and its (B, w) ids padded with -1 (``bag_matrix``, w at most
     the field's width). A bag of n ids gets value 1/sqrt(n) (float64 rounded to float32, as the
     preprocessing job computes it) and mask 1 in its first n slots, id 0, value 0 and mask 0 in
-    the rest.
+    the rest. Zero rows come back as they are.
 
     Raises:
         ValueError: the arrays' widths do not add up to the bag columns' layout, or a row's bag
             is longer than its field's width.
     """
     rows = ids.shape[0]
+    if rows == 0:  # an empty split: no widths to check (its columns read as (0, 0))
+        return ids, vals, mask
     slots = ids.shape[1] + sum(b.width for b, _ in bags)
     rest = np.ones(slots, dtype=bool)
     for b, _ in bags:

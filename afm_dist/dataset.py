@@ -12,7 +12,8 @@ A data set directory written by ``jobs/preprocess.py`` looks like::
       metadata.json              schema, schema hash, feature layout, counts, seed, inputs
       _AFM_COMPLETE              written last: training and scoring refuse a directory without it
 
-Split columns (fixed width, so a Petastorm batch is a set of dense arrays):
+Split columns (the list columns fixed width but the bags, so a Petastorm batch is a set of dense
+arrays once the bags are put back):
 
     row_id  int64            stable id of the instance (hash of its source and position)
     ids     list<int32>[M]   global feature ids, one slot per feature position
@@ -55,7 +56,10 @@ HISTORY = "history"
 HISTORY_OWNER, HISTORY_FIELD, HISTORY_BAG = "owner", "field", "bag"
 REJECTED = "rejected"  # directory of the malformed input rows (data set and scoring output)
 REJECTED_COLUMNS = "source string, line bigint, raw string, reason string"  # its Parquet schema
-FORMAT_VERSION = 1
+# The format a data set is written in: 1, or 2 for splits with bag columns (a history field), which
+# an afm-dist that reads only 1 would read as rows without their bags. This one reads both.
+BAG_COLUMNS_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # Column names of a split: the single place they are spelled.
 ROW_ID, IDS, VALS, MASK, LABEL = "row_id", "ids", "vals", "mask", "label"
@@ -103,7 +107,7 @@ class DatasetMetadata:
     counts: dict[str, Any]  # input, rejected, and per split: rows, positive, negative, label_sum
     seed: int
     inputs: list[str]
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1  # a data set with bag columns is written with BAG_COLUMNS_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -150,8 +154,9 @@ class DatasetMetadata:
 
     def save(self, directory: str | os.PathLike) -> None:
         """``metadata.json`` in ``directory``, and in each split directory its identity
-        (``SPLIT_IDENTITY``: the schema hash and feature count), so that a split copied without
-        the data set still says which data set its feature ids belong to."""
+        (``SPLIT_IDENTITY``: the schema hash, the feature count and any bag columns), so that a
+        split copied without the data set still says which data set its feature ids belong to,
+        and how its rows are read."""
         write_text_atomic(Path(directory) / METADATA_FILE, self.to_json())
         for split in SPLITS:
             if (Path(directory) / split).is_dir():
@@ -232,10 +237,10 @@ def read_metadata(path: str | os.PathLike) -> DatasetMetadata:
         meta = DatasetMetadata.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise DatasetError(f"{path}: unreadable metadata ({e}). Re-run jobs/preprocess.py.") from e
-    if meta.format_version != FORMAT_VERSION:
+    if meta.format_version not in READABLE_VERSIONS:
         raise DatasetError(
-            f"{path}: format_version {meta.format_version}, this afm-dist reads {FORMAT_VERSION}. "
-            "Re-run jobs/preprocess.py with this version."
+            f"{path}: format_version {meta.format_version}, this afm-dist reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-run jobs/preprocess.py with this version."
         )
     return meta
 

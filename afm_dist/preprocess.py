@@ -33,8 +33,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from afm_dist.dataset import (HISTORY, HISTORY_FIELD, HISTORY_OWNER, LABEL as OUT_LABEL, REJECTED, SPLITS, TRAIN,
-                              VOCABULARY, DatasetError, DatasetMetadata, FieldLayout)
+from afm_dist.dataset import (BAG_COLUMNS_VERSION, HISTORY, HISTORY_FIELD, HISTORY_OWNER, LABEL as OUT_LABEL, REJECTED,
+                              SPLITS, TRAIN, VOCABULARY, DatasetError, DatasetMetadata, FieldLayout)
 from afm_dist.inputs import Plan
 from afm_dist.schema import LIBFM_FIELD, Schema
 from afm_dist.spark import encode, history, parse, readers, records as raw_records
@@ -151,8 +151,9 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
                                 "; validation drawn from the train files in the schema's train : validation ratio"))
 
     _stage(f"write splits (about {n_expected} instances, {tasks} row groups per split)")
-    # Explicit targets come partitioned by text already (one partition per output file). A
-    # history's join by a shuffle on the owner undoes that; a broadcast one keeps it.
+    # Explicit targets, and implicit ones without negatives, come partitioned by text already (one
+    # partition per output file). A history's join by a shuffle on the owner undoes that; a
+    # broadcast one keeps it.
     shuffled = "shuffle" in extra.get("history_join", {}).values()
     written = write_splits(table, out_dir, tasks,
                            repartition=(schema.target.kind == "implicit" and per_positive > 0) or shuffled)
@@ -185,6 +186,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         schema=schema.to_dict(), schema_hash=schema.hash(), fields=layouts,
         num_features=sum(lay.size for lay in layouts), num_slots=sum(lay.width for lay in layouts),
         target=target, counts=counts, seed=schema.seed, inputs=plan_.inputs(), extra=extra,
+        format_version=BAG_COLUMNS_VERSION if extra.get("bag_columns") else 1,
     )
 
 
@@ -360,8 +362,8 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
     (``DataFrame.observe``: metrics of the rows the write's successful tasks wrote).
 
     ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
-    otherwise the table comes partitioned and in a deterministic order (explicit targets: by
-    the hash of the text). The three files of a task are written side by side, so the rows are
+    otherwise the table comes partitioned and in a deterministic order (explicit targets, and
+    implicit ones without negatives: by the hash of the text). The three files of a task are written side by side, so the rows are
     not sorted by split first. A split with no row gets an empty file with the schema.
     """
     tmp = out_dir / "_splits"

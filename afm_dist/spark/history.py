@@ -1,6 +1,7 @@
 """History bag fields (schema kind ``history``): every instance gets the other values of field
-``items`` that its ``of`` value (a user) has in the training split, capped and weighted 1/sqrt(n)
-when assembled (``encode.assemble``).
+``items`` that its ``of`` value (a user) has in the training split, capped; each is weighted
+1/sqrt(n) where the bag enters the rows' slots (``batch.with_bags`` for a data set's splits, whose
+bags are columns of their own; ``encode.assemble`` for raw logs scored).
 
 Two steps, both DataFrame operations (nothing is collected but the per-split counts): a group-by
 makes one bag per ``of`` value from the rows that may feed bags (training split; positives only
@@ -97,8 +98,9 @@ def joinable(bags: DataFrame, history: Field) -> DataFrame:
 
 
 def broadcasts(owners: int, history: Field, limit: int = BROADCAST_IDS) -> bool:
-    """Whether ``add_history`` broadcasts the bags of ``owners`` owners (see ``BROADCAST_IDS``)."""
-    return owners * (history.max_values + 1) <= limit
+    """Whether ``add_history`` broadcasts the bags of ``owners`` owners (see ``BROADCAST_IDS``;
+    ``limit`` 0: never)."""
+    return limit > 0 and owners * (history.max_values + 1) <= limit
 
 
 def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, positives_only: bool,
@@ -122,7 +124,10 @@ def add_history(instances: DataFrame, history: Field, of: Field, *, seed: int, p
         bags = owner_bags(instances, history, of, seed=seed, positives_only=positives_only)
     small = joinable(bags, history)
     feeds = _feeds(history, of, positives_only=positives_only)
-    joined = instances.join(F.broadcast(small) if broadcast else small, F.col(owner) == F.col(OWNER), "left")
+    # Not broadcast: a shuffle (sort-merge) join, which Spark would otherwise replace by its own
+    # broadcast of a table under spark.sql.autoBroadcastJoinThreshold.
+    joined = instances.join(F.broadcast(small) if broadcast else small.hint("merge"), F.col(owner) == F.col(OWNER),
+                            "left")
     bag = F.coalesce(F.col(IDS), F.array().cast("array<int>"))
     # A row that fed the bags leaves out its own occurrence: its item, unless another feeding row
     # has the pair too (the item is then not among the singles). Items are distinct within a bag,

@@ -79,6 +79,10 @@ def check_encoded_split(path: str, model: TrainedModel) -> Path:
         raise DatasetError(f"{split_dir}: this split says nothing of the data set it belongs to (no {SPLIT_IDENTITY} "
                            f"in it, no {METADATA_FILE} beside it), so its feature ids cannot be checked against "
                            f"the model's; score the split inside its data set directory, or raw logs instead")
+    bags = {b["column"] for b in identity.get("bag_columns", ())} - set(columns)
+    if bags:
+        raise DatasetError(f"{path}: Parquet without the bag columns {sorted(bags)} that its {SPLIT_IDENTITY} lists "
+                           "(a history field's bags); score the split as jobs/preprocess.py wrote it, or raw logs")
     if (identity.get("schema_hash"), identity.get("num_features")) != (model.dataset.schema_hash, model.num_features):
         raise DatasetError(
             f"{split_dir}: this split is not of the data set the model was trained on (schema hash "

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from afm_dist.dataset import HISTORY, HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN, load_metadata, \
-    split_bag_columns
+from afm_dist.dataset import HISTORY, HISTORY_BAG, HISTORY_FIELD, HISTORY_OWNER, SPLITS, TRAIN, DatasetError, \
+    load_metadata, read_metadata, split_bag_columns
 from afm_dist.model_dir import TrainedModel, save_weights
 from afm_dist.models import ModelConfig
 from afm_dist.schema import SchemaError, load_schema
@@ -465,3 +465,33 @@ def test_training_reads_the_bag_columns_as_scoring_does(explicit, spark, tmp_pat
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["rows"] == len(EXPLICIT["validation"])
     assert summary["rmse"] == pytest.approx(info["best"]["val_rmse"], abs=1e-6)
+
+
+def test_bag_columns_are_format_2_and_a_split_without_them_is_refused(explicit, spark, tmp_path, capsys):
+    """A data set with bag columns is written as format 2, which an afm-dist reading only format 1
+    would read as rows without their bags; this one reads 1 and 2 and refuses others, naming the
+    file. A split whose files lack a bag column its identity lists is refused by the scoring job
+    in one line, before a task reads it, and nothing is left that looks complete."""
+    assert explicit["meta"].format_version == 2
+    for version, readable in ((1, True), (2, True), (3, False)):
+        d = tmp_path / f"v{version}"
+        d.mkdir()
+        meta = json.loads((explicit["out"] / "metadata.json").read_text())
+        (d / "metadata.json").write_text(json.dumps({**meta, "format_version": version}))
+        if readable:
+            assert read_metadata(d / "metadata.json").format_version == version
+        else:
+            with pytest.raises(DatasetError, match=rf"{d / 'metadata.json'}: format_version 3, this afm-dist reads "
+                                                   r"1, 2\. Re-run jobs/preprocess.py"):
+                read_metadata(d / "metadata.json")
+    split = tmp_path / "data" / "test"
+    shutil.copytree(explicit["out"] / "test", split)
+    for f in split.glob("*.parquet"):
+        pq.write_table(pq.read_table(f).drop_columns(["bag_sample"]), f)
+    model_dir = model_of(explicit, tmp_path / "model", "fm")
+    code = run_any_job("score", ["--model", model_dir, "--input", split, "--output", tmp_path / "scores"], spark)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].endswith(f"{split}: Parquet without the bag columns ['bag_sample'] that its _dataset.json lists "
+                            "(a history field's bags); score the split as jobs/preprocess.py wrote it, or raw logs")
+    assert not (tmp_path / "scores").exists()

@@ -320,6 +320,9 @@ def test_bags_go_back_to_their_slots_weighted_one_over_sqrt_n():
     # a narrower matrix (the batch's longest bag is shorter than the field) fills the first slots
     narrow_ids, _, _ = with_bags(ids[1:], vals[1:], mask[1:], [(bag, matrix[1:, :1])])
     assert narrow_ids.tolist() == [[3, 4, 13, 0, 0, 9], [5, 6, 0, 0, 0, 9]]
+    empty = np.zeros((0, 0), dtype=np.int64)  # an empty split's columns
+    assert [a.shape for a in with_bags(empty, empty.astype(np.float32), empty.astype(np.int8),
+                                       [(bag, np.zeros((0, 0), dtype=np.int64))])] == [(0, 0)] * 3
     with pytest.raises(ValueError, match="above its field's 3 slots"):
         with_bags(ids, vals, mask, [(bag, np.zeros((3, 4), dtype=np.int64))])
     with pytest.raises(ValueError, match="does not add up"):
