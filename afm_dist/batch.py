@@ -81,7 +81,7 @@ def ragged_matrix(column: pa.Array | pa.ChunkedArray, *, pad: int = -1) -> np.nd
     return out
 
 
-def bag_matrix(column: Any) -> np.ndarray:
+def _bag_matrix(column: Any) -> np.ndarray:
     """A bag column (Arrow list, numpy array of per-row arrays, or an already padded (rows, w)
     array) as a (rows, w) int64 array padded with -1."""
     if isinstance(column, (pa.Array, pa.ChunkedArray)):
@@ -93,15 +93,16 @@ def bag_matrix(column: Any) -> np.ndarray:
 
 
 def with_bags(ids: np.ndarray, vals: np.ndarray, mask: np.ndarray,
-              bags: Sequence[tuple[BagColumn, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              bags: Sequence[tuple[BagColumn, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A split's ids, vals and mask with its history fields' bags put back at their slots: the
     (B, M) arrays that a data set written with the bags in their slots would hold.
 
     ``ids``, ``vals``, ``mask``: (B, M - widths) arrays, the slots outside the bags; ``bags``:
-    each bag column's ``BagColumn`` and its (B, w) ids padded with -1 (``bag_matrix``, w at most
-    the field's width). A bag of n ids gets value 1/sqrt(n) (float64 rounded to float32, as the
-    preprocessing job computes it) and mask 1 in its first n slots, id 0, value 0 and mask 0 in
-    the rest. Zero rows come back as they are.
+    each bag column's ``BagColumn`` and the column as it was read (an Arrow list, a numpy array
+    of per-row arrays, or (B, w) ids padded with -1; w at most the field's width). A bag of n ids
+    gets value 1/sqrt(n) (float64 rounded to float32, as the preprocessing job computes it) and
+    mask 1 in its first n slots, id 0, value 0 and mask 0 in the rest. Zero rows come back as
+    they are.
 
     Raises:
         ValueError: the arrays' widths do not add up to the bag columns' layout, or a row's bag
@@ -122,7 +123,8 @@ def with_bags(ids: np.ndarray, vals: np.ndarray, mask: np.ndarray,
     out_vals = np.zeros((rows, slots), dtype=vals.dtype)
     out_mask = np.zeros((rows, slots), dtype=mask.dtype)
     out_ids[:, rest], out_vals[:, rest], out_mask[:, rest] = ids, vals, mask
-    for b, matrix in bags:
+    for b, column in bags:
+        matrix = _bag_matrix(column)
         if matrix.shape[1] > b.width:
             raise ValueError(f"column {b.column!r}: a bag of {matrix.shape[1]} values, above its field's "
                              f"{b.width} slots")
@@ -183,7 +185,7 @@ def to_batch(columns: Mapping[str, Any] | pa.Table | pa.RecordBatch, bags: Seque
     ids, vals, mask = (fixed_width(get(IDS), np.int64, name=IDS), fixed_width(get(VALS), np.float32, name=VALS),
                        fixed_width(get(MASK), np.int8, name=MASK))
     if bags:
-        ids, vals, mask = with_bags(ids, vals, mask, [(b, bag_matrix(get(b.column))) for b in bags])
+        ids, vals, mask = with_bags(ids, vals, mask, [(b, get(b.column)) for b in bags])
     return Batch(ids=torch.from_numpy(ids), vals=torch.from_numpy(vals), mask=torch.from_numpy(mask != 0),
                  label=label)
 

@@ -27,7 +27,8 @@ arrays once the bags are put back):
                              ``batch.with_bags`` puts them back at the field's slots, so that a
                              batch has the M slots. Writing three arrays of max_values slots a row
                              took the preprocessing job most of its time with a history
-                             (BENCHMARKS.md); metadata.json's ``extra.bag_columns`` lists them.
+                             (BENCHMARKS.md). Data sets of format 2 have them
+                             (``DatasetMetadata.bag_columns``, from the layout).
 
 M (``num_slots``) is the sum of the fields' widths: 1 for a categorical or numeric field,
 ``max_values`` for a multi-valued or history field. ids, vals and mask hold M slots less the
@@ -136,9 +137,13 @@ class DatasetMetadata:
 
     @property
     def bag_columns(self) -> tuple[BagColumn, ...]:
-        """The splits' bag columns, in slot order (none for a data set without a history field,
-        or written before they were kept apart): what ``batch.with_bags`` takes."""
-        return tuple(BagColumn(**b) for b in self.extra.get("bag_columns", ()))
+        """The splits' bag columns, in slot order: one per history field of a format-2 data set
+        (none for a data set without a history field, or of format 1, whose splits hold the bags
+        in their slots): what ``batch.with_bags`` takes."""
+        if self.format_version < BAG_COLUMNS_VERSION:
+            return ()
+        return tuple(BagColumn(column=BAG_PREFIX + f.name, slot=f.slot, width=f.width)
+                     for f in self.fields if f.kind == "history")
 
     def target_mean(self, split: str) -> float | None:
         """Mean target of ``split``'s rows, from the label sum its write counted; None for an

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from afm_dist import petastorm_patch  # first: it makes Petastorm importable on pyarrow >= 16 / NumPy 2
 from petastorm import make_batch_reader  # noqa: E402
-from afm_dist.batch import Batch, bag_matrix, fixed_width, to_batch, with_bags
+from afm_dist.batch import Batch, fixed_width, to_batch, with_bags
 from afm_dist.dataset import IDS, LABEL, MASK, ROW_ID, VALS, BagColumn, DatasetError, split_bag_columns
 
 COLUMNS = (IDS, VALS, MASK, LABEL)
@@ -67,7 +67,7 @@ def _to_numpy(chunk, columns: tuple[str, ...], bags: Sequence[BagColumn] = ()) -
     out = {c: fixed_width(getattr(chunk, c), _DTYPES[c], name=c) for c in columns}
     if bags:
         out[IDS], out[VALS], out[MASK] = with_bags(out[IDS], out[VALS], out[MASK],
-                                                   [(b, bag_matrix(getattr(chunk, b.column))) for b in bags])
+                                                   [(b, getattr(chunk, b.column)) for b in bags])
     return out
 
 

@@ -186,7 +186,7 @@ def build(spark: SparkSession, plan_: Plan, out_dir: Path, options: Options) -> 
         schema=schema.to_dict(), schema_hash=schema.hash(), fields=layouts,
         num_features=sum(lay.size for lay in layouts), num_slots=sum(lay.width for lay in layouts),
         target=target, counts=counts, seed=schema.seed, inputs=plan_.inputs(), extra=extra,
-        format_version=BAG_COLUMNS_VERSION if extra.get("bag_columns") else 1,
+        format_version=BAG_COLUMNS_VERSION if any(lay.kind == "history" for lay in layouts) else 1,
     )
 
 
@@ -317,7 +317,6 @@ def _encode(spark: SparkSession, schema: Schema, accepted: DataFrame, out_dir: P
         instances, more["history_counts"] = history.observe_counts(instances, schema.history_fields)
         more["history_bags"] = {"directory": HISTORY, "basis": "training split; one row per owner with a bag: "
                                 "owner (local id), field, bag (item local ids, capped, in the cap's order)"}
-        more["bag_columns"] = encode.bag_columns(layouts)  # the bags apart from ids, vals, mask (dataset.py)
     return encode.assemble(instances, fields, layouts, bags_apart=True), layouts, more
 
 
@@ -363,8 +362,8 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
 
     ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
     otherwise the table comes partitioned and in a deterministic order (explicit targets, and
-    implicit ones without negatives: by the hash of the text). The three files of a task are written side by side, so the rows are
-    not sorted by split first. A split with no row gets an empty file with the schema.
+    implicit ones without negatives: by the hash of the text). The three files of a task are
+    written side by side, so the rows are not sorted by split first. A split with no row gets an empty file with the schema.
     """
     tmp = out_dir / "_splits"
     if repartition:

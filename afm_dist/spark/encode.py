@@ -468,13 +468,6 @@ def assemble(instances: DataFrame, fields: Sequence[Field], layouts: Sequence[Fi
     return instances.select(*_final(F.concat(*ids), F.concat(*vals), F.concat(*mask), bags))
 
 
-def bag_columns(layouts: Sequence[FieldLayout]) -> list[dict]:
-    """``metadata.json``'s ``extra.bag_columns`` for a data set assembled with ``bags_apart``:
-    each history field's column, first slot and width (``dataset.BagColumn``)."""
-    return [{"column": BAG_PREFIX + lay.name, "slot": lay.slot, "width": lay.width}
-            for lay in layouts if lay.kind == "history"]
-
-
 def libfm_id_counts(records: DataFrame) -> DataFrame:
     """``_v`` (a feature id of the file) and ``count``: every id the libFM rows use."""
     return records.select(F.explode(LIBFM_IDS).alias("_v")).groupBy("_v").agg(F.count(F.lit(1)).alias("count"))

@@ -211,7 +211,7 @@ def test_splits_keep_the_bags_in_columns_of_their_own(explicit):
     lay = {f.name: f for f in meta.fields}
     expected = [{"column": f"bag_{n}", "slot": lay[n].slot, "width": lay[n].width}
                 for n in ("history", "sample", "recent")]
-    assert meta.extra["bag_columns"] == expected
+    assert [vars(b) for b in meta.bag_columns] == expected
     assert [vars(b) for b in split_bag_columns(out / "test")] == expected
     for split in SPLITS:
         table = pq.read_table(out / split)
