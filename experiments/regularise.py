@@ -46,8 +46,8 @@ class FieldMeanEmbedding(FeaturesEmbedding):
     rather than towards 0: the group mean of libFM MCMC's hierarchical prior (Freudenthaler, Schmidt-
     Thieme and Rendle, 2011), as a point estimate."""
 
-    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        return (self.embedding(ids) + self.field_mean[self.field_of[ids]]) * xs.unsqueeze(-1)
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor, lookup=None) -> torch.Tensor:
+        return (self.embedding(ids) + self.field_mean[self.field_of[ids]]) * xs.unsqueeze(-1)  # lookup not needed
 
 
 def add_field_mean(model, meta) -> None:

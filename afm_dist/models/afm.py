@@ -27,7 +27,7 @@ from torch import nn
 
 from afm_dist.models.attention import AttentionPooling
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import SlotPooling, masked_values, pair_index
+from afm_dist.models.layers import Lookup, SlotPooling, masked_values, pair_index
 
 
 ATTENTION_SCALES = ("pairs", "one")
@@ -141,9 +141,10 @@ class AFM(ScoringModel):
         """Scores (B,), attention a_ij (B, P), the pair layer's inputs e (B, G, k) (e_i = v_i x_i,
         a pooled field's summed) and their mask (B, G) bool."""
         xs = masked_values(vals, mask)  # (B, M)
-        e, real = self.pool(self.embedding, ids, xs, mask)  # (B, G, k), (B, G)
+        lookup = Lookup.of(ids)  # every table read once per distinct id
+        e, real = self.pool(self.embedding, ids, xs, mask, lookup)  # (B, G, k), (B, G)
         pooled, attention = self.attention(e, real)  # (B, k), (B, P)
         if self.attention_scale == "pairs":
             pooled = pooled * self._num_pairs(real).to(pooled.dtype).unsqueeze(1)  # sum_ij |R_x| a_ij q_ij
-        scores = self.linear(ids, xs) + self.dropout(pooled) @ self.p  # (B,)
+        scores = self.linear(ids, xs, lookup) + self.dropout(pooled) @ self.p  # (B,)
         return scores, attention, e, real

@@ -56,19 +56,11 @@ class ScoringModel(nn.Module):
             (embedding, linear): scalars, the batch means of sum_i mask_i ||v_i||^2 and of
             sum_i mask_i w_i^2; the trainer multiplies them by --embedding-l2 and --linear-l2.
         """
-        pool = getattr(self, "pool", None)
-        if pool is not None and pool.pooling:
-            # A bag's ids: each distinct id of the batch once, weighted by its number of real slots
-            # (the same sums; a gradient of one row per distinct id, see layers.bag_sum).
-            unique, inverse = torch.unique(ids[mask], return_inverse=True)  # (U,), (R,)
-            counts = torch.bincount(inverse, minlength=unique.numel()).to(self.linear.weight.weight.dtype)  # (U,)
-            if row_weight is not None:
-                counts = counts * row_weight[unique]
-            v, w = self.embedding.embedding(unique), self.linear.weight(unique).squeeze(-1)  # (U, k), (U,)
-            return (counts * (v * v).sum(-1)).sum() / ids.shape[0], (counts * w * w).sum() / ids.shape[0]
-        m = mask.to(self.linear.weight.weight.dtype)
+        # Each distinct id of the batch once, weighted by its number of real slots: the same sums,
+        # and a gradient of one row per distinct id, as the forward's (layers.Lookup).
+        unique, inverse = torch.unique(ids[mask.bool()], return_inverse=True)  # (U,), (R,)
+        counts = torch.bincount(inverse, minlength=unique.numel()).to(self.linear.weight.weight.dtype)  # (U,)
         if row_weight is not None:
-            m = m * row_weight[ids]
-        v = self.embedding.embedding(ids)  # (B, M, k)
-        w = self.linear.weight(ids).squeeze(-1)  # (B, M)
-        return ((v * v).sum(-1) * m).sum(1).mean(), (w * w * m).sum(1).mean()
+            counts = counts * row_weight[unique]
+        v, w = self.embedding.embedding(unique), self.linear.weight(unique).squeeze(-1)  # (U, k), (U,)
+        return (counts * (v * v).sum(-1)).sum() / ids.shape[0], (counts * w * w).sum() / ids.shape[0]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import MLP, ResidualUnit, SlotPooling, masked_values
+from afm_dist.models.layers import MLP, Lookup, ResidualUnit, SlotPooling, masked_values
 
 
 class WideDeep(ScoringModel):
@@ -34,8 +34,9 @@ class WideDeep(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.pool(self.embedding, ids, xs, mask)[0].flatten(start_dim=1)  # (B, G k)
-        return self.linear(ids, xs) + self.mlp(stacked)  # (B,)
+        lookup = Lookup.of(ids)  # every table read once per distinct id
+        stacked = self.pool(self.embedding, ids, xs, mask, lookup)[0].flatten(start_dim=1)  # (B, G k)
+        return self.linear(ids, xs, lookup) + self.mlp(stacked)  # (B,)
 
 
 class DeepCross(ScoringModel):
@@ -64,5 +65,6 @@ class DeepCross(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        stacked = self.pool(self.embedding, ids, xs, mask)[0].flatten(start_dim=1)  # (B, G k)
-        return self.linear(ids, xs) + self.output(self.residual(stacked)).squeeze(-1)  # (B,)
+        lookup = Lookup.of(ids)  # every table read once per distinct id
+        stacked = self.pool(self.embedding, ids, xs, mask, lookup)[0].flatten(start_dim=1)  # (B, G k)
+        return self.linear(ids, xs, lookup) + self.output(self.residual(stacked)).squeeze(-1)  # (B,)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from afm_dist.models.base import ScoringModel
-from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, SlotPooling, masked_values
+from afm_dist.models.layers import BiInteraction, FeaturesEmbedding, Lookup, SlotPooling, masked_values
 
 
 class FM(ScoringModel):
@@ -40,9 +40,10 @@ class FM(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        e, _ = self.pool(self.embedding, ids, xs, mask)  # (B, G, k); G = M without pooled fields
+        lookup = Lookup.of(ids)  # every table read once per distinct id
+        e, _ = self.pool(self.embedding, ids, xs, mask, lookup)  # (B, G, k); G = M without pooled fields
         pair_term = self.dropout(self.interaction(e)).sum(dim=1)  # (B,)
-        return self.linear(ids, xs) + pair_term  # (B,)
+        return self.linear(ids, xs, lookup) + pair_term  # (B,)
 
 
 class HOFM(ScoringModel):
@@ -80,6 +81,7 @@ class HOFM(ScoringModel):
     def forward(self, ids: torch.Tensor, vals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, M) int64, vals (B, M) float, mask (B, M) bool -> scores (B,)."""
         xs = masked_values(vals, mask)  # (B, M)
-        order2 = self.dropout(self.interaction(self.pool(self.embedding, ids, xs, mask)[0])).sum(dim=1)  # (B,)
-        order3 = self.dropout(self.order3(self.pool(self.embedding3, ids, xs, mask)[0])).sum(dim=1)  # (B,)
-        return self.linear(ids, xs) + order2 + order3  # (B,)
+        lookup = Lookup.of(ids)  # every table read once per distinct id
+        order2 = self.dropout(self.interaction(self.pool(self.embedding, ids, xs, mask, lookup)[0])).sum(dim=1)  # (B,)
+        order3 = self.dropout(self.order3(self.pool(self.embedding3, ids, xs, mask, lookup)[0])).sum(dim=1)  # (B,)
+        return self.linear(ids, xs, lookup) + order2 + order3  # (B,)

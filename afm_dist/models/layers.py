@@ -17,6 +17,8 @@ padded slot contributes nothing, and the attention gives it no weight.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,34 @@ def pair_index(num_slots: int, device: torch.device | str | None = None) -> tupl
     """Slots (i, j), i < j, of every pair in ``torch.triu_indices(M, M, 1)`` order: two (P,) int64."""
     rows, cols = torch.triu_indices(num_slots, num_slots, offset=1, device=device)
     return rows, cols
+
+
+class Lookup(NamedTuple):
+    """A batch's distinct feature ids, so that every table is read once per distinct id.
+
+    A model looks its tables up at ``unique`` (U rows each) and takes each slot's row from them
+    (``at``): a sparse table's gradient then has one row per distinct id, summed in backward,
+    instead of one per slot (B M rows, which the gradient exchange and the optimizer would sort and
+    sum), and a history bag's many repeats of the same items cost one table row each.
+
+    Fields:
+        unique: (U,) int64, the batch's distinct feature ids, ascending.
+        inverse: (B, M) int64, each slot's position in ``unique``.
+    """
+
+    unique: torch.Tensor
+    inverse: torch.Tensor
+
+    @classmethod
+    def of(cls, ids: torch.Tensor) -> "Lookup":
+        """ids (B, M) int64 -> the lookup of its distinct ids."""
+        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, M)
+        return cls(unique, inverse)
+
+    def at(self, rows: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """rows (U, ...) of ``unique`` -> the rows of slots start..stop (B, stop - start, ...)."""
+        inverse = self.inverse[:, start:stop]
+        return rows.index_select(0, inverse.reshape(-1)).view(*inverse.shape, *rows.shape[1:])
 
 
 class FeaturesLinear(nn.Module):
@@ -48,9 +78,10 @@ class FeaturesLinear(nn.Module):
         # Zeros, as the reference implementation: the linear part starts as the constant 0.
         nn.init.zeros_(self.weight.weight)
 
-    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        """ids (B, M) int64, xs (B, M) masked values -> (B,)."""
-        w = self.weight(ids).squeeze(-1)  # (B, M)
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor, lookup: Lookup | None = None) -> torch.Tensor:
+        """ids (B, M) int64, xs (B, M) masked values -> (B,); with ``lookup`` (of ``ids``) the
+        table is read once per distinct id."""
+        w = (self.weight(ids) if lookup is None else lookup.at(self.weight(lookup.unique))).squeeze(-1)  # (B, M)
         return self.bias + (w * xs).sum(dim=1)  # (B,)
 
 
@@ -74,19 +105,20 @@ class FeaturesEmbedding(nn.Module):
     def weight(self) -> nn.Parameter:
         return self.embedding.weight
 
-    def forward(self, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        """ids (B, M) int64, xs (B, M) masked values -> e (B, M, k)."""
-        return self.embedding(ids) * xs.unsqueeze(-1)  # (B, M, k)
+    def forward(self, ids: torch.Tensor, xs: torch.Tensor, lookup: Lookup | None = None) -> torch.Tensor:
+        """ids (B, M) int64, xs (B, M) masked values -> e (B, M, k); with ``lookup`` (of ``ids``)
+        the table is read once per distinct id."""
+        v = self.embedding(ids) if lookup is None else lookup.at(self.embedding(lookup.unique))  # (B, M, k)
+        return v * xs.unsqueeze(-1)  # (B, M, k)
 
 
-def bag_sum(table: nn.Embedding, ids: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """sum_i v_{ids_i} x_i over each row's slots: ids (B, W) int64, xs (B, W) -> (B, k).
+def bag_sum(rows: torch.Tensor, inverse: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """sum_i v_i x_i over each row's slots: rows (U, k) the batch's distinct rows, inverse (B, W)
+    int64 each slot's row among them, xs (B, W) -> (B, k).
 
-    Each distinct id of the batch is looked up once (a sparse table's gradient then has one row per
-    distinct id, not B W) and ``F.embedding_bag`` sums the rows without a (B, W, k) tensor.
+    ``F.embedding_bag`` sums the rows without a (B, W, k) tensor.
     """
-    unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, W)
-    return F.embedding_bag(inverse, table(unique), per_sample_weights=xs.to(table.weight.dtype), mode="sum")
+    return F.embedding_bag(inverse, rows, per_sample_weights=xs.to(rows.dtype), mode="sum")
 
 
 class SlotPooling(nn.Module):
@@ -124,19 +156,22 @@ class SlotPooling(nn.Module):
             slot += w
 
     def forward(self, table: FeaturesEmbedding, ids: torch.Tensor, xs: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor, lookup: Lookup | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, M) int64, xs (B, M) masked values, mask (B, M) bool -> the inputs e (B, G, k)
         (e_i = v_i x_i of ``table``, a pooled field's summed) and their mask (B, G) bool (a pooled
-        field is real if any of its slots is)."""
+        field is real if any of its slots is). ``lookup``: that of ``ids``, shared with the model's
+        other tables (made here when None and a field is pooled)."""
         if not self.pooling:
-            return table(ids, xs), mask
+            return table(ids, xs, lookup), mask
+        lookup = lookup if lookup is not None else Lookup.of(ids)
+        v = table.embedding(lookup.unique)  # (U, k): each distinct id's row, read once
         parts, real = [], []
         for a, b, pooled in self.runs:
             if pooled:
-                parts.append(bag_sum(table.embedding, ids[:, a:b], xs[:, a:b]).unsqueeze(1))  # (B, 1, k)
+                parts.append(bag_sum(v, lookup.inverse[:, a:b], xs[:, a:b]).unsqueeze(1))  # (B, 1, k)
                 real.append(mask[:, a:b].any(dim=1, keepdim=True))
             else:
-                parts.append(table(ids[:, a:b], xs[:, a:b]))  # (B, b - a, k)
+                parts.append(lookup.at(v, a, b) * xs[:, a:b].unsqueeze(-1))  # (B, b - a, k)
                 real.append(mask[:, a:b])
         return torch.cat(parts, dim=1), torch.cat(real, dim=1)
 

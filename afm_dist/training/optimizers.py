@@ -23,6 +23,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.optim.adagrad import adagrad
 
 OPTIMIZERS = ("adagrad", "rowwise_adagrad", "adam")
 SPARSE_OPTIMIZERS = ("adagrad", "rowwise_adagrad")  # those that take sparse table gradients
@@ -87,20 +88,36 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 acc = self._accumulator(p, group)
-                if p.grad.is_sparse:
+                if not rowwise:  # torch's own (fused) Adagrad update; with a sparse gradient, of its rows only
+                    if p.grad.is_sparse:
+                        g = p.grad.coalesce()
+                        rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
+                        touched, sums = p.index_select(0, rows), acc.index_select(0, rows)  # (R, k)
+                        _adagrad(touched, values, sums, lr, eps)
+                        p.index_copy_(0, rows, touched)
+                        acc.index_copy_(0, rows, sums)
+                    else:
+                        _adagrad(p, p.grad, acc, lr, eps)
+                elif p.grad.is_sparse:
                     g = p.grad.coalesce()
                     rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
-                    squares = values.square().mean(dim=1) if rowwise else values.square()
-                    acc.index_add_(0, rows, squares)
-                    std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,) or (R, k)
-                    step = torch.div(values, std.unsqueeze(1) if rowwise else std)
-                    p.index_put_((rows,), p.index_select(0, rows).add_(step, alpha=-lr))
+                    acc.index_add_(0, rows, values.square().mean(dim=1))
+                    std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,)
+                    p.index_put_((rows,), p.index_select(0, rows).add_(torch.div(values, std.unsqueeze(1)), alpha=-lr))
                 else:
                     g = p.grad
-                    acc.add_(g.square().mean(dim=1) if rowwise else g.square())
-                    std = acc.sqrt().add_(eps)
-                    p.addcdiv_(g, std.unsqueeze(1) if rowwise else std, value=-lr)
+                    acc.add_(g.square().mean(dim=1))
+                    p.addcdiv_(g, acc.sqrt().add_(eps).unsqueeze(1), value=-lr)
         return loss
+
+
+def _adagrad(params: torch.Tensor, grads: torch.Tensor, sums: torch.Tensor, lr: float, eps: float) -> None:
+    """Adagrad's update in place, torch's fused kernel: sums += g^2; params -= lr g / (sqrt(sums) + eps)."""
+    step = torch.zeros((), dtype=torch.float32, device=params.device)  # its count; unused without lr decay
+    fused = params.device.type in ("cpu", "cuda") and params.dtype in (torch.float16, torch.bfloat16, torch.float32,
+                                                                        torch.float64)
+    adagrad([params], [grads], [sums], [step], fused=fused or None, lr=lr, weight_decay=0.0, lr_decay=0.0, eps=eps,
+            maximize=False)
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float,
