@@ -10,7 +10,8 @@ an AFM recipe ending ``+carry`` starts its tables' Adagrad accumulators at the F
 ``+fixp`` keeps p at its ones, ``+honest`` fits on the first half of validation (rows the FM
 never saw) and judges on its second half, ``+tailpat`` (with ``+swa``) does not count a tail epoch whose mean beats the mean's best so far
 towards early stopping, ``+swaall`` (with ``+swa``) averages the plateau of every strength of the
-path (from its first bad epoch, moving on when neither the weights nor their mean improve), ``+centre`` starts w0 at the training split's mean target, ``+acc0`` starts Adagrad's
+path (from its first bad epoch, moving on when neither the weights nor their mean improve), ``+centre`` starts w0 at the training split's mean target, ``+clipres`` computes the
+residual from the prediction clipped to the target range (libFM's SGD, fm_learn_sgd_element.h), ``+acc0`` starts Adagrad's
 accumulators at the paper's code's value (``paper_accumulator``; ``--fm-acc0`` for the FM an AFM
 starts from), ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
 ``+fieldmean`` offsets every row's embedding by an unpenalised vector of its field (rows shrunk
@@ -46,8 +47,11 @@ class FieldMeanEmbedding(FeaturesEmbedding):
     rather than towards 0: the group mean of libFM MCMC's hierarchical prior (Freudenthaler, Schmidt-
     Thieme and Rendle, 2011), as a point estimate."""
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids) + self.field_mean[self.field_of[ids]]
+
     def forward(self, ids: torch.Tensor, xs: torch.Tensor, lookup=None) -> torch.Tensor:
-        return (self.embedding(ids) + self.field_mean[self.field_of[ids]]) * xs.unsqueeze(-1)  # lookup not needed
+        return self.rows(ids) * xs.unsqueeze(-1)
 
 
 def add_field_mean(model, meta) -> None:
@@ -152,6 +156,8 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
     base, _, swa = recipe.partition("+")
     tailpat = "tailpat" in swa.split("+")  # in the tail, an epoch whose mean beats the mean's best so far is not a bad one
     swaall = "swaall" in swa.split("+")  # a mean from the first bad epoch at every strength, each strength's own
+    # libFM's SGD residual: the prediction clipped to the target range, its gradient passed through
+    clipres = "clipres" in swa.split("+") and clip is not None
     fixed = float(base.split("=")[1]) if base.startswith("l2=") else 0.0
     # raised at each plateau: "ladder" from 0, "ladder=X" from X, "ladder/P" after P epochs without improvement
     base, _, rung_patience = base.partition("/")
@@ -177,7 +183,10 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 idx = perm[i:i + batch]
                 opt.zero_grad()
                 ids, mask = train.ids[idx], train.mask[idx]
-                loss = F.mse_loss(model(ids, train.vals[idx], mask), train.label[idx])
+                scores = model(ids, train.vals[idx], mask)
+                if clipres:
+                    scores = scores + (scores.clamp(*clip) - scores).detach()
+                loss = F.mse_loss(scores, train.label[idx])
                 if attention_l2:
                     loss = loss + attention_l2 * model.l2_penalty()
                 if fixed:

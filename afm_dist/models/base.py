@@ -59,7 +59,7 @@ class ScoringModel(nn.Module):
         # Each distinct id of the batch once, weighted by its number of real slots: the same sums,
         # and a gradient of one row per distinct id, as the forward's (layers.Lookup).
         unique, inverse = torch.unique(ids[mask.bool()], return_inverse=True)  # (U,), (R,)
-        counts = torch.bincount(inverse, minlength=unique.numel()).to(self.linear.weight.weight.dtype)  # (U,)
+        counts = torch.bincount(inverse, minlength=unique.numel()).float()  # (U,), exact to 2^24 whatever the model's dtype
         if row_weight is not None:
             counts = counts * row_weight[unique]
         v, w = self.embedding.embedding(unique), self.linear.weight(unique).squeeze(-1)  # (U, k), (U,)

@@ -58,9 +58,13 @@ class Lookup(NamedTuple):
         return cls(unique, inverse)
 
     def at(self, rows: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """rows (U, ...) of ``unique`` -> the rows of slots start..stop (B, stop - start, ...)."""
+        """rows (U, d) of ``unique`` -> the rows of slots start..stop (B, stop - start, d)."""
         inverse = self.inverse[:, start:stop]
-        return rows.index_select(0, inverse.reshape(-1)).view(*inverse.shape, *rows.shape[1:])
+        if rows.device.type == "cpu":  # index_select's backward (an index_add) is the faster there
+            return rows.index_select(0, inverse.reshape(-1)).view(*inverse.shape, rows.shape[1])
+        # elsewhere an embedding's backward sorts, and so gives the same bits every run (an
+        # index_add on CUDA adds atomically, in any order)
+        return F.embedding(inverse, rows)
 
 
 class FeaturesLinear(nn.Module):
@@ -108,8 +112,13 @@ class FeaturesEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor, xs: torch.Tensor, lookup: Lookup | None = None) -> torch.Tensor:
         """ids (B, M) int64, xs (B, M) masked values -> e (B, M, k); with ``lookup`` (of ``ids``)
         the table is read once per distinct id."""
-        v = self.embedding(ids) if lookup is None else lookup.at(self.embedding(lookup.unique))  # (B, M, k)
+        v = self.embedding(ids) if lookup is None else lookup.at(self.rows(lookup.unique))  # (B, M, k)
         return v * xs.unsqueeze(-1)  # (B, M, k)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """v_i of the given ids: (U,) int64 -> (U, k). What a pooled field's sum and every slot read
+        (a subclass that changes the rows changes them here)."""
+        return self.embedding(ids)
 
 
 def bag_sum(rows: torch.Tensor, inverse: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -164,7 +173,7 @@ class SlotPooling(nn.Module):
         if not self.pooling:
             return table(ids, xs, lookup), mask
         lookup = lookup if lookup is not None else Lookup.of(ids)
-        v = table.embedding(lookup.unique)  # (U, k): each distinct id's row, read once
+        v = table.rows(lookup.unique)  # (U, k): each distinct id's row, read once
         parts, real = [], []
         for a, b, pooled in self.runs:
             if pooled:

@@ -19,13 +19,14 @@ gradient is queued at once:
   own sparse path). The buffer holds each table's number of rows, the small dense gradients
   that ride along, then each table's ids and rows, (k + 2) floats a row for float32. While small
   (``PAD_LIMIT``) it has one slot per lookup of the batch, B * M a table (backward's rows as they
-  are, an id once per lookup; summed per id on the rank only where they outnumber the slots, as
-  for a table looked up twice), padded by -1 ids, so that its length is the same at every step
+  are, an id once per read of the table: the forward's distinct ids and the L2 penalty's; summed
+  per id on the rank only where they outnumber the slots), padded by -1 ids, so that its length is the same at every step
   and Horovod's response cache recognises the collective (one negotiated at each step costs a
   round of messages between the ranks). Above, each rank sums its rows per id first
-  (``sum_rows``) and only those distinct rows travel: a batch's lookups repeat ids 3 to 6 times
-  on the data sets measured (BENCHMARKS.md), and padded, the paper's B = 4096, M = 39, k = 64
-  would send 42 MB a rank and step.
+  (``sum_rows``) and only those distinct rows travel: a batch's slots repeat ids 3 to 6 times
+  on the data sets measured (BENCHMARKS.md; the models read each distinct id once, so what is
+  left to sum is a table's two reads, the forward's and the L2 penalty's), and padded, the
+  paper's B = 4096, M = 39, k = 64 would send 42 MB a rank and step.
 
 Each rank sums the gathered rows per feature id, every table looked up by the same ids at one
 sort (``sum_rows``). With one rank the exchange is only that sum.
@@ -118,7 +119,7 @@ class GradientExchange:
                 slots = [min(max_rows, p.shape[0]) for p in self.sparse]
                 dense = [p.grad.reshape(-1) for p in self.dense] if in_gather else []
                 padded = self.pads(slots, sum(d.numel() for d in dense))
-                local = [_rows(p) for p in self.sparse]  # backward's rows, an id once per lookup
+                local = [_rows(p) for p in self.sparse]  # backward's rows, an id once per read of the table
                 if padded:  # summed per id only where the lookups outnumber the slots (e.g. a table looked up twice)
                     local = [sum_rows([e])[0] if e[0].numel() > n else e for e, n in zip(local, slots)]
                     for (ids, _), n in zip(local, slots):
@@ -304,8 +305,8 @@ def wait(handle: int) -> Any:
 
 
 def _rows(p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
-    """``p``'s sparse gradient as it is, ids (R,) and rows (R, ...), an id once per lookup of
-    it (backward's output: not coalesced); no rows when it has none.
+    """``p``'s sparse gradient as it is, ids (R,) and rows (R, ...), an id once per read of the
+    table (backward's output: not coalesced); no rows when it has none.
 
     Raises:
         TypeError: the gradient of the sparse table is dense.

@@ -5,17 +5,18 @@ touched, and the optimizer state of a table can be one number per row.
                      torch's Adagrad update, without lr decay). With sparse table gradients it is
                      lazy: only the touched rows' accumulators and parameters change (for Adagrad
                      that is exactly what the dense update computes, as an untouched row's
-                     gradient is 0), with index_add over the rows rather than sparse tensor
-                     arithmetic, and its accumulators are made at the first step.
+                     gradient is 0): the touched rows are gathered, updated by torch's fused
+                     Adagrad kernel, and written back; its accumulators are made at the first step.
 ``rowwise_adagrad``  ``RowWiseAdagrad``: one accumulator per row of each feature table (the mean
                      of the row's squared gradient), as TorchRec's and FBGEMM's row-wise Adagrad;
                      k times less optimizer memory for an (N, k) table. Other parameters keep
                      elementwise Adagrad.
 ``adam``             torch's Adam, dense tables only (it takes no sparse gradients).
 
-A table's sparse gradient comes out of backward with one row per lookup; the trainer's gradient
-exchange (afm_dist/training/exchange.py) sums the rows of each feature id once, over every rank's
-rows, before the step; a gradient that reaches ``step`` otherwise is coalesced there.
+A table's sparse gradient comes out of backward with one row per distinct id of each read of it
+(the forward's, ``layers.Lookup``, and the L2 penalty's); the trainer's gradient exchange
+(afm_dist/training/exchange.py) sums the rows of each feature id once, over every rank's rows,
+before the step; a gradient that reaches ``step`` otherwise is coalesced there.
 """
 from __future__ import annotations
 
@@ -114,8 +115,10 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 def _adagrad(params: torch.Tensor, grads: torch.Tensor, sums: torch.Tensor, lr: float, eps: float) -> None:
     """Adagrad's update in place, torch's fused kernel: sums += g^2; params -= lr g / (sqrt(sums) + eps)."""
     step = torch.zeros((), dtype=torch.float32, device=params.device)  # its count; unused without lr decay
+    # the fused kernel ignores strides: only contiguous tensors (as every one the trainer passes)
     fused = params.device.type in ("cpu", "cuda") and params.dtype in (torch.float16, torch.bfloat16, torch.float32,
-                                                                        torch.float64)
+                                                                        torch.float64) \
+        and params.is_contiguous() and grads.is_contiguous() and sums.is_contiguous()
     adagrad([params], [grads], [sums], [step], fused=fused or None, lr=lr, weight_decay=0.0, lr_decay=0.0, eps=eps,
             maximize=False)
 

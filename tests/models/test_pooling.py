@@ -1,13 +1,14 @@
 """Pooled fields (issue 26's bag fields): a field's slots enter the pair layer as one vector."""
 from __future__ import annotations
 
+import copy
 from itertools import combinations
 
 import pytest
 import torch
 
 from afm_dist.models import FM, ModelConfig, build_model, check_layout, init_from_fm
-from afm_dist.models.layers import FeaturesEmbedding, SlotPooling
+from afm_dist.models.layers import FeaturesEmbedding, Lookup, SlotPooling
 
 N, K = 30, 4
 # user (1 slot), item (1 slot), a bag of 3 slots pooled, a context field (1 slot): M = 6, G = 4.
@@ -51,6 +52,57 @@ def test_slot_pooling_sums_a_fields_slots_and_marks_an_empty_bag_padding():
     SlotPooling(GROUPS)(sparse, ids, xs.float(), mask)[0].sum().backward()
     rows = sparse.weight.grad._indices()[0].tolist()
     assert sorted(rows) == sorted(set(rows)) and {3, 4} <= set(rows)
+
+
+@pytest.mark.parametrize("name", ["fm", "afm", "hofm", "wide_deep"])
+def test_every_table_is_read_once_per_distinct_id_with_the_scores_and_gradients_of_a_read_per_slot(name, monkeypatch):
+    """A model's tables are read at the batch's distinct ids (``Lookup``): a sparse table's gradient
+    has one row per distinct id, and the scores and the summed gradient are those of reading every
+    slot on its own (``table(ids, xs)``, ``linear(ids, xs)``)."""
+    ids = torch.tensor([[1, 5, 7], [1, 6, 7], [2, 5, 7], [1, 5, 0]])  # ids repeat across rows
+    vals = torch.tensor([[1.0, 0.5, 1.0], [1.0, 1.0, 2.0], [1.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
+    mask = torch.tensor([[True] * 3] * 3 + [[True, True, False]])
+    cfg = ModelConfig(embedding_dim=K, attention_factor=K, interaction_dropout=0.0, sparse_embeddings=True)
+    torch.manual_seed(3)
+    model = build_model(name, N, 3, cfg).eval()
+    scores = model(ids, vals, mask)
+    scores.sum().backward()
+    lookup = Lookup.of(ids)
+    assert lookup.unique.tolist() == [0, 1, 2, 5, 6, 7] and torch.equal(lookup.unique[lookup.inverse], ids)
+    for table in (model.embedding.weight, model.linear.weight.weight):
+        rows = table.grad._indices()[0]
+        assert rows.tolist() == lookup.unique.tolist()  # each distinct id once, not 12 rows
+    # The same model reading every slot on its own (a lookup whose "distinct" ids are the slots).
+    per_slot = copy.deepcopy(model)
+    per_slot.zero_grad()
+    monkeypatch.setattr(Lookup, "of", classmethod(lambda cls, i: cls(i.reshape(-1), torch.arange(i.numel()).view_as(i))))
+    again = per_slot(ids, vals, mask)
+    again.sum().backward()
+    assert per_slot.embedding.weight.grad._indices().shape[1] == ids.numel()  # 12 rows, one a slot
+    torch.testing.assert_close(again, scores, rtol=1e-6, atol=1e-7)
+    for mine, theirs in ((model.embedding.weight, per_slot.embedding.weight),
+                         (model.linear.weight.weight, per_slot.linear.weight.weight)):
+        torch.testing.assert_close(mine.grad.to_dense(), theirs.grad.to_dense(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_table_that_changes_its_rows_changes_every_slot_and_bag_of_the_pair_layer():
+    """``FeaturesEmbedding.rows`` is what the slots and the pooled fields read (a subclass that
+    offsets the rows, as experiments/regularise.py's field means, changes both)."""
+    class Offset(FeaturesEmbedding):
+        def rows(self, ids):
+            return self.embedding(ids) + 1.0
+    torch.manual_seed(0)
+    plain, offset = FeaturesEmbedding(N, 2).double(), Offset(N, 2).double()
+    offset.load_state_dict(plain.state_dict())
+    ids, vals, mask = _batch()
+    xs = vals * mask
+    for groups in (GROUPS, None):
+        a, _ = SlotPooling(groups)(plain, ids, xs, mask, Lookup.of(ids))
+        b, _ = SlotPooling(groups)(offset, ids, xs, mask, Lookup.of(ids))
+        # each input moves by the sum of its slots' values (1 per unit of x)
+        width = GROUPS if groups else (1,) * M
+        sums = torch.stack([xs[:, s:s + w].sum(1) for s, w in zip([sum(width[:i]) for i in range(len(width))], width)], 1)
+        torch.testing.assert_close(b - a, sums.unsqueeze(-1).expand_as(a))
 
 
 def test_fm_with_a_pooled_field_pairs_the_bag_with_every_other_field_but_not_with_itself():

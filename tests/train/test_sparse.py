@@ -139,3 +139,20 @@ def test_adagrad_is_torchs_update(name, sparse):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=key)
         if name == "fm":  # the lazy row update: the same bits as torch's update of every row
             assert torch.equal(b, a), key
+
+
+def test_adagrad_steps_a_non_contiguous_gradient_right():
+    """torch's fused Adagrad kernel ignores strides; a gradient that is a transposed view must
+    still give Adagrad's step (the update then takes the unfused path)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    reference = torch.nn.Parameter(w.detach().clone())
+    g = torch.randn(3, 4).t()  # (4, 3), not contiguous
+    assert not g.is_contiguous()
+    w.grad, reference.grad = g, g.contiguous()
+    ours, torchs = RowWiseAdagrad([w], lr=0.1), torch.optim.Adagrad([reference], lr=0.1)
+    for _ in range(2):
+        ours.step()
+        torchs.step()
+    torch.testing.assert_close(w.detach(), reference.detach())
+    torch.testing.assert_close(ours.state[w]["sum"], torchs.state[reference]["sum"])
