@@ -363,7 +363,8 @@ def write_splits(table: DataFrame, out_dir: Path, tasks: int, *, repartition: bo
     ``repartition``: hash-partition by row id first, rows sorted by row id within a file;
     otherwise the table comes partitioned and in a deterministic order (explicit targets, and
     implicit ones without negatives: by the hash of the text). The three files of a task are
-    written side by side, so the rows are not sorted by split first. A split with no row gets an empty file with the schema.
+    written side by side, so the rows are not sorted by split first. A split with no row gets an
+    empty file with the schema.
     """
     tmp = out_dir / "_splits"
     if repartition:

@@ -20,9 +20,9 @@ gradient is queued at once:
   that ride along, then each table's ids and rows, (k + 2) floats a row for float32. While small
   (``PAD_LIMIT``) it has one slot per lookup of the batch, B * M a table (backward's rows as they
   are, an id once per read of the table: the forward's distinct ids and the L2 penalty's; summed
-  per id on the rank only where they outnumber the slots), padded by -1 ids, so that its length is the same at every step
-  and Horovod's response cache recognises the collective (one negotiated at each step costs a
-  round of messages between the ranks). Above, each rank sums its rows per id first
+  per id on the rank only where they outnumber the slots), padded by -1 ids, so that its length
+  is the same at every step and Horovod's response cache recognises the collective (one
+  negotiated at each step costs a round of messages between the ranks). Above, each rank sums its rows per id first
   (``sum_rows``) and only those distinct rows travel: a batch's slots repeat ids 3 to 6 times
   on the data sets measured (BENCHMARKS.md; the models read each distinct id once, so what is
   left to sum is a table's two reads, the forward's and the L2 penalty's), and padded, the

@@ -89,26 +89,23 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 acc = self._accumulator(p, group)
-                if not rowwise:  # torch's own (fused) Adagrad update; with a sparse gradient, of its rows only
-                    if p.grad.is_sparse:
-                        g = p.grad.coalesce()
-                        rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
+                if p.grad.is_sparse:  # only the touched rows
+                    g = p.grad.coalesce()
+                    rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
+                    if rowwise:
+                        acc.index_add_(0, rows, values.square().mean(dim=1))
+                        std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,)
+                        p.index_put_((rows,), p.index_select(0, rows).add_(torch.div(values, std.unsqueeze(1)), alpha=-lr))
+                    else:  # torch's own (fused) update of the gathered rows, written back
                         touched, sums = p.index_select(0, rows), acc.index_select(0, rows)  # (R, k)
                         _adagrad(touched, values, sums, lr, eps)
                         p.index_copy_(0, rows, touched)
                         acc.index_copy_(0, rows, sums)
-                    else:
-                        _adagrad(p, p.grad, acc, lr, eps)
-                elif p.grad.is_sparse:
-                    g = p.grad.coalesce()
-                    rows, values = g.indices()[0], g.values()  # (R,), (R, k): distinct rows
-                    acc.index_add_(0, rows, values.square().mean(dim=1))
-                    std = acc.index_select(0, rows).sqrt_().add_(eps)  # (R,)
-                    p.index_put_((rows,), p.index_select(0, rows).add_(torch.div(values, std.unsqueeze(1)), alpha=-lr))
+                elif rowwise:
+                    acc.add_(p.grad.square().mean(dim=1))
+                    p.addcdiv_(p.grad, acc.sqrt().add_(eps).unsqueeze(1), value=-lr)
                 else:
-                    g = p.grad
-                    acc.add_(g.square().mean(dim=1))
-                    p.addcdiv_(g, acc.sqrt().add_(eps).unsqueeze(1), value=-lr)
+                    _adagrad(p, p.grad, acc, lr, eps)
         return loss
 
 
