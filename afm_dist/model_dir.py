@@ -173,6 +173,7 @@ class TrainedModel:
             d = json.loads(text)
             config = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model_config"].items()}
             config.setdefault("attention_scale", "one")  # written before the option: eq. 5 as printed
+            config.setdefault("attention_stop_gradient", False)  # written before the option: trained without it
             return cls(name=d["model"], config=ModelConfig(**config), dataset=DatasetMetadata.from_dict(d["dataset"]),
                        num_parameters=int(d.get("num_parameters", 0)), train_config=d.get("train_config", {}),
                        best=d.get("best", {}), finished=bool(d.get("finished", False)), path=path)

@@ -14,6 +14,7 @@ path (from its first bad epoch, moving on when neither the weights nor their mea
 residual from the prediction clipped to the target range (libFM's SGD, fm_learn_sgd_element.h), ``+acc0`` starts Adagrad's
 accumulators at the paper's code's value (``paper_accumulator``; ``--fm-acc0`` for the FM an AFM
 starts from), ``+frozen`` trains only the attention network and p (the FM's tables fixed, the paper's section 5.4),
+``+uniform`` holds the AFM's h at 0 (its attention uniform: the fine-tuning without attention),
 ``+fieldmean`` offsets every row's embedding by an unpenalised vector of its field (rows shrunk
 towards their field's mean, not 0), ``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
 al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
@@ -139,8 +140,10 @@ def paper_accumulator(batch_size: int) -> float:
 def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: float = 0.05, patience: int = 3,
         seed: int = 1, eval0: bool = False, adaptive_kw: dict | None = None, carry: dict | None = None,
         frozen: bool = False, fixp: bool = False, linear_factor: float = 1.0, attention_l2: float = 0.0,
-        row_weight: torch.Tensor | None = None, acc0: float = 0.0) -> dict:
+        row_weight: torch.Tensor | None = None, acc0: float = 0.0, attention_kl: float = 0.0) -> dict:
     """``carry``: Adagrad accumulators of the feature tables to start from, by table name (the FM's);
+    ``attention_kl``: the AFM's loss plus that times the rows' mean KL(a || uniform over the row's
+    real pairs), shrinking the attention towards the FM's equal weights;
     ``frozen``: the feature tables (embeddings, linear weights, bias) are not trained."""
     train, val = data["train"], data["validation"]
     if frozen:
@@ -183,10 +186,17 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
                 idx = perm[i:i + batch]
                 opt.zero_grad()
                 ids, mask = train.ids[idx], train.mask[idx]
-                scores = model(ids, train.vals[idx], mask)
+                if attention_kl:
+                    scores, a = model(ids, train.vals[idx], mask, return_attention=True)  # a (B, P)
+                    real = (a > 0).sum(dim=1).clamp(min=1).to(a.dtype)  # |R_x|
+                    kl = (torch.special.xlogy(a, a).sum(dim=1) + real.log()).mean()
+                else:
+                    scores = model(ids, train.vals[idx], mask)
                 if clipres:
                     scores = scores + (scores.clamp(*clip) - scores).detach()
                 loss = F.mse_loss(scores, train.label[idx])
+                if attention_kl:
+                    loss = loss + attention_kl * kl
                 if attention_l2:
                     loss = loss + attention_l2 * model.l2_penalty()
                 if fixed:
@@ -277,6 +287,10 @@ def main() -> None:
     p.add_argument("--attention-scale", default=ModelConfig.attention_scale, help="the AFM's --attention-scale")
     p.add_argument("--attention-dropout", type=float, default=ModelConfig.attention_dropout,
                    help="the AFM's --attention-dropout (dropout on the pair weights a_ij)")
+    p.add_argument("--attention-kl", type=float, default=0.0,
+                   help="the AFM's attention shrunk towards uniform: loss + this times mean KL(a || uniform)")
+    p.add_argument("--attention-stop-gradient", action="store_true",
+                   help="the AFM's --attention-stop-gradient true (its logits send no gradient into the embeddings)")
     p.add_argument("--pool", choices=("sum", "mean", "sqrt"),
                    help="multi-valued fields pooled to one vector each in the pair layer (FM and AFM)")
     p.add_argument("--smooth", type=float, default=0.0,
@@ -291,7 +305,8 @@ def main() -> None:
     batch = a.batch or batch
     kw = {"initial": a.initial, "step": a.step, "bounds": (a.floor, 10.0)}
     cfg = ModelConfig(embedding_dim=a.k, attention_factor=a.t or a.k, interaction_dropout=a.dropout,
-                      attention_scale=a.attention_scale, attention_dropout=a.attention_dropout)
+                      attention_scale=a.attention_scale, attention_dropout=a.attention_dropout,
+                      attention_stop_gradient=a.attention_stop_gradient)
     groups = pool_multi_valued(meta, data, a.pool) if a.pool else None
     row_weight = smoothed_row_weights(meta, data["train"], a.smooth)
     fm_state, fm_acc = None, None
@@ -322,9 +337,12 @@ def main() -> None:
             add_field_bias(model, meta)
         if "fieldmean" in flags:
             add_field_mean(model, meta)
+        if "uniform" in flags:  # h held at 0: the attention stays uniform, the AFM without attention
+            model.attention.h.requires_grad_(False)
         if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
             model.linear.bias.data.fill_(float(data["train"].label.mean()))
-        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fieldmean", "fixp", "honest", "centre", "acc0"))
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fieldmean", "fixp", "honest", "centre",
+                                                      "acc0", "uniform"))
         run_data = data
         if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
             v, h = data["validation"], len(data["validation"]) // 2
@@ -335,10 +353,13 @@ def main() -> None:
                 lr=a.afm_lr if a.afm_lr and fm_state is not None else a.lr,
                 adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
                 fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2,
-                row_weight=row_weight, acc0=paper_accumulator(batch) if "acc0" in flags else 0.0)
+                row_weight=row_weight, acc0=paper_accumulator(batch) if "acc0" in flags else 0.0,
+                attention_kl=a.attention_kl)
         r.pop("accumulators")
         r["recipe"] = recipe
-        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **({"t": a.t} if a.t else {}), "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
+        print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **({"t": a.t} if a.t else {}),
+                          **({"attention_kl": a.attention_kl} if a.attention_kl else {}),
+                          **({"attention_stop_gradient": True} if a.attention_stop_gradient else {}), "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
                           **({"smooth": a.smooth} if a.smooth else {}),
                           **({"attention_l2": a.attention_l2} if a.attention_l2 else {}),

@@ -48,6 +48,8 @@ class AFM(ScoringModel):
         attention_scale: ``"pairs"`` (default): the pair weights are |R_x| a_ij (sum |R_x|, 1 each
             when uniform) and h starts at 0, so the model starts as the FM its embeddings come
             from; ``"one"``: eq. 5 as printed, weights a_ij summing to 1.
+        attention_stop_gradient: the attention's logits send no gradient into the embeddings
+            (``AttentionPooling``'s ``stop_gradient``).
         slot_groups: widths of the pair layer's inputs in slot order (``SlotPooling``): a pooled
             field is one input, the sum of its slots' e_i, and the attention weighs pairs of the
             G inputs (P = G (G - 1) / 2); None: every slot is an input (G = M).
@@ -59,7 +61,8 @@ class AFM(ScoringModel):
     def __init__(self, num_features: int, num_slots: int, embedding_dim: int, attention_factor: int,
                  dropout: float = 0.0, attention_dropout: float = 0.0, init_std: float = 0.01, naive: bool = False,
                  chunk_elements: int = 1 << 22, sparse_embeddings: bool = False,
-                 attention_scale: str = "pairs", slot_groups: tuple[int, ...] | None = None) -> None:
+                 attention_scale: str = "pairs", slot_groups: tuple[int, ...] | None = None,
+                 attention_stop_gradient: bool = False) -> None:
         super().__init__(num_features, embedding_dim, init_std, sparse_embeddings)
         if attention_scale not in ATTENTION_SCALES:
             raise ValueError(f"attention_scale {attention_scale!r}: expected one of {ATTENTION_SCALES}")
@@ -70,7 +73,7 @@ class AFM(ScoringModel):
         self.num_inputs = self.pool.num_groups if self.pool.pooling else num_slots  # G
         self.attention_scale = attention_scale
         self.attention = AttentionPooling(self.num_inputs, embedding_dim, attention_factor, attention_dropout, naive,
-                                          chunk_elements)
+                                          chunk_elements, attention_stop_gradient)
         if attention_scale == "pairs":
             with torch.no_grad():
                 self.attention.h.zero_()  # every logit 0: uniform attention, the FM's equal pair weights

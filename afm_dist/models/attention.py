@@ -167,7 +167,8 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         g_n  = ds_n [r_n > 0]  (B C, t)             G  = sum_n g_n q_n^T  (t, k)
         db   = h * sum_n g_n                        dW = h[:, None] * G
         dh   = sum_n ds_n r_n = rowsum(W * G) + b * sum_n g_n     (r_n = W q_n + b where g_n != 0)
-        dq_n = g_n (h[:, None] * W) + a~_n gp       (the second term is the pooling's own)
+        dq_n = g_n (h[:, None] * W) + a~_n gp       (the second term is the pooling's own; the only
+                                                     one with ``stop_gradient``)
         de_i += dq_n * e_j,  de_j += dq_n * e_i
 
     two matmuls per chunk and no pass over r for dh; h folded into W once; g written over r and dq
@@ -177,12 +178,13 @@ class _EfficientAttentionPooling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                chunk: int, pool: ScratchPool) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int, pool: ScratchPool, stop_gradient: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, attention, kept = _efficient_pooling_forward(e, valid, keep, weight, bias, h, rows, cols, chunk, pool,
                                                              keep_scratch=True)
         ctx.kept = kept  # on ctx, not saved: backward overwrites them
         ctx.chunk = chunk
         ctx.pool = pool
+        ctx.stop_gradient = stop_gradient
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(e, keep, weight, bias, h, rows, cols, attention)
         return pooled, attention
@@ -196,7 +198,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         B, M, k = e.shape
         P = rows.numel()
         if grad_pooled is None and grad_attention is None:
-            return (None,) * 10
+            return (None,) * 11
         if kept is None and P <= ctx.chunk:  # a second backward: recompute the one chunk
             kept = _attention_hidden(e, weight, bias, pair_runs(M, 0, P), P, pool)
         # Through the pooling and the softmax to the logits.
@@ -228,9 +230,16 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                                                              grad_input=hidden)  # over r, (B C, t)
             grad_b.add_(g.sum(dim=0))
             grad_w.addmm_(g.t(), pairs.view(-1, k))
-            grad_pairs = torch.mm(g, h_weight, out=pairs.view(-1, k)).view(B, C, k)  # dq over q, (B, C, k)
-            if grad_pooled is not None:  # the pooling's own term: dq_n += a~_n gp
-                grad_pairs.addcmul_(weighted[:, start:start + C].unsqueeze(2), grad_pooled.unsqueeze(1))
+            if ctx.stop_gradient:  # the logits' term stops at q: dq_n is the pooling's own, a~_n gp
+                grad_pairs = pairs.view(B, C, k)
+                if grad_pooled is None:
+                    grad_pairs.zero_()
+                else:
+                    torch.mul(weighted[:, start:start + C].unsqueeze(2), grad_pooled.unsqueeze(1), out=grad_pairs)
+            else:
+                grad_pairs = torch.mm(g, h_weight, out=pairs.view(-1, k)).view(B, C, k)  # dq over q, (B, C, k)
+                if grad_pooled is not None:  # the pooling's own term: dq_n += a~_n gp
+                    grad_pairs.addcmul_(weighted[:, start:start + C].unsqueeze(2), grad_pooled.unsqueeze(1))
             for i, j0, j1, off in runs:
                 block = grad_pairs[:, off:off + j1 - j0]  # (B, j1 - j0, k)
                 grad_e[:, j0:j1].addcmul_(block, e[:, i:i + 1])  # de_j += dq_n * e_i
@@ -243,7 +252,7 @@ class _EfficientAttentionPooling(torch.autograd.Function):
         grad_h = (weight * grad_w).sum(dim=1) + bias * grad_b  # (t,)
         grad_w.mul_(h.unsqueeze(1))
         grad_b.mul_(h)
-        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None, None
+        return grad_e, None, None, grad_w, grad_b, grad_h, None, None, None, None, None
 
 
 class AttentionPooling(nn.Module):
@@ -271,15 +280,19 @@ class AttentionPooling(nn.Module):
         attention_factor: t.
         attention_dropout: dropout on the attention weights a_ij (the reference code's keep[0]).
         naive: use the naive path.
+        stop_gradient: the logits read the pair products as constants: W, b and h learn from them,
+            but e gets its gradient only through the pooled sum a_ij (e_i * e_j), so the embeddings
+            are not moved to make the attention fit the training rows.
         chunk_elements: memory budget of the efficient path, in elements of one (B C, max(k, t))
             tensor: C = max(1, chunk_elements // (B max(k, t))).
     """
 
     def __init__(self, num_slots: int, embedding_dim: int, attention_factor: int, attention_dropout: float = 0.0,
-                 naive: bool = False, chunk_elements: int = 1 << 22) -> None:
+                 naive: bool = False, chunk_elements: int = 1 << 22, stop_gradient: bool = False) -> None:
         super().__init__()
         self.num_slots = num_slots
         self.naive = naive
+        self.stop_gradient = stop_gradient
         self.chunk_elements = chunk_elements
         self.pairs = PairwiseInteraction(num_slots)
         self.weight = nn.Parameter(torch.empty(attention_factor, embedding_dim))  # W, (t, k)
@@ -300,7 +313,8 @@ class AttentionPooling(nn.Module):
         valid = self.pairs.pair_mask(mask)  # (B, P)
         if self.naive:
             pairs = self.pairs(e)  # (B, P, k)
-            logits = F.relu(F.linear(pairs, self.weight, self.bias)) @ self.h  # (B, P)
+            logits = F.relu(F.linear(pairs.detach() if self.stop_gradient else pairs, self.weight,
+                                     self.bias)) @ self.h  # (B, P)
             attention = masked_softmax(logits, valid)  # (B, P)
             pooled = (self.attention_dropout(attention).unsqueeze(-1) * pairs).sum(dim=1)  # (B, k)
             return pooled, attention
@@ -311,6 +325,6 @@ class AttentionPooling(nn.Module):
             keep = self.attention_dropout(e.new_ones(B, self.pairs.rows.numel()))  # (B, P) 0 or 1 / (1 - p)
         args = (e, valid, keep, self.weight, self.bias, self.h, self.pairs.rows, self.pairs.cols, chunk, self.scratch)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (e, self.weight, self.bias, self.h)):
-            return _EfficientAttentionPooling.apply(*args)
+            return _EfficientAttentionPooling.apply(*args, self.stop_gradient)
         pooled, attention, _ = _efficient_pooling_forward(*args, keep_scratch=False)  # nothing to keep
         return pooled, attention

@@ -22,7 +22,9 @@ class ModelConfig:
     # k = 256: the AFM paper compares every method at embedding size 256 (Frappe and MovieLens).
     embedding_dim: int = 256
     # t: the reference code's released commands use t = 8 (MovieLens) and t = 16; the paper reports
-    # AFM robust to t, so it is taken equal to k here, which costs the attention one k x k matmul.
+    # AFM robust to t. Taken equal to k here, which costs the attention one k x k matmul: measured
+    # at k = 256, t = 32 trains 3-7x faster on CPU but is 0.5% and 1.6% worse on validation on two
+    # of four Frappe splits (docs/results/quality.md, issue 24's twelfth step).
     attention_factor: int = 256
     # Dropout on the pair-wise interaction layer (AFM: pooled vector before p; FM/HOFM: the
     # bi-interaction vector). 0.5 is the reference AFM command's keep probability of that layer;
@@ -33,6 +35,9 @@ class ModelConfig:
     # AFM's pair weights: "pairs" (|R_x| a_ij, summing to the row's number of pairs, h starting at 0)
     # starts an AFM initialised from an FM exactly as that FM; "one" is eq. 5 as printed (afm.py).
     attention_scale: str = "pairs"
+    # AFM: the attention's logits read the pair products as constants, so the embeddings learn only
+    # through the attention-weighted pair sum (AttentionPooling's stop_gradient).
+    attention_stop_gradient: bool = False
     # Wide&Deep's tower, as in the AFM paper's comparison.
     mlp_sizes: tuple[int, ...] = (1024, 512, 256)
     # DeepCross's five residual units and their inner widths, as in the AFM paper's comparison.
@@ -99,7 +104,7 @@ def build_model(name: str, num_features: int, num_slots: int, config: ModelConfi
     if name == "afm":
         return AFM(num_features, num_slots, c.embedding_dim, c.attention_factor, c.interaction_dropout,
                    c.attention_dropout, c.init_std, c.naive_attention, c.attention_chunk_elements,
-                   c.sparse_embeddings, c.attention_scale, groups)
+                   c.sparse_embeddings, c.attention_scale, groups, c.attention_stop_gradient)
     if name == "hofm":
         return HOFM(num_features, c.embedding_dim, c.interaction_dropout, c.init_std, c.sparse_embeddings, groups)
     if name == "wide_deep":

@@ -190,6 +190,36 @@ def test_memory_efficient_path_equals_naive(make_batch, chunk_elements):
         torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-10, atol=1e-13, msg=name)
 
 
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 5 * 16, 1])
+def test_stop_gradient_leaves_the_scores_and_the_attention_networks_gradient_and_drops_the_logits_path_into_e(
+        make_batch, chunk_elements):
+    ids, vals, mask = make_batch(16, M, N, seed=4)
+    plain_out, plain = _grads(_afm(naive=True), ids, vals, mask)
+    naive_out, naive = _grads(_afm(naive=True, attention_stop_gradient=True), ids, vals, mask)
+    fast_out, fast = _grads(_afm(naive=False, chunk_elements=chunk_elements, attention_stop_gradient=True),
+                            ids, vals, mask)
+    # the same scores and attention, and the same gradient for W, b, h, p and the linear part
+    torch.testing.assert_close(naive_out, plain_out, rtol=0, atol=0)
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-12, atol=1e-14)
+    for name in plain:
+        if name != "embedding.embedding.weight":
+            torch.testing.assert_close(naive[name], plain[name], rtol=1e-12, atol=1e-14, msg=name)
+            torch.testing.assert_close(fast[name], plain[name], rtol=1e-10, atol=1e-13, msg=name)
+    # the embeddings' gradient: by hand, the row's pair sum with a_ij held constant
+    model = _afm(naive=True)
+    a = model(ids, vals, mask, return_attention=True)[1].detach()  # (B, P)
+    xs = vals * mask
+    e = model.embedding(ids, xs)  # (B, M, k)
+    rows, cols = model.pair_index()
+    row_weights = torch.linspace(-1, 2, len(ids), dtype=torch.float64)
+    pooled = (a.unsqueeze(-1) * e[:, rows] * e[:, cols]).sum(dim=1)  # (B, k)
+    ((pooled @ model.p) * row_weights).sum().backward()
+    want = model.embedding.embedding.weight.grad
+    torch.testing.assert_close(naive["embedding.embedding.weight"], want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast["embedding.embedding.weight"], want, rtol=1e-10, atol=1e-13)
+    assert not torch.allclose(plain["embedding.embedding.weight"], want)  # without it the logits add to it
+
+
 def test_attention_dropout_same_on_both_paths(make_batch):
     ids, vals, mask = make_batch(16, M, N, seed=8)
     outs = []

@@ -193,6 +193,21 @@ def test_executors_get_the_models_description_not_its_weights(planted_models):
         assert torch.equal(a, b), name
 
 
+def test_the_attentions_stop_gradient_is_kept_in_model_json_and_absent_means_off(planted_models):
+    """model.json keeps ``attention_stop_gradient`` (what the AFM was trained with, so that resuming
+    or fine-tuning it goes on the same way); one written before the option (no such key) was
+    trained with the gradient through the logits and loads with it off."""
+    model = TrainedModel.load(planted_models["afm"])
+    info = json.loads(model.to_json())
+    assert info["model_config"]["attention_stop_gradient"] is False  # the default it was trained with
+    info["model_config"]["attention_stop_gradient"] = True
+    on = TrainedModel.from_json(json.dumps(info), path=model.path)
+    assert on.config.attention_stop_gradient is True and on.build().attention.stop_gradient is True
+    del info["model_config"]["attention_stop_gradient"]
+    older = TrainedModel.from_json(json.dumps(info), path=model.path)
+    assert older.config.attention_stop_gradient is False and older.build().attention.stop_gradient is False
+
+
 def test_generator_cardinalities(spark):
     from afm_dist.synthetic import generate_logs
 

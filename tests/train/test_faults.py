@@ -67,6 +67,8 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert words in capsys.readouterr().err, flags
     assert parse_args(base + ["--model", "fm", "--sparse-embeddings", "true"]).model_config.sparse_embeddings
+    assert not parse_args(base + ["--model", "afm"]).model_config.attention_stop_gradient
+    assert parse_args(base + ["--model", "afm", "--attention-stop-gradient", "true"]).model_config.attention_stop_gradient
     # The default L2 follows the schedule; a fixed strength for either table turns it off.
     assert parse_args(base + ["--model", "fm"]).l2_at(1) == (0.03, 0.03)
     assert parse_args(base + ["--model", "fm", "--embedding-l2", "0.02"]).l2_at(3) == (0.02, 0.0)
