@@ -287,6 +287,7 @@ def main() -> None:
     p.add_argument("--attention-scale", default=ModelConfig.attention_scale, help="the AFM's --attention-scale")
     p.add_argument("--attention-dropout", type=float, default=ModelConfig.attention_dropout,
                    help="the AFM's --attention-dropout (dropout on the pair weights a_ij)")
+    p.add_argument("--seed", type=int, default=1, help="the batch order's and dropout's seed of each recipe's run")
     p.add_argument("--attention-kl", type=float, default=0.0,
                    help="the AFM's attention shrunk towards uniform: loss + this times mean KL(a || uniform)")
     p.add_argument("--attention-stop-gradient", action="store_true",
@@ -338,6 +339,9 @@ def main() -> None:
         if "fieldmean" in flags:
             add_field_mean(model, meta)
         if "uniform" in flags:  # h held at 0: the attention stays uniform, the AFM without attention
+            if a.attention_scale != "pairs" or "frozen" in flags:
+                raise SystemExit("+uniform holds h at 0: only with --attention-scale pairs, and not with +frozen")
+            model.attention.h.data.zero_()
             model.attention.h.requires_grad_(False)
         if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
             model.linear.bias.data.fill_(float(data["train"].label.mean()))
@@ -354,11 +358,12 @@ def main() -> None:
                 adaptive_kw=kw, carry=fm_acc if carry else None, frozen="frozen" in flags,
                 fixp="fixp" in flags, linear_factor=a.linear_factor, attention_l2=a.attention_l2,
                 row_weight=row_weight, acc0=paper_accumulator(batch) if "acc0" in flags else 0.0,
-                attention_kl=a.attention_kl)
+                attention_kl=a.attention_kl, seed=a.seed)
         r.pop("accumulators")
         r["recipe"] = recipe
         print(json.dumps({"data": a.data, "model": a.model, "k": a.k, **({"t": a.t} if a.t else {}),
                           **({"attention_kl": a.attention_kl} if a.attention_kl else {}),
+                          **({"seed": a.seed} if a.seed != 1 else {}),
                           **({"attention_stop_gradient": True} if a.attention_stop_gradient else {}), "lr": a.afm_lr if a.afm_lr and fm_state is not None else a.lr, "dropout": a.dropout,
                           **({"linear_factor": a.linear_factor} if a.linear_factor != 1 else {}),
                           **({"smooth": a.smooth} if a.smooth else {}),

@@ -216,6 +216,9 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 grad_a = grad_a * keep
             if grad_attention is not None:
                 grad_a = grad_a + grad_attention
+        # A pair of weight 0 (padding) has no gradient into the logits whatever dL/da says there: a
+        # loss such as sum a log a gives NaN at a = 0, which the naive path's masked softmax drops too.
+        grad_a = grad_a.masked_fill(attention == 0, 0.0)
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
 
         grad_w = torch.zeros_like(weight)  # (t, k), G = sum_n g_n q_n^T until scaled by h

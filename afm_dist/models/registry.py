@@ -23,7 +23,7 @@ class ModelConfig:
     embedding_dim: int = 256
     # t: the reference code's released commands use t = 8 (MovieLens) and t = 16; the paper reports
     # AFM robust to t. Taken equal to k here, which costs the attention one k x k matmul: measured
-    # at k = 256, t = 32 trains 3-7x faster on CPU but is 0.5% and 1.6% worse on validation on two
+    # at k = 256, t = 32 makes an epoch 3.5-3.9x faster on CPU but is 0.5% and 1.6% worse on validation on two
     # of four Frappe splits (docs/results/quality.md, issue 24's twelfth step).
     attention_factor: int = 256
     # Dropout on the pair-wise interaction layer (AFM: pooled vector before p; FM/HOFM: the

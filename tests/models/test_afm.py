@@ -220,6 +220,33 @@ def test_stop_gradient_leaves_the_scores_and_the_attention_networks_gradient_and
     assert not torch.allclose(plain["embedding.embedding.weight"], want)  # without it the logits add to it
 
 
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 5 * 16])
+def test_stop_gradient_with_attention_dropout_and_a_loss_on_the_attention_alone(make_batch, chunk_elements):
+    ids, vals, mask = make_batch(16, M, N, seed=6)
+    assert not mask.all()  # padded slots: pairs of weight 0
+    outs = []
+    for naive in (True, False):
+        model = _afm(naive=naive, chunk_elements=chunk_elements, attention_dropout=0.5,
+                     attention_stop_gradient=True).train()
+        torch.manual_seed(1)  # the same dropout mask on both paths
+        outs.append(_grads(model, ids, vals, mask))
+    (naive_out, naive_grads), (fast_out, fast_grads) = outs
+    torch.testing.assert_close(fast_out, naive_out, rtol=1e-12, atol=1e-14)
+    for name in naive_grads:
+        torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-10, atol=1e-13, msg=name)
+    # A loss on the attention alone, sum a log a (its derivative is NaN where a = 0, at padded
+    # pairs): the embeddings get no gradient at all, the attention network a finite one, both paths.
+    for naive in (True, False):
+        model = _afm(naive=naive, chunk_elements=chunk_elements, attention_stop_gradient=True)
+        _, attention = model(ids, vals, mask, return_attention=True)
+        assert (attention == 0).any()
+        torch.special.xlogy(attention, attention).sum().backward()
+        grad = model.embedding.embedding.weight.grad  # None on the naive path: no path reaches it
+        assert grad is None or torch.equal(grad, torch.zeros_like(grad))
+        assert naive or grad is not None
+        assert torch.isfinite(model.attention.weight.grad).all() and model.attention.weight.grad.abs().sum() > 0
+
+
 def test_attention_dropout_same_on_both_paths(make_batch):
     ids, vals, mask = make_batch(16, M, N, seed=8)
     outs = []
@@ -235,11 +262,12 @@ def test_attention_dropout_same_on_both_paths(make_batch):
     assert not torch.equal(model(ids, vals, mask), fast_out[:16])  # dropout was on in training
 
 
+@pytest.mark.parametrize("stop_gradient", [False, True])
 @pytest.mark.parametrize("chunk_elements", [1 << 22, 8 * K * 4])
-def test_backward_twice_through_the_same_graph(make_batch, chunk_elements):
+def test_backward_twice_through_the_same_graph(make_batch, chunk_elements, stop_gradient):
     """The first backward overwrites what forward kept; a second (retain_graph) recomputes it."""
     ids, vals, mask = make_batch(8, M, N, seed=9)
-    model = _afm(chunk_elements=chunk_elements)
+    model = _afm(chunk_elements=chunk_elements, attention_stop_gradient=stop_gradient)
     scores = model(ids, vals, mask)
     scores.sum().backward(retain_graph=True)
     first = {n: p.grad.clone() for n, p in model.named_parameters()}
