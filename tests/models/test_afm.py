@@ -221,21 +221,11 @@ def test_stop_gradient_leaves_the_scores_and_the_attention_networks_gradient_and
 
 
 @pytest.mark.parametrize("chunk_elements", [1 << 22, 2 * 5 * 16])
-def test_stop_gradient_with_attention_dropout_and_a_loss_on_the_attention_alone(make_batch, chunk_elements):
+def test_stop_gradient_with_a_loss_on_the_attention_alone(make_batch, chunk_elements):
+    """A loss on the attention alone, sum a log a (its derivative is NaN where a = 0, at padded
+    pairs): the embeddings get no gradient at all, the attention network a finite one, both paths."""
     ids, vals, mask = make_batch(16, M, N, seed=6)
     assert not mask.all()  # padded slots: pairs of weight 0
-    outs = []
-    for naive in (True, False):
-        model = _afm(naive=naive, chunk_elements=chunk_elements, attention_dropout=0.5,
-                     attention_stop_gradient=True).train()
-        torch.manual_seed(1)  # the same dropout mask on both paths
-        outs.append(_grads(model, ids, vals, mask))
-    (naive_out, naive_grads), (fast_out, fast_grads) = outs
-    torch.testing.assert_close(fast_out, naive_out, rtol=1e-12, atol=1e-14)
-    for name in naive_grads:
-        torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-10, atol=1e-13, msg=name)
-    # A loss on the attention alone, sum a log a (its derivative is NaN where a = 0, at padded
-    # pairs): the embeddings get no gradient at all, the attention network a finite one, both paths.
     for naive in (True, False):
         model = _afm(naive=naive, chunk_elements=chunk_elements, attention_stop_gradient=True)
         _, attention = model(ids, vals, mask, return_attention=True)
@@ -247,11 +237,12 @@ def test_stop_gradient_with_attention_dropout_and_a_loss_on_the_attention_alone(
         assert torch.isfinite(model.attention.weight.grad).all() and model.attention.weight.grad.abs().sum() > 0
 
 
-def test_attention_dropout_same_on_both_paths(make_batch):
+@pytest.mark.parametrize("stop_gradient", [False, True])
+def test_attention_dropout_same_on_both_paths(make_batch, stop_gradient):
     ids, vals, mask = make_batch(16, M, N, seed=8)
     outs = []
     for naive in (True, False):
-        model = _afm(naive=naive, attention_dropout=0.5).train()
+        model = _afm(naive=naive, attention_dropout=0.5, attention_stop_gradient=stop_gradient).train()
         torch.manual_seed(1)  # the same dropout mask on both paths
         outs.append(_grads(model, ids, vals, mask))
     (naive_out, naive_grads), (fast_out, fast_grads) = outs
