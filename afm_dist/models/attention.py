@@ -201,6 +201,11 @@ class _EfficientAttentionPooling(torch.autograd.Function):
             return (None,) * 11
         if kept is None and P <= ctx.chunk:  # a second backward: recompute the one chunk
             kept = _attention_hidden(e, weight, bias, pair_runs(M, 0, P), P, pool)
+        if grad_attention is not None:
+            # A pair of weight 0 (padding) passes no gradient to the logits whatever dL/da says there:
+            # a loss such as sum a log a gives NaN at a = 0, which the naive path's masked softmax
+            # drops too. (dL/da from the pooling is finite: only this input needs it.)
+            grad_attention = grad_attention.masked_fill(attention == 0, 0.0)
         # Through the pooling and the softmax to the logits.
         grad_e = torch.zeros_like(e)  # (B, M, k)
         weighted = attention if keep is None else attention * keep  # a~, (B, P)
@@ -216,9 +221,6 @@ class _EfficientAttentionPooling(torch.autograd.Function):
                 grad_a = grad_a * keep
             if grad_attention is not None:
                 grad_a = grad_a + grad_attention
-        # A pair of weight 0 (padding) has no gradient into the logits whatever dL/da says there: a
-        # loss such as sum a log a gives NaN at a = 0, which the naive path's masked softmax drops too.
-        grad_a = grad_a.masked_fill(attention == 0, 0.0)
         grad_logits = attention * (grad_a - (attention * grad_a).sum(dim=1, keepdim=True))  # (B, P)
 
         grad_w = torch.zeros_like(weight)  # (t, k), G = sum_n g_n q_n^T until scaled by h
