@@ -17,7 +17,9 @@ starts from), ``+frozen`` trains only the attention network and p (the FM's tabl
 ``+uniform`` holds the AFM's h at 0 (its attention uniform: the fine-tuning without attention),
 ``+fieldmean`` offsets every row's embedding by an unpenalised vector of its field (rows shrunk
 towards their field's mean, not 0), ``+fieldbias`` adds a learnt logit per field pair to the attention (FwFM's field-pair weights, Pan et
-al., WWW 2018, inside AFM's softmax). ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
+al., WWW 2018, inside AFM's softmax), ``+fieldscale`` multiplies each pair's weight by a learnt scalar per field pair
+starting at 1 (the same weights outside the softmax); ``path=X/P`` starts the path at X (one of 1, 0.3, 0.1, 0.03,
+0.01) with P epochs of patience a strength. ``--fm-cache PATH`` keeps the FM an AFM starts from between runs.
 
     .venv/bin/python experiments/regularise.py DATA_DIR RECIPE [RECIPE ...] [--model afm --init-from RECIPE]
 """
@@ -66,8 +68,10 @@ def add_field_mean(model, meta) -> None:
     emb.__class__ = FieldMeanEmbedding
 
 
-def add_field_bias(model, meta) -> None:
-    """AFM logits a'_ij + c_{F(i) F(j)}: one learnt scalar per field pair (naive attention path)."""
+def add_field_bias(model, meta, scale: bool = False) -> None:
+    """AFM logits a'_ij + c_{F(i) F(j)}: one learnt scalar per field pair (naive attention path);
+    ``scale``: instead, each pair's weight times a learnt r_{F(i) F(j)} starting at 1 (FwFM's field-pair
+    weights, Pan et al. WWW 2018, outside the softmax)."""
     import torch.nn.functional as F_
     from afm_dist.models.layers import masked_softmax
     field_of_slot = torch.tensor([n for n, f in enumerate(meta.fields) for _ in range(f.width)])
@@ -76,14 +80,19 @@ def add_field_bias(model, meta) -> None:
     nf = len(meta.fields)
     fi, fj = field_of_slot[att.pairs.rows], field_of_slot[att.pairs.cols]
     pair_field = torch.minimum(fi, fj) * nf + torch.maximum(fi, fj)  # (P,)
-    att.field_bias = torch.nn.Parameter(torch.zeros(nf * nf))
+    att.field_bias = torch.nn.Parameter(torch.ones(nf * nf) if scale else torch.zeros(nf * nf))
 
     def forward(e, mask):
         valid = att.pairs.pair_mask(mask)
         pairs = att.pairs(e)
-        logits = F_.relu(F_.linear(pairs, att.weight, att.bias)) @ att.h + att.field_bias[pair_field]
+        logits = F_.relu(F_.linear(pairs, att.weight, att.bias)) @ att.h
+        if not scale:
+            logits = logits + att.field_bias[pair_field]
         attention = masked_softmax(logits, valid)
-        return (att.attention_dropout(attention).unsqueeze(-1) * pairs).sum(dim=1), attention
+        weights = att.attention_dropout(attention)
+        if scale:
+            weights = weights * att.field_bias[pair_field]
+        return (weights.unsqueeze(-1) * pairs).sum(dim=1), attention
     att.forward = forward
 
 
@@ -168,7 +177,7 @@ def fit(model, data, meta, clip, recipe: str, *, epochs: int, batch: int, lr: fl
     ladder = [x for x in (0.0, 0.01, 0.03, 0.1, 0.3) if x >= float(base.partition("=")[2] or 0)] \
         if base.startswith("ladder") else None
     if base.startswith("path"):  # lowered at each plateau: "path" from 0.3, "path=X" from X, down to 0
-        ladder = [x for x in (0.3, 0.1, 0.03, 0.01, 0.0) if x <= float(base.partition("=")[2] or 0.3)]
+        ladder = [x for x in (1.0, 0.3, 0.1, 0.03, 0.01, 0.0) if x <= float(base.partition("=")[2] or 0.3)]
     fixed = ladder[0] if ladder else fixed
     rung = 0
     reg = AdaptiveL2([f.offset for f in meta.fields], meta.num_features, **(adaptive_kw or {})) \
@@ -334,8 +343,8 @@ def main() -> None:
         if fm_state is not None:
             init_from_fm(model, fm_state)
         flags = recipe.split("+")
-        if "fieldbias" in flags:
-            add_field_bias(model, meta)
+        if "fieldbias" in flags or "fieldscale" in flags:
+            add_field_bias(model, meta, scale="fieldscale" in flags)
         if "fieldmean" in flags:
             add_field_mean(model, meta)
         if "uniform" in flags:  # h held at 0: the attention stays uniform, the AFM without attention
@@ -345,7 +354,7 @@ def main() -> None:
             model.attention.h.requires_grad_(False)
         if "centre" in flags:  # w0 starts at the training split's mean target instead of 0
             model.linear.bias.data.fill_(float(data["train"].label.mean()))
-        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fieldmean", "fixp", "honest", "centre",
+        base = "+".join(f for f in flags if f not in ("carry", "frozen", "fieldbias", "fieldscale", "fieldmean", "fixp", "honest", "centre",
                                                       "acc0", "uniform"))
         run_data = data
         if "honest" in flags:  # attention fitted on rows the FM never saw: validation's first half, judged on its second
