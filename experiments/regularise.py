@@ -80,18 +80,15 @@ def add_field_bias(model, meta, scale: bool = False) -> None:
     nf = len(meta.fields)
     fi, fj = field_of_slot[att.pairs.rows], field_of_slot[att.pairs.cols]
     pair_field = torch.minimum(fi, fj) * nf + torch.maximum(fi, fj)  # (P,)
-    att.field_bias = torch.nn.Parameter(torch.ones(nf * nf) if scale else torch.zeros(nf * nf))
+    att.field_pair = torch.nn.Parameter(torch.full((nf * nf,), 1.0 if scale else 0.0))
 
     def forward(e, mask):
         valid = att.pairs.pair_mask(mask)
         pairs = att.pairs(e)
+        per_pair = att.field_pair[pair_field]  # (P,)
         logits = F_.relu(F_.linear(pairs, att.weight, att.bias)) @ att.h
-        if not scale:
-            logits = logits + att.field_bias[pair_field]
-        attention = masked_softmax(logits, valid)
-        weights = att.attention_dropout(attention)
-        if scale:
-            weights = weights * att.field_bias[pair_field]
+        attention = masked_softmax(logits if scale else logits + per_pair, valid)
+        weights = att.attention_dropout(attention) * (per_pair if scale else 1.0)
         return (weights.unsqueeze(-1) * pairs).sum(dim=1), attention
     att.forward = forward
 
