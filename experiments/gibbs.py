@@ -17,6 +17,7 @@ chain written side by side as one FM of k * S, whose prediction is exactly their
 FM class scores it, and an AFM can start from it).
 
     .venv/bin/python experiments/gibbs.py DATA_DIR [--k 64] [--sweeps 300] [--one-group] [--stack S --save F.pt]
+    .venv/bin/python experiments/gibbs.py -- --report      # docs/results/gibbs.png from docs/results/gibbs.jsonl
 """
 from __future__ import annotations
 
@@ -182,9 +183,34 @@ class GibbsFM:
         return float(e.pow(2).mean().sqrt())
 
 
+# our SGD FM (the defaults' recipe, k = 256, docs/results/quality.md's ninth step) on validation, for the figure
+SGD_FM_VALIDATION = {"ml1": 0.8376, "ml2": 0.8444, "fr1": 0.5648, "fl1": 0.4762}
+
+
+def report(log: str, path: str) -> None:
+    """The running mean's validation RMSE (every 10 sweeps) of each 300-sweep chain in ``log``, one panel
+    a data set, our SGD FM as a dashed line: docs/results/gibbs.png."""
+    import matplotlib.pyplot as plt
+    from afm_dist.plots import save_figure
+
+    runs = [json.loads(line) for line in open(log)]
+    runs = [r for r in runs if "windows" in r and r["sweeps"] == 300]
+    sets = [s for s in SGD_FM_VALIDATION if any(r["data"].endswith(s) for r in runs)]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6))
+    for ax, name in zip(axes, sets):
+        for r in runs:
+            if r["data"].endswith(name):
+                ax.plot(range(10, 301, 10), r["curve_every_10"], label=f"Gibbs k = {r['k']}, {r['groups']} prior")
+        ax.axhline(SGD_FM_VALIDATION[name], color="k", ls="--", label="our SGD FM (k = 256)")
+        ax.set(title=name, xlabel="sweeps", ylabel="validation RMSE of the mean prediction")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data")
+    p.add_argument("data", help="a preprocessed data set, or --report")
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--sweeps", type=int, default=300)
     p.add_argument("--init-stdev", type=float, default=0.1)
@@ -196,6 +222,9 @@ def main() -> None:
                    "report them as one FM of k * S (their predictions' mean, exactly); --save writes it instead of the mean parameters")
     p.add_argument("--log", default="docs/results/gibbs.jsonl")
     a = p.parse_args()
+    if a.data == "--report":
+        report(a.log, "docs/results/gibbs.png")
+        return
     torch.set_num_threads(2)
     meta = load_metadata(a.data)
     meta.fields_json = json.loads((Path(a.data) / "metadata.json").read_text())["fields"]
