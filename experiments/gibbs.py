@@ -82,6 +82,7 @@ class GibbsFM:
 
     def __init__(self, ids, vals, mask, y, meta, k: int, init_stdev: float, seed: int, field_groups: bool):
         self.g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # torch._standard_gamma draws from the global generator (the runs in gibbs.jsonl did not seed it)
         self.ids, self.x, self.y = ids, torch.where(mask, vals, torch.zeros_like(vals)).double(), y.double()
         self.mask = mask
         self.n_features = meta.num_features
