@@ -30,20 +30,28 @@ from pathlib import Path
 import torch
 
 from afm_dist.batch import read_split
-from afm_dist.dataset import load_metadata
+from afm_dist.dataset import FieldLayout, load_metadata
 
 
-def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: list[dict]) -> list[tuple[int, torch.Tensor, list[int]]]:
-    """[(field index, (N,) slot of the class's feature in each row or -1, the class's feature ids)] for
-    every colour class; a field's features without a training row belong to its first class."""
+def fm_predict(w0: torch.Tensor, w: torch.Tensor, v: torch.Tensor, ids, vals, mask) -> torch.Tensor:
+    """(B,) float64 FM predictions (eq. 1 of the FM paper) of parameters w0 (), w (F,), v (F, k) for
+    rows ids, vals, mask (B, M), unclipped."""
+    x = torch.where(mask, vals, torch.zeros_like(vals)).double()
+    e = v[ids] * x.unsqueeze(-1)
+    return w0 + (w[ids] * x).sum(1) + 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1)
+
+
+def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: list[FieldLayout]) -> list[tuple[torch.Tensor, list[int]]]:
+    """[((N,) slot of the class's feature in each row or -1, the class's feature ids)] for every colour
+    class; a field's features without a training row belong to its first class."""
     out = []
     n = ids.shape[0]
-    for fi, f in enumerate(fields):
-        s0, w = int(f["slot"]), int(f["width"])
-        everything = list(range(int(f["offset"]), int(f["offset"]) + int(f["size"])))
+    for f in fields:
+        s0, w = f.slot, f.width
+        everything = list(range(f.offset, f.offset + f.size))
         if w == 1:
             slot = torch.where(mask[:, s0], torch.full((n,), s0), torch.full((n,), -1))
-            out.append((fi, slot, everything))
+            out.append((slot, everything))
             continue
         block_ids, block_mask = ids[:, s0:s0 + w], mask[:, s0:s0 + w]
         feats = torch.unique(block_ids[block_mask]).tolist()
@@ -73,7 +81,7 @@ def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: list[dict]) ->
             for j in range(w):
                 hit = block_mask[:, j] & member[block_ids[:, j]]
                 slot[hit] = s0 + j
-            out.append((fi, slot, members + (unseen if c == 0 else [])))
+            out.append((slot, members + (unseen if c == 0 else [])))
     return out
 
 
@@ -84,11 +92,10 @@ class GibbsFM:
         self.g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # torch._standard_gamma draws from the global generator (the runs in gibbs.jsonl did not seed it)
         self.ids, self.x, self.y = ids, torch.where(mask, vals, torch.zeros_like(vals)).double(), y.double()
-        self.mask = mask
         self.n_features = meta.num_features
-        fields = meta.fields_json
+        fields = meta.fields
         self.classes = []
-        for fi, slot, members in colour_classes(ids, mask, fields):
+        for slot, members in colour_classes(ids, mask, fields):
             rows = torch.nonzero(slot >= 0).squeeze(1)
             s = slot[rows]
             member = torch.zeros(self.n_features, dtype=torch.bool)
@@ -102,7 +109,7 @@ class GibbsFM:
         self.group_of = torch.zeros(self.n_features, dtype=torch.long)
         if field_groups:
             for fi, f in enumerate(fields):
-                self.group_of[int(f["offset"]):int(f["offset"]) + int(f["size"])] = fi
+                self.group_of[f.offset:f.offset + f.size] = fi
         self.k = k
         self.w0 = torch.tensor(0.0, dtype=torch.float64)
         self.w = torch.zeros(self.n_features, dtype=torch.float64)
@@ -113,12 +120,6 @@ class GibbsFM:
         self.mu_v = torch.zeros(self.n_groups, k, dtype=torch.float64)
         self.lam_v = torch.zeros(self.n_groups, k, dtype=torch.float64)
 
-    def predict(self, ids, vals, mask) -> torch.Tensor:
-        x = torch.where(mask, vals, torch.zeros_like(vals)).double()
-        v = self.v[ids] * x.unsqueeze(-1)
-        pair = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(1)
-        return self.w0 + (self.w[ids] * x).sum(1) + pair
-
     def _normal(self, mean, var):
         return mean + var.sqrt() * torch.randn(mean.shape, generator=self.g, dtype=torch.float64)
 
@@ -127,12 +128,12 @@ class GibbsFM:
         return torch._standard_gamma(shape.expand_as(torch.as_tensor(rate))) / rate
 
     def _hyper(self, theta: torch.Tensor, mu_old: torch.Tensor):
-        """(mu, lambda) per group drawn from the rows ``theta`` (F,) or (F, k) of the features seen in
-        training, libFM's order: lambda ~ Gamma(1 + (m + 1) / 2, 1 + (sum (t - mu)^2 + mu^2) / 2) at the
+        """(mu, lambda) per group drawn from the rows ``theta`` (F,) or (F, k) of all its features (libFM's;
+        those without a training row are draws from the prior), libFM's order: lambda ~ Gamma(1 + (m + 1) / 2, 1 + (sum (t - mu)^2 + mu^2) / 2) at the
         current mu, then mu ~ N(sum t / (m + 1), 1 / ((m + 1) lambda)) (gamma0 = 1, mu0 = 0)."""
         mu, lam = torch.zeros_like(mu_old), torch.zeros_like(mu_old)
         for gi in range(self.n_groups):
-            t = theta[self.group_of == gi]  # libFM: every feature, those unseen in training drawn from the prior
+            t = theta[self.group_of == gi]
             m = t.shape[0]
             lam[gi] = self._gamma(1 + (m + 1) / 2, 1 + 0.5 * ((t - mu_old[gi]).pow(2).sum(0) + mu_old[gi].pow(2)))
             mu[gi] = self._normal(t.sum(0) / (m + 1), 1.0 / ((m + 1) * lam[gi]))
@@ -228,7 +229,6 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     meta = load_metadata(a.data)
-    meta.fields_json = json.loads((Path(a.data) / "metadata.json").read_text())["fields"]
     lo, hi = meta.target_range()
     data = {s: read_split(Path(a.data) / s) for s in ("train", "validation", "test")}
     tr = data["train"]
@@ -253,7 +253,7 @@ def main() -> None:
         train_rmse = model.sweep()
         for s in evals:
             b = data[s]
-            preds[s].append(model.predict(b.ids, b.vals, b.mask))
+            preds[s].append(fm_predict(model.w0, model.w, model.v, *b.inputs))
         for acc, t in zip(param_sum, (model.w0, model.w, model.v)):
             acc += t
         if it in stack_at:
@@ -267,16 +267,15 @@ def main() -> None:
             print(f"sweep {it}/{a.sweeps}: train {train_rmse:.4f} validation {r['validation']:.4f} test {r['test']:.4f} "
                   f"alpha {model.alpha:.2f} ({el:.0f} s, ETA {el / it * (a.sweeps - it):.0f} s)", flush=True)
     windows = []
-    point = GibbsFM.__new__(GibbsFM)
     for w in starts:
         n = a.sweeps - w
-        point.w0, point.w, point.v = ((e - b) / n for e, b in zip(param_sum, param_at[w]))
+        point = tuple((e - b) / n for e, b in zip(param_sum, param_at[w]))
         pred = {s: torch.stack(preds[s][w:]).mean(0) for s in evals}
-        pt = {s: err(point.predict(data[s].ids, data[s].vals, data[s].mask), s) for s in evals}
+        pt = {s: err(fm_predict(*point, *data[s].inputs), s) for s in evals}
         windows.append({"from": w, "predictive_validation": round(err(pred["validation"], "validation"), 5),
                         "predictive_test": round(err(pred["test"], "test"), 5),
                         "point_validation": round(pt["validation"], 5), "point_test": round(pt["test"], 5),
-                        "state": (point.w0, point.w, point.v)})
+                        "state": point})
         print(f"sweeps {w + 1}-{a.sweeps}: mean prediction {windows[-1]['predictive_validation']:.4f} / "
               f"{windows[-1]['predictive_test']:.4f}, mean parameters {pt['validation']:.4f} / {pt['test']:.4f} (validation / test)")
     stacked = None
@@ -285,8 +284,7 @@ def main() -> None:
         S = len(samples)
         stacked = (sum(t[0] for t in samples) / S, sum(t[1] for t in samples) / S,
                    torch.cat([t[2] for t in samples], 1) / math.sqrt(S))
-        point.w0, point.w, point.v = stacked
-        st = {s: err(point.predict(data[s].ids, data[s].vals, data[s].mask), s) for s in evals}
+        st = {s: err(fm_predict(*stacked, *data[s].inputs), s) for s in evals}
         print(f"{S} samples as one FM of k = {a.k * S}: {st['validation']:.4f} / {st['test']:.4f} (validation / test)")
     best = min(windows, key=lambda w: w["point_validation"])
     out = {"data": a.data, "k": a.k, "sweeps": a.sweeps, "init_stdev": a.init_stdev, "seed": a.seed,
