@@ -25,7 +25,9 @@ import argparse
 import dataclasses
 import sys
 
+from afm_dist.dataset import DatasetError
 from afm_dist.io import UnsupportedSchemeError, local_path
+from afm_dist.model_dir import TrainedModel
 from afm_dist.models import MODEL_NAMES, ModelConfig
 from afm_dist.models.afm import ATTENTION_SCALES
 from afm_dist.training import TrainConfig
@@ -77,6 +79,16 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                    help="from the first epoch at the last L2 strength that does not improve, also score the mean "
                         "of the epochs' weights on validation and keep it where it is better (SWA; default "
                         "%(default)s)")
+    p.add_argument("--mcmc-sweeps", type=int, default=TrainConfig.mcmc_sweeps, metavar="N",
+                   help="--model fm: after SGD, N sweeps of Gibbs sampling (libFM's MCMC) of an FM of --mcmc-dim "
+                        "factors; --mcmc-samples of its samples, kept as one FM, are blended with the SGD FM at "
+                        "the weight validation chooses, and the blend is the model where it is better on "
+                        "validation (an FM of --embedding-dim + --mcmc-dim x --mcmc-samples; an AFM --init-from "
+                        "it takes that size). 0: off (default %(default)s)")
+    p.add_argument("--mcmc-dim", type=int, default=TrainConfig.mcmc_dim, metavar="K",
+                   help="factors of the sampled FM (default %(default)s)")
+    p.add_argument("--mcmc-samples", type=int, default=TrainConfig.mcmc_samples, metavar="S",
+                   help="samples kept, evenly spaced over the chain (default %(default)s)")
     p.add_argument("--commit-every", type=int, default=TrainConfig.commit_every, metavar="STEPS",
                    help="elastic runs (horovodrun --min-np/--max-np/--host-discovery-script): steps between the "
                         "in-memory commits a lost worker's survivors go back to, besides one at every epoch's end "
@@ -95,6 +107,10 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
     for f in dataclasses.fields(ModelConfig):
         value = getattr(defaults, f.name)
         if f.name == "sparse_embeddings":
+            continue
+        if f.name == "embedding_dim":  # None: the --init-from FM's, else the default
+            p.add_argument("--embedding-dim", type=int, default=None,
+                           help=f"k (default: the --init-from FM's, else {value})")
             continue
         if isinstance(value, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool, default=value, metavar="BOOL")
@@ -144,6 +160,8 @@ def config_from(ns: dict, p: argparse.ArgumentParser) -> TrainConfig:
         p.error(str(e))
     if ns["sparse_embeddings"] is None:
         ns["sparse_embeddings"] = ns["optimizer"] in SPARSE_OPTIMIZERS
+    if ns["embedding_dim"] is None:
+        ns["embedding_dim"] = _init_from_dim(ns["init_from"]) or ModelConfig.embedding_dim
     model_config = ModelConfig(**{f.name: ns.pop(f.name) for f in dataclasses.fields(ModelConfig) if f.name in ns})
     cfg = TrainConfig(**ns, model_config=model_config)
     try:
@@ -151,6 +169,17 @@ def config_from(ns: dict, p: argparse.ArgumentParser) -> TrainConfig:
     except ValueError as e:
         p.error(str(e))
     return cfg
+
+
+def _init_from_dim(fm_dir: str | None) -> int | None:
+    """The embedding size of the FM in ``fm_dir``; None without one, or where it does not load
+    (``check_run`` says why)."""
+    if not fm_dir:
+        return None
+    try:
+        return TrainedModel.load(fm_dir).config.embedding_dim
+    except (DatasetError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _parse_bool(s: str) -> bool:

@@ -102,6 +102,17 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
 
+def write_sampled(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
+                  global_batch: int) -> None:
+    """After Gibbs sampling (``loop.sample_and_blend``), when its FM is the best: metrics.jsonl, its
+    weights and model.json (``cfg``: its embedding size), and the curves. The checkpoint stays the
+    last epoch's: a resumed run samples again."""
+    write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
+    save_weights(model, out)
+    describe(cfg, meta, model, state, global_batch).save(out)
+    plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
+
+
 def write_final(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
                 global_batch: int) -> None:
     """At the end: model.json marked finished, the data set's vocabulary and history bags (scoring

@@ -60,6 +60,13 @@ class TrainConfig:
     # strength that does not improve, the running mean of the epochs' weights is scored on
     # validation too, and kept as the best weights where it is better than the model's.
     average_tail: bool = True
+    # Gibbs sampling after SGD (afm_dist/training/gibbs.py; libFM's MCMC), --model fm only: this many
+    # sweeps of an FM of mcmc_dim factors, mcmc_samples of its samples kept evenly over the chain as one
+    # FM of mcmc_dim * mcmc_samples, blended with the SGD FM at the weight validation chooses (one FM
+    # of embedding_dim + mcmc_dim * mcmc_samples where the blend wins). 0: SGD alone.
+    mcmc_sweeps: int = 0
+    mcmc_dim: int = 8
+    mcmc_samples: int = 32
     # Elastic training (horovodrun --min-np/--max-np/--host-discovery-script; afm_dist/training/elastic.py):
     # steps between in-memory commits within an epoch (and one at every epoch's end). A lost rank
     # costs at most this many steps again; each commit copies the model and optimizer state.
@@ -102,6 +109,18 @@ class TrainConfig:
                         "--deep-dropout": c.deep_dropout}.items():
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{flag} is a probability in [0, 1), got {p}")
+        if self.mcmc_sweeps < 0 or self.mcmc_dim < 1 or self.mcmc_samples < 1:
+            raise ValueError(f"--mcmc-sweeps takes 0 (off) or more, --mcmc-dim and --mcmc-samples 1 or more; got "
+                             f"{self.mcmc_sweeps}, {self.mcmc_dim}, {self.mcmc_samples}")
+        if self.mcmc_sweeps:
+            if self.model != "fm":
+                raise ValueError(f"--mcmc-sweeps samples an FM: it works with --model fm, not {self.model} (an AFM "
+                                 "starts from a sampled FM with --init-from)")
+            if self.loss != "squared":
+                raise ValueError("--mcmc-sweeps samples under a Gaussian likelihood: it works with --loss squared")
+            if self.mcmc_samples > self.mcmc_sweeps:
+                raise ValueError(f"--mcmc-samples {self.mcmc_samples} keeps more samples than --mcmc-sweeps "
+                                 f"{self.mcmc_sweeps} draws: keep at most one a sweep")
         for flag, value in {"--attention-l2": self.attention_l2, "--embedding-l2": self.embedding_l2 or 0.0,
                             "--linear-l2": self.linear_l2 or 0.0}.items():
             if value < 0:

@@ -11,6 +11,7 @@ The model knows nothing of distribution: every distribution-specific line here s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -24,12 +25,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from afm_dist import metrics as M
+from afm_dist.batch import Batch
 from afm_dist.dataset import TRAIN, VALIDATION, DatasetError, DatasetMetadata, load_metadata, split_path
 from afm_dist.io import OutputPathError, check_apart
 from afm_dist.loader import eval_batches, label_mean, steps_per_epoch, train_batches
 from afm_dist.model_dir import MODEL_WEIGHTS, TrainedModel, check_weights
 from afm_dist.models import ScoringModel, build_model, check_layout, init_from_fm
-from afm_dist.training import artifacts
+from afm_dist.training import artifacts, gibbs
 from afm_dist.training.artifacts import RunState
 from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
@@ -143,6 +145,14 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
+    if cfg.mcmc_sweeps:
+        pooled = [f.name for f in meta.fields if f.pooled]
+        if pooled:
+            raise ValueError(f"--mcmc-sweeps: the sampler draws an FM of every pair of slots; field(s) "
+                             f"{', '.join(pooled)} are pooled (history bags, pool: true): train with --mcmc-sweeps 0")
+        if elastic or elastic_launch():
+            raise ValueError("--mcmc-sweeps: the sampler holds each rank's shard in memory and its chain cannot "
+                             "lose a rank; run it without --min-np/--max-np (a static horovodrun), or --mcmc-sweeps 0")
     if cfg.resume:  # every rank, before Horovod starts: the checkpoint opens, and is of this run
         saved = open_checkpoint(Path(cfg.output) / CHECKPOINT)
         check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
@@ -370,6 +380,8 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
     run = state.run
+    if cfg.mcmc_sweeps:
+        cfg, model = sample_and_blend(model, cfg, meta, run, out, global_batch, device)
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, run, global_batch)
         kept = run.best.get("metrics", {})
@@ -379,6 +391,80 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     # Horovod: no rank leaves before rank 0 has published the model directory.
     hvd.barrier()
     return run.best
+
+
+def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata, run: RunState, out: Path,
+                     global_batch: int, device: torch.device) -> tuple[TrainConfig, ScoringModel]:
+    """After SGD: the Gibbs-sampled FM (afm_dist/training/gibbs.py), blended with the SGD FM's best
+    weights at the weight u in {0, 1/8, ..., 1} that validation chooses (u: the SGD FM's share), one
+    record in the run's history; where the blend beats the best epoch on validation, rank 0 writes it
+    as the model (an FM of embedding_dim + mcmc_dim * mcmc_samples). Returns the settings and model
+    the run ends with (the SGD FM's where the blend does not win)."""
+    rank, size = hvd.rank(), hvd.size()
+    start = time.time()
+    rollback_to_best(model, out)
+    model.eval()
+
+    def shard(split: str) -> Batch:
+        # Horovod: each rank holds its own row groups of the split.
+        parts = list(eval_batches(split_path(cfg.data, split), rank=rank, size=size))
+        if not parts:
+            m = meta.num_slots
+            return Batch(torch.zeros(0, m, dtype=torch.long), torch.zeros(0, m), torch.zeros(0, m, dtype=torch.bool),
+                         torch.zeros(0))
+        return Batch(*(torch.cat([getattr(b, n) for b in parts]) for n in ("ids", "vals", "mask", "label")))
+
+    def reduce(t: torch.Tensor, name: str) -> torch.Tensor:
+        # Horovod: the sum over ranks (one chain: every rank then draws the same numbers).
+        return hvd.allreduce(t, op=hvd.Sum, name=name) if size > 1 else t
+
+    def gather(t: torch.Tensor, name: str) -> torch.Tensor:
+        # Horovod: every rank's tensor, concatenated.
+        return hvd.allgather(t, name=name) if size > 1 else t
+
+    train_rows, val_rows = shard(TRAIN), shard(VALIDATION)
+    clip = meta.target_range() if cfg.clip_predictions else None
+    sampler = gibbs.GibbsFM(train_rows, meta.fields, meta.num_features, cfg.mcmc_dim, cfg.seed,
+                            reduce=reduce, gather=gather)
+    if rank == 0:
+        log(f"sampling an FM of k = {cfg.mcmc_dim} (libFM's MCMC): {cfg.mcmc_sweeps} sweeps, {len(sampler.classes)} "
+            f"colour classes, {cfg.mcmc_samples} samples kept as one FM of k = {cfg.mcmc_dim * cfg.mcmc_samples}")
+    sampled, records = gibbs.sample(sampler, sweeps=cfg.mcmc_sweeps, samples=cfg.mcmc_samples, validation=val_rows,
+                                    clip=clip, log=log if rank == 0 else None, log_every=cfg.log_every)
+    trained = {k: t.double() for k, t in model.state_dict().items()}
+    sgd = (trained["linear.bias"][0], trained["linear.weight.weight"][:, 0], trained["embedding.embedding.weight"])
+    with torch.no_grad():
+        p_sgd = model(*val_rows.to(device).inputs).double().cpu()
+    p_mc = gibbs.fm_predict(*sampled, *val_rows.inputs)
+    shares = torch.linspace(0, 1, 9, dtype=torch.float64)
+    pred = shares[:, None] * p_sgd + (1 - shares[:, None]) * p_mc  # (9, N)
+    if clip is not None:
+        pred = pred.clamp(*clip)
+    sse = reduce((pred - val_rows.label.double()).pow(2).sum(1), "gibbs-blend")
+    u = float(shares[int(torch.argmin(sse))])
+    blended_cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(
+        cfg.model_config, embedding_dim=cfg.model_config.embedding_dim + cfg.mcmc_dim * cfg.mcmc_samples))
+    blended = build_model("fm", meta.num_features, meta.num_slots, blended_cfg.model_config, meta.slot_groups())
+    w0, w, v = gibbs.blend(sgd, sampled, u)
+    blended.load_state_dict({"linear.bias": w0.reshape(1).float(), "linear.weight.weight": w.unsqueeze(1).float(),
+                             "embedding.embedding.weight": v.float()})
+    blended.to(device)
+    sgd_rmse = run.best["val_rmse"]
+    val_m = (evaluate(blended, split_path(cfg.data, VALIDATION), device=device, clip=clip,
+                      binary=M.is_binary(meta.target, cfg.loss)) if u < 1 else {"rmse": sgd_rmse})
+    improved = run.record({
+        "epoch": run.epoch + 1, "phase": "mcmc", "train_rmse": records[-1]["train_rmse"], "val_rmse": val_m["rmse"],
+        **{f"val_{k}": v for k, v in val_m.items() if k not in ("rmse", "rows")}, "sgd_share": u,
+        "val_rmse_sgd": sgd_rmse, "val_rmse_mcmc": records[-1]["val_rmse"], "sweeps": cfg.mcmc_sweeps,
+        "samples": cfg.mcmc_samples, "mcmc_dim": cfg.mcmc_dim, "seconds": time.time() - start,
+        "examples_per_s": 0.0, "train_seconds": time.time() - start, "exchange_wait_s": 0.0, "exchange_values": 0.0})
+    if rank == 0:
+        log(f"sampled FM: validation RMSE {records[-1]['val_rmse']:.4f} (the SGD FM {sgd_rmse:.4f}); "
+            + (f"the blend ({u:g} SGD) {val_m['rmse']:.4f}, kept as the model (k = {blended_cfg.model_config.embedding_dim})"
+               if improved else "the SGD FM kept (no blend is better on validation)") + f"; {time.time() - start:.1f}s")
+        if improved:
+            artifacts.write_sampled(out, blended_cfg, meta, blended, run, global_batch)
+    return (blended_cfg, blended) if improved else (cfg, model)
 
 
 def rollback_to_best(model: ScoringModel, out: Path) -> None:
