@@ -17,6 +17,11 @@ LR = 0.05
 # -3.9% -> -4.4% and -5.1% -> -5.6% against its FM, equal on the Frappe file and MovieLens), as
 # pre-trained weights are commonly fine-tuned at a lower rate than they were trained at.
 AFM_FINE_TUNE_LR = 0.02
+# Sweeps of the Gibbs sampler after an FM's SGD, by default. The mean of the samples still improves
+# at 300, slowly: on MovieLens (ml1) the 32 kept samples' mean is 0.8247 on validation at sweep 196
+# and 0.8237 at 300 (docs/results/quality.md, fifteenth step); each sweep costs about what a
+# pass over the training split costs SGD.
+MCMC_SWEEPS = 300
 
 
 @dataclass
@@ -63,8 +68,9 @@ class TrainConfig:
     # Gibbs sampling after SGD (afm_dist/training/gibbs.py; libFM's MCMC), --model fm only: this many
     # sweeps of an FM of mcmc_dim factors, mcmc_samples of its samples kept evenly over the chain as one
     # FM of mcmc_dim * mcmc_samples, blended with the SGD FM at the weight validation chooses (one FM
-    # of embedding_dim + mcmc_dim * mcmc_samples where the blend wins). 0: SGD alone.
-    mcmc_sweeps: int = 0
+    # of embedding_dim + mcmc_dim * mcmc_samples where the blend wins). 0: SGD alone; None (the
+    # default): MCMC_SWEEPS where the sampler applies (``sampling_sweeps``), else 0.
+    mcmc_sweeps: int | None = None
     mcmc_dim: int = 8
     mcmc_samples: int = 32
     # Elastic training (horovodrun --min-np/--max-np/--host-discovery-script; afm_dist/training/elastic.py):
@@ -109,7 +115,7 @@ class TrainConfig:
                         "--deep-dropout": c.deep_dropout}.items():
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{flag} is a probability in [0, 1), got {p}")
-        if self.mcmc_sweeps < 0 or self.mcmc_dim < 1 or self.mcmc_samples < 1:
+        if (self.mcmc_sweeps or 0) < 0 or self.mcmc_dim < 1 or self.mcmc_samples < 1:
             raise ValueError(f"--mcmc-sweeps takes 0 (off) or more, --mcmc-dim and --mcmc-samples 1 or more; got "
                              f"{self.mcmc_sweeps}, {self.mcmc_dim}, {self.mcmc_samples}")
         if self.mcmc_sweeps:
@@ -118,9 +124,10 @@ class TrainConfig:
                                  "starts from a sampled FM with --init-from)")
             if self.loss != "squared":
                 raise ValueError("--mcmc-sweeps samples under a Gaussian likelihood: it works with --loss squared")
-            if self.mcmc_samples > self.mcmc_sweeps:
-                raise ValueError(f"--mcmc-samples {self.mcmc_samples} keeps more samples than --mcmc-sweeps "
-                                 f"{self.mcmc_sweeps} draws: keep at most one a sweep")
+        sweeps = MCMC_SWEEPS if self.mcmc_sweeps is None else self.mcmc_sweeps
+        if sweeps and self.mcmc_samples > sweeps:
+            raise ValueError(f"--mcmc-samples {self.mcmc_samples} keeps more samples than the {sweeps} sweeps drawn "
+                             "(--mcmc-sweeps): keep at most one a sweep")
         for flag, value in {"--attention-l2": self.attention_l2, "--embedding-l2": self.embedding_l2 or 0.0,
                             "--linear-l2": self.linear_l2 or 0.0}.items():
             if value < 0:
@@ -145,6 +152,16 @@ class TrainConfig:
         if self.init_from and self.model not in INIT_FROM_FM:
             raise ValueError(f"--init-from (a trained FM) initialises --model {', '.join(INIT_FROM_FM)}, "
                              f"not {self.model}")
+
+    def sampling_sweeps(self, pooled_fields: bool, elastic: bool) -> int:
+        """The Gibbs sweeps this run makes after SGD: ``mcmc_sweeps`` where given, else MCMC_SWEEPS for an
+        FM under the squared loss, in a static run (the chain cannot lose a rank), on a data set
+        without pooled fields (the sampler draws an FM of every pair of slots), and 0 otherwise."""
+        if self.mcmc_sweeps is not None:
+            return self.mcmc_sweeps
+        if self.model == "fm" and self.loss == "squared" and not pooled_fields and not elastic:
+            return MCMC_SWEEPS
+        return 0
 
     @property
     def scheduled_l2(self) -> bool:

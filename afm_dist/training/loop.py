@@ -145,7 +145,7 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
-    if cfg.mcmc_sweeps:
+    if cfg.mcmc_sweeps:  # given: refused where it cannot work (by default it is off there)
         pooled = [f.name for f in meta.fields if f.pooled]
         if pooled:
             raise ValueError(f"--mcmc-sweeps: the sampler draws an FM of every pair of slots; field(s) "
@@ -380,8 +380,10 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
     run = state.run
-    if cfg.mcmc_sweeps:
-        cfg, model = sample_and_blend(model, cfg, meta, run, out, global_batch, device)
+    sweeps = cfg.sampling_sweeps(any(f.pooled for f in meta.fields), bool(state.commit_every))
+    if sweeps:
+        cfg, model = sample_and_blend(model, dataclasses.replace(cfg, mcmc_sweeps=sweeps), meta, run, out,
+                                      global_batch, device)
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, run, global_batch)
         kept = run.best.get("metrics", {})
@@ -443,7 +445,7 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
     sse = reduce((pred - val_rows.label.double()).pow(2).sum(1), "gibbs-blend")
     u = float(shares[int(torch.argmin(sse))])
     blended_cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(
-        cfg.model_config, embedding_dim=cfg.model_config.embedding_dim + cfg.mcmc_dim * cfg.mcmc_samples))
+        cfg.model_config, embedding_dim=cfg.model_config.embedding_dim + sampled[2].shape[1]))
     blended = build_model("fm", meta.num_features, meta.num_slots, blended_cfg.model_config, meta.slot_groups())
     w0, w, v = gibbs.blend(sgd, sampled, u)
     blended.load_state_dict({"linear.bias": w0.reshape(1).float(), "linear.weight.weight": w.unsqueeze(1).float(),

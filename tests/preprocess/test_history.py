@@ -495,3 +495,12 @@ def test_bag_columns_are_format_2_and_a_split_without_them_is_refused(explicit, 
     assert err[-1].endswith(f"{split}: Parquet without the bag columns ['bag_sample'] that its _dataset.json lists "
                             "(a history field's bags); score the split as jobs/preprocess.py wrote it, or raw logs")
     assert not (tmp_path / "scores").exists()
+
+
+def test_sampling_refuses_pooled_history_fields_before_horovod(explicit, tmp_path):
+    from afm_dist.training.loop import check_run
+
+    cfg = TrainConfig(data=str(explicit["out"]), model="fm", output=str(tmp_path / "m"), mcmc_sweeps=50)
+    with pytest.raises(ValueError, match="history, sample, recent are pooled"):
+        check_run(cfg, workers=1)
+    check_run(TrainConfig(data=str(explicit["out"]), model="fm", output=str(tmp_path / "m")), workers=1)

@@ -60,6 +60,11 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
         (["--model", "fm", "--l2-patience", "0"], "--l2-patience must be positive"),
         (["--model", "fm", "--l2-schedule", "0.1,0", "--linear-l2", "0.01"], "pass one or the other"),
         (["--model", "fm", "--l2-schedule", "0,x"], "expected comma-separated numbers"),
+        (["--model", "afm", "--mcmc-sweeps", "100"], "it works with --model fm, not afm"),
+        (["--model", "fm", "--mcmc-sweeps", "100", "--loss", "logistic"], "it works with --loss squared"),
+        (["--model", "fm", "--mcmc-sweeps", "10", "--mcmc-samples", "20"], "keep at most one a sweep"),
+        (["--model", "fm", "--mcmc-samples", "301"], "than the 300 sweeps drawn"),
+        (["--model", "fm", "--mcmc-sweeps=-1"], "--mcmc-sweeps takes 0 (off) or more"),
     ]
     for flags, words in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -69,6 +74,15 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
     assert parse_args(base + ["--model", "fm", "--sparse-embeddings", "true"]).model_config.sparse_embeddings
     assert not parse_args(base + ["--model", "afm"]).model_config.attention_stop_gradient
     assert parse_args(base + ["--model", "afm", "--attention-stop-gradient", "true"]).model_config.attention_stop_gradient
+    # Gibbs sampling after SGD: by default for an FM under the squared loss, in a static run, on data
+    # without pooled fields; off otherwise; a given number of sweeps is that number.
+    fm = parse_args(base + ["--model", "fm"])
+    assert (fm.mcmc_sweeps, fm.sampling_sweeps(False, False)) == (None, 300)
+    assert fm.sampling_sweeps(True, False) == 0 and fm.sampling_sweeps(False, True) == 0
+    assert parse_args(base + ["--model", "afm"]).sampling_sweeps(False, False) == 0
+    assert parse_args(base + ["--model", "fm", "--loss", "logistic"]).sampling_sweeps(False, False) == 0
+    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "0"]).sampling_sweeps(False, False) == 0
+    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "40"]).sampling_sweeps(False, False) == 40
     # The default L2 follows the schedule; a fixed strength for either table turns it off.
     assert parse_args(base + ["--model", "fm"]).l2_at(1) == (0.03, 0.03)
     assert parse_args(base + ["--model", "fm", "--embedding-l2", "0.02"]).l2_at(3) == (0.02, 0.0)

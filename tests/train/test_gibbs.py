@@ -1,0 +1,130 @@
+"""The Gibbs-sampled FM (afm_dist/training/gibbs.py): colour classes, the stacked and blended FMs,
+a chain that learns, in one process; then the trainer's sampling phase with horovodrun, whose
+chain is the same on one rank and on two."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from afm_dist.batch import Batch
+from afm_dist.dataset import FieldLayout
+from afm_dist.model_dir import TrainedModel
+from afm_dist.models import ModelConfig, build_model
+from afm_dist.training.gibbs import GibbsFM, blend, colour_classes, fm_predict, sample, stack
+from tests.conftest import run_horovod
+
+
+def field(name: str, kind: str, offset: int, size: int, slot: int, width: int) -> FieldLayout:
+    return FieldLayout(name=name, kind=kind, offset=offset, size=size, slot=slot, width=width)
+
+
+def rows(ids: list[list[int]], mask: list[list[bool]], label: list[float] | None = None) -> Batch:
+    ids_t = torch.tensor(ids)
+    return Batch(ids=ids_t, vals=torch.ones(ids_t.shape), mask=torch.tensor(mask),
+                 label=torch.tensor(label if label is not None else [0.0] * len(ids)))
+
+
+def test_colour_classes_of_a_one_hot_and_a_multi_valued_field():
+    # user: features 0-1 (slot 0); tags: features 2-6 (slots 1-2); tag 6 never occurs
+    fields = [field("user", "categorical", 0, 2, 0, 1), field("tags", "multi_categorical", 2, 5, 1, 2)]
+    b = rows([[0, 2, 3], [1, 3, 4], [0, 2, 5], [1, 4, 0]],
+             [[True, True, True], [True, True, True], [True, True, True], [True, True, False]])
+    classes = colour_classes(b.ids, b.mask, fields)
+    # tags by frequency: 2 (2 rows), 3 (2), 4 (2), 5 (1); 2 -> c0; 3 meets 2 -> c1; 4 meets 3 -> c0;
+    # 5 meets 2 -> c1; the unseen 6 joins c0
+    assert [m.tolist() for _, m in classes] == [[0, 1], [2, 4, 6], [3, 5]]
+    assert [s.tolist() for s, _ in classes] == [[0, 0, 0, 0], [1, 2, 1, 1], [2, 1, 2, -1]]
+    covered = sum(int((s >= 0).sum()) for s, _ in classes)
+    assert covered == int(b.mask.sum())
+
+
+def test_stacked_samples_and_blends_are_one_fm_with_the_mean_prediction():
+    torch.manual_seed(0)
+    f, m, k = 20, 4, 3
+    ids = torch.randint(0, f, (50, m))
+    b = Batch(ids=ids, vals=torch.rand(50, m), mask=torch.rand(50, m) > 0.2, label=None)
+    samples = [(torch.randn((), dtype=torch.float64), torch.randn(f, dtype=torch.float64),
+                torch.randn(f, k, dtype=torch.float64)) for _ in range(5)]
+    mean = torch.stack([fm_predict(*s, *b.inputs) for s in samples]).mean(0)
+    stacked = stack(samples)
+    assert stacked[2].shape == (f, k * 5)
+    assert torch.allclose(fm_predict(*stacked, *b.inputs), mean, atol=1e-10)
+    mixed = blend(samples[0], stacked, 0.25)
+    want = 0.25 * fm_predict(*samples[0], *b.inputs) + 0.75 * mean
+    assert torch.allclose(fm_predict(*mixed, *b.inputs), want, atol=1e-10)
+    # the product's FM class scores the stacked parameters as fm_predict does
+    fm = build_model("fm", f, m, ModelConfig(embedding_dim=k * 5), None).eval()
+    fm.load_state_dict({"linear.bias": stacked[0].reshape(1).float(), "linear.weight.weight": stacked[1][:, None].float(),
+                        "embedding.embedding.weight": stacked[2].float()})
+    with torch.no_grad():
+        assert torch.allclose(fm(*b.inputs).double(), mean, atol=1e-4)
+
+
+def planted(n: int, seed: int) -> tuple[Batch, list[FieldLayout]]:
+    """Ratings of 30 users x 40 items from a known FM of k = 2, noise 0.1."""
+    g = torch.Generator().manual_seed(5)
+    w, v = torch.randn(70, generator=g) * 0.5, torch.randn(70, 2, generator=g)
+    g.manual_seed(seed)
+    ids = torch.stack([torch.randint(0, 30, (n,), generator=g), 30 + torch.randint(0, 40, (n,), generator=g)], 1)
+    y = 3.0 + w[ids].sum(1) + (v[ids[:, 0]] * v[ids[:, 1]]).sum(1) + 0.1 * torch.randn(n, generator=g)
+    fields = [field("user", "categorical", 0, 30, 0, 1), field("item", "categorical", 30, 40, 1, 1)]
+    return Batch(ids=ids, vals=torch.ones(n, 2), mask=torch.ones(n, 2, dtype=torch.bool), label=y), fields
+
+
+def test_the_chain_learns_a_planted_fm():
+    train, fields = planted(1000, 1)
+    validation, _ = planted(300, 2)
+    model = GibbsFM(train, fields, 70, 4, seed=3)
+    stacked, records = sample(model, sweeps=60, samples=10, validation=validation)
+    spread = float(validation.label.std())
+    assert spread > 1.0
+    # the samples' mean predicts the held-out rows to about the noise (0.1), far below their spread
+    assert records[-1]["val_rmse"] < 0.25
+    assert len(records) == 10 and records[-1]["sweep"] == 60
+    assert float((fm_predict(*stacked, *validation.inputs) - validation.label).pow(2).mean().sqrt()) == \
+        pytest.approx(records[-1]["val_rmse"], rel=1e-6)
+    assert 20 < model.alpha < 500  # the noise precision, 1 / 0.1^2 = 100
+
+
+def train_fm(data: Path, out: Path, np: int) -> None:
+    proc = run_horovod(["-m", "afm_dist.train", "--data", str(data), "--model", "fm", "--output", str(out),
+                        "--epochs", "3", "--batch-size", "128", "--embedding-dim", "8", "--log-every", "1000",
+                        "--mcmc-sweeps", "30", "--mcmc-dim", "4", "--mcmc-samples", "6"], np=np)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_path):
+    from afm_dist.batch import read_split
+
+    one, two = tmp_path / "fm1", tmp_path / "fm2"
+    train_fm(planted_data, one, 1)
+    train_fm(planted_data, two, 2)
+    last = {d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (one, two)}
+    for d in (one, two):
+        assert last[d]["phase"] == "mcmc" and last[d]["sweeps"] == 30
+    # the same chain: the sums are added across ranks in another order, nothing else differs
+    assert last[two]["val_rmse_mcmc"] == pytest.approx(last[one]["val_rmse_mcmc"], rel=1e-5)
+    assert last[two]["sgd_share"] == last[one]["sgd_share"]
+    # the planted data's pairs are what the FM needs: the blend wins, and the model directory holds it
+    assert last[two]["sgd_share"] < 1 and last[two]["val_rmse"] < last[two]["val_rmse_sgd"]
+    model = TrainedModel.load(two)
+    assert model.config.embedding_dim == 8 + 4 * 6
+    assert model.best["val_rmse"] == pytest.approx(last[two]["val_rmse"])
+    fm = model.build().eval()
+    b = read_split(planted_data / "validation")
+    lo, hi = model.dataset.target_range()
+    with torch.no_grad():
+        rmse = float((fm(*b.inputs).clamp(lo, hi) - b.label).pow(2).mean().sqrt())
+    assert rmse == pytest.approx(last[two]["val_rmse"], rel=1e-4)
+    # an AFM --init-from it takes its size and starts as it
+    afm = tmp_path / "afm"
+    proc = run_horovod(["-m", "afm_dist.train", "--data", str(planted_data), "--model", "afm", "--init-from", str(two),
+                        "--output", str(afm), "--epochs", "1", "--batch-size", "128", "--attention-factor", "8",
+                        "--log-every", "1000"], np=2)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert TrainedModel.load(afm).config.embedding_dim == 32
+    first = json.loads((afm / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 0 and first["val_rmse"] == pytest.approx(last[two]["val_rmse"], rel=1e-5)
