@@ -3,7 +3,10 @@
 The directory holds::
 
     model.safetensors  the best epoch's weights, or with tail averaging the mean of the weights of
-                       the tail's epochs up to it (safetensors: loading runs no code)
+                       the tail's epochs up to it, or an FM's blend with its Gibbs samples
+                       (safetensors: loading runs no code)
+    sgd.safetensors    an FM whose blend is the model: the SGD FM's best weights (what --resume
+                       goes on from)
     model.json         TrainedModel.to_json(): model name and ModelConfig, feature layout, the data
                        set's metadata, training configuration and best validation metrics
     vocabulary/        the training data set's vocabulary, for encoding raw logs at scoring time
@@ -36,6 +39,7 @@ from afm_dist.models import ModelConfig, ScoringModel, build_model
 from afm_dist.schema import schema_from_dict
 
 MODEL_WEIGHTS = "model.safetensors"
+SGD_WEIGHTS = "sgd.safetensors"
 MODEL_INFO = "model.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"

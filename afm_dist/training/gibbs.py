@@ -39,6 +39,10 @@ Reduce = Callable[[torch.Tensor, str], torch.Tensor]  # the sum of a tensor over
 Gather = Callable[[torch.Tensor, str], torch.Tensor]  # every rank's 1-d tensor, concatenated in rank order
 
 
+class SamplerNotApplicable(ValueError):
+    """The FM is not linear in each parameter on these rows (a feature twice in a row): no Gibbs sampler."""
+
+
 def local_reduce(t: torch.Tensor, name: str) -> torch.Tensor:
     """``Reduce`` of a run of one rank."""
     return t
@@ -67,6 +71,9 @@ def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: Sequence[Field
     the most frequent first (over all ranks), each in the first class none of whose features shares
     a row with it anywhere (the co-occurring pairs of all ranks, gathered). A field's features
     without a training row join its first class. Every real slot of every row is in exactly one class.
+
+    Raises:
+        SamplerNotApplicable: a row of any rank holds a feature twice (on every rank).
     """
     out = []
     n = ids.shape[0]
@@ -78,6 +85,14 @@ def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: Sequence[Field
             continue
         present = mask[:, s0:s0 + width]
         block = torch.where(present, ids[:, s0:s0 + width] - f.offset, torch.zeros_like(ids[:, s0:s0 + width]))  # field-local ids
+        # a feature twice in a row (two out-of-vocabulary values) puts v_i . v_i in the FM: not linear in v_i
+        apart = torch.where(present, block, -1 - torch.arange(width)).sort(1).values
+        twice = reduce(torch.tensor([float((apart[:, 1:] == apart[:, :-1]).any(1).sum())], dtype=torch.float64),
+                       f"gibbs-twice-{f.name}")
+        if twice[0] > 0:
+            raise SamplerNotApplicable(f"field {f.name}: {int(twice[0])} training rows hold one of its features twice "
+                                       "(two values mapped to one id, e.g. out-of-vocabulary): Gibbs sampling needs "
+                                       "each feature at most once a row; train with --mcmc-sweeps 0")
         counts = reduce(torch.bincount(block[present], minlength=f.size).double(), f"gibbs-count-{f.name}")
         # the pairs of field-local ids sharing a row (a < b), as codes a * size + b, of every rank
         a, b = block.unsqueeze(2), block.unsqueeze(1)
@@ -128,7 +143,7 @@ class GibbsFM:
         init_std: the standard deviation of the initial v (libFM's -init_stdev 0.1).
 
     Raises:
-        ValueError: the colour classes do not cover each nonzero once (a row holds a feature twice).
+        SamplerNotApplicable: a row holds a feature twice (``colour_classes``).
     """
 
     def __init__(self, train: Batch, fields: Sequence[FieldLayout], num_features: int, k: int, seed: int, *,
@@ -140,17 +155,12 @@ class GibbsFM:
         self.y = train.label.double()
         self.n_features, self.k = num_features, k
         self.classes = []
-        covered = 0
         for slot, members in colour_classes(train.ids, train.mask, fields, reduce=reduce, gather=gather):
             rows = torch.nonzero(slot >= 0).squeeze(1)
             fid = train.ids[rows, slot[rows]]
             position = torch.full((num_features,), -1, dtype=torch.long)
             position[members] = torch.arange(len(members))
             self.classes.append((members, rows, position[fid], self.x[rows, slot[rows]]))
-            covered += rows.numel()
-        if covered != int(train.mask.sum()):
-            raise ValueError(f"the colour classes cover {covered} of {int(train.mask.sum())} nonzeros: a row holds "
-                             "a feature twice")
         self.n = float(reduce(torch.tensor([float(self.y.numel())], dtype=torch.float64), "gibbs-rows")[0])
         self.group_of = torch.zeros(num_features, dtype=torch.long)
         for fi, f in enumerate(fields):

@@ -277,6 +277,8 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
         if problem:
             raise OutputPathError(problem)
         state.prepared = True
+        if rank == 0 and cfg.resume:
+            artifacts.restore_sgd(out)
         if rank == 0 and state.run.epoch:
             log(f"resuming {out} after epoch {state.run.epoch} (best epoch {state.run.best['epoch']}, "
                 f"val RMSE {state.run.best['val_rmse']:.4f})")
@@ -319,7 +321,9 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
             artifacts.write_epoch(out, cfg, meta, model, optimizer, state.run, tail, improved=True,
                                   global_batch=global_batch)
         state.commit_epoch()
-    for epoch in range(state.run.epoch + 1, cfg.epochs + 1):
+    # a run resumed after its early stop (in its sampling, or to sample again) trains no further epoch
+    stopped = state.run.bad_epochs >= cfg.patience and not cfg.l2_path_goes_on(state.run.l2_step)
+    for epoch in range(state.run.epoch + 1, cfg.epochs + 1 if not stopped else 0):
         state.progress.start(epoch)
         run = state.run
         epoch_start, commit_seconds_before = time.time(), state.commit_seconds
@@ -383,7 +387,7 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     sweeps = cfg.sampling_sweeps(any(f.pooled for f in meta.fields), bool(state.commit_every))
     if sweeps:
         cfg, model = sample_and_blend(model, dataclasses.replace(cfg, mcmc_sweeps=sweeps), meta, run, out,
-                                      global_batch, device)
+                                      global_batch, device, given=cfg.mcmc_sweeps is not None)
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, run, global_batch)
         kept = run.best.get("metrics", {})
@@ -396,12 +400,17 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
 
 
 def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata, run: RunState, out: Path,
-                     global_batch: int, device: torch.device) -> tuple[TrainConfig, ScoringModel]:
+                     global_batch: int, device: torch.device, *, given: bool) -> tuple[TrainConfig, ScoringModel]:
     """After SGD: the Gibbs-sampled FM (afm_dist/training/gibbs.py), blended with the SGD FM's best
     weights at the weight u in {0, 1/8, ..., 1} that validation chooses (u: the SGD FM's share), one
     record in the run's history; where the blend beats the best epoch on validation, rank 0 writes it
     as the model (an FM of embedding_dim + mcmc_dim * mcmc_samples). Returns the settings and model
-    the run ends with (the SGD FM's where the blend does not win)."""
+    the run ends with (the SGD FM's where the blend does not win, or where the sampler does not apply).
+
+    Raises:
+        gibbs.SamplerNotApplicable: ``given`` (--mcmc-sweeps), and a row holds a feature twice; by
+            default the run ends with the SGD FM instead.
+    """
     rank, size = hvd.rank(), hvd.size()
     start = time.time()
     rollback_to_best(model, out)
@@ -426,8 +435,15 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
 
     train_rows, val_rows = shard(TRAIN), shard(VALIDATION)
     clip = meta.target_range() if cfg.clip_predictions else None
-    sampler = gibbs.GibbsFM(train_rows, meta.fields, meta.num_features, cfg.mcmc_dim, cfg.seed,
-                            reduce=reduce, gather=gather)
+    try:
+        sampler = gibbs.GibbsFM(train_rows, meta.fields, meta.num_features, cfg.mcmc_dim, cfg.seed,
+                                reduce=reduce, gather=gather)
+    except gibbs.SamplerNotApplicable as e:  # every rank raises it
+        if given:
+            raise
+        if rank == 0:
+            log(f"no Gibbs sampling: {e}")
+        return cfg, model
     if rank == 0:
         log(f"sampling an FM of k = {cfg.mcmc_dim} (libFM's MCMC): {cfg.mcmc_sweeps} sweeps, {len(sampler.classes)} "
             f"colour classes, {cfg.mcmc_samples} samples kept as one FM of k = {cfg.mcmc_dim * cfg.mcmc_samples}")

@@ -13,7 +13,7 @@ from afm_dist.batch import Batch
 from afm_dist.dataset import FieldLayout
 from afm_dist.model_dir import TrainedModel
 from afm_dist.models import ModelConfig, build_model
-from afm_dist.training.gibbs import GibbsFM, blend, colour_classes, fm_predict, sample, stack
+from afm_dist.training.gibbs import GibbsFM, SamplerNotApplicable, blend, colour_classes, fm_predict, sample, stack
 from tests.conftest import run_horovod
 
 
@@ -39,6 +39,12 @@ def test_colour_classes_of_a_one_hot_and_a_multi_valued_field():
     assert [s.tolist() for s, _ in classes] == [[0, 0, 0, 0], [1, 2, 1, 1], [2, 1, 2, -1]]
     covered = sum(int((s >= 0).sum()) for s, _ in classes)
     assert covered == int(b.mask.sum())
+    # a feature twice in a row (two values mapped to one out-of-vocabulary id): no Gibbs sampler
+    twice = rows([[0, 2, 3], [1, 4, 4]], [[True, True, True], [True, True, True]])
+    with pytest.raises(SamplerNotApplicable, match="field tags: 1 training rows hold one of its features twice"):
+        colour_classes(twice.ids, twice.mask, fields)
+    padded = rows([[0, 2, 2]], [[True, True, False]])  # a padded slot repeating an id is no second value
+    assert [m.tolist() for _, m in colour_classes(padded.ids, padded.mask, fields)][1] == [2, 3, 4, 5, 6]
 
 
 def test_stacked_samples_and_blends_are_one_fm_with_the_mean_prediction():
@@ -89,10 +95,10 @@ def test_the_chain_learns_a_planted_fm():
     assert 20 < model.alpha < 500  # the noise precision, 1 / 0.1^2 = 100
 
 
-def train_fm(data: Path, out: Path, np: int) -> None:
+def train_fm(data: Path, out: Path, np: int, *extra: str) -> None:
     proc = run_horovod(["-m", "afm_dist.train", "--data", str(data), "--model", "fm", "--output", str(out),
                         "--epochs", "3", "--batch-size", "128", "--embedding-dim", "8", "--log-every", "1000",
-                        "--mcmc-sweeps", "30", "--mcmc-dim", "4", "--mcmc-samples", "6"], np=np)
+                        "--mcmc-sweeps", "30", "--mcmc-dim", "4", "--mcmc-samples", "6", *extra], np=np)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
@@ -119,6 +125,15 @@ def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_p
     with torch.no_grad():
         rmse = float((fm(*b.inputs).clamp(lo, hi) - b.label).pow(2).mean().sqrt())
     assert rmse == pytest.approx(last[two]["val_rmse"], rel=1e-4)
+    # the SGD FM's best weights are kept apart: --resume goes on from them, and samples the same chain again
+    assert (two / "sgd.safetensors").exists()
+    before = (two / "metrics.jsonl").read_text().splitlines()
+    train_fm(planted_data, two, 2, "--resume")
+    after = (two / "metrics.jsonl").read_text().splitlines()
+    assert len(after) == len(before) and after[:-1] == before[:-1]
+    again = json.loads(after[-1])
+    assert (again["val_rmse"], again["sgd_share"]) == (pytest.approx(last[two]["val_rmse"], rel=1e-6), last[two]["sgd_share"])
+    assert TrainedModel.load(two).config.embedding_dim == 32
     # an AFM --init-from it takes its size and starts as it
     afm = tmp_path / "afm"
     proc = run_horovod(["-m", "afm_dist.train", "--data", str(planted_data), "--model", "afm", "--init-from", str(two),
