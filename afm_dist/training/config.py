@@ -19,8 +19,8 @@ LR = 0.05
 AFM_FINE_TUNE_LR = 0.02
 # Sweeps of the Gibbs sampler after an FM's SGD, by default. The mean of the samples still improves
 # at 300, slowly: on MovieLens (ml1) the 32 kept samples' mean is 0.8247 on validation at sweep 196
-# and 0.8237 at 300 (docs/results/quality.md, fifteenth step); each sweep costs about what a
-# pass over the training split costs SGD.
+# and 0.8237 at 300 (docs/results/quality.md, fifteenth step). A sweep took a tenth of an SGD
+# epoch's time there, so 300 cost about what the SGD FM's epochs did.
 MCMC_SWEEPS = 300
 
 
