@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from afm_dist.dataset import HISTORY, VOCABULARY, DatasetMetadata, mark_complete
+from afm_dist.dataset import COMPLETE_MARKER, HISTORY, VOCABULARY, DatasetMetadata, mark_complete
 from afm_dist.io import OutputPathError, replace_directory, validate_output_path, write_text_atomic
 from afm_dist.model_dir import CURVES, METRICS, MODEL_WEIGHTS, SGD_WEIGHTS, TrainedModel, save_weights
 from afm_dist.plots import plot_training_curves
@@ -102,23 +102,26 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
 
-def write_sampled(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module, state: RunState,
-                  global_batch: int) -> None:
-    """After Gibbs sampling (``loop.sample_and_blend``), when its FM is the best: metrics.jsonl, its
-    weights and model.json (``cfg``: its embedding size), and the curves; the SGD FM's best weights
-    move to sgd.safetensors (``restore_sgd`` puts them back). The checkpoint stays the last epoch's:
-    a resumed run samples again."""
+def write_sampled(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module | None,
+                  state: RunState, global_batch: int) -> None:
+    """After Gibbs sampling (``loop.sample_and_blend``): metrics.jsonl with its record, and the curves;
+    with ``model`` (the blend, when it is the best), its weights and model.json (``cfg``: its
+    embedding size), the SGD FM's best weights moved to sgd.safetensors first (``restore_sgd`` puts
+    them back). The checkpoint stays the last epoch's: a resumed run samples again."""
     write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
-    (out / MODEL_WEIGHTS).replace(out / SGD_WEIGHTS)
-    save_weights(model, out)
-    describe(cfg, meta, model, state, global_batch).save(out)
+    if model is not None:
+        (out / MODEL_WEIGHTS).replace(out / SGD_WEIGHTS)
+        save_weights(model, out)
+        describe(cfg, meta, model, state, global_batch).save(out)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
 
 def restore_sgd(out: Path) -> None:
     """A resumed run of an FM whose blend was the model goes on from the SGD FM's best weights:
-    sgd.safetensors back to model.safetensors (``write_sampled``)."""
+    sgd.safetensors back to model.safetensors (``write_sampled``), the directory first unmarked
+    complete (its model.json still describes the blend until the run ends)."""
     if (out / SGD_WEIGHTS).exists():
+        (out / COMPLETE_MARKER).unlink(missing_ok=True)
         (out / SGD_WEIGHTS).replace(out / MODEL_WEIGHTS)
 
 

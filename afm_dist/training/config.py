@@ -125,7 +125,7 @@ class TrainConfig:
             if self.loss != "squared":
                 raise ValueError("--mcmc-sweeps samples under a Gaussian likelihood: it works with --loss squared")
         sweeps = MCMC_SWEEPS if self.mcmc_sweeps is None else self.mcmc_sweeps
-        if sweeps and self.mcmc_samples > sweeps:
+        if self.model == "fm" and self.loss == "squared" and sweeps and self.mcmc_samples > sweeps:
             raise ValueError(f"--mcmc-samples {self.mcmc_samples} keeps more samples than the {sweeps} sweeps drawn "
                              "(--mcmc-sweeps): keep at most one a sweep")
         for flag, value in {"--attention-l2": self.attention_l2, "--embedding-l2": self.embedding_l2 or 0.0,

@@ -9,9 +9,10 @@ h (e + theta h) + mu lambda), sums over the training rows; the residuals e and t
 v_if x_i are updated after each draw. The features of a *colour class* never share a row (a one-hot
 field is one class; a multi-valued field's features are coloured greedily by co-occurrence across
 all ranks), so a class's features are drawn together, one allreduce for the class, and the chain is
-still exact Gibbs. Hyperpriors as libFM's fm_learn_mcmc.h: alpha ~ Gamma(1, 1); per field and factor
-dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda); w0 under a flat prior; a feature without
-a training row is a draw from its field's prior.
+still exact Gibbs. Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
+field and factor dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda) (libFM's constants amount
+to Gamma(1/2, 1/2) priors: the same draws up to half a count, which matters only for the smallest
+groups); w0 under a flat prior; a feature without a training row is a draw from its field's prior.
 
 The prediction is the mean of the samples' predictions (libFM's). ``S`` samples spaced evenly over
 the chain, written side by side, are one FM of k * S whose prediction is exactly their mean
@@ -93,7 +94,8 @@ def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: Sequence[Field
         if twice[0] > 0:
             raise SamplerNotApplicable(f"field {f.name}: {int(twice[0])} training rows hold one of its features twice "
                                        "(two values mapped to one id, e.g. out-of-vocabulary): Gibbs sampling needs "
-                                       "each feature at most once a row; train with --mcmc-sweeps 0")
+                                       "each feature at most once a row; train with --mcmc-sweeps 0 (--resume "
+                                       "--mcmc-sweeps 0 keeps the SGD epochs)")
         counts = reduce(torch.bincount(block[present], minlength=f.size).double(), f"gibbs-count-{f.name}")
         # the pairs of field-local ids sharing a row (a < b), as codes a * size + b, of every rank
         a, b = block.unsqueeze(2), block.unsqueeze(1)
@@ -183,8 +185,8 @@ class GibbsFM:
         return torch._standard_gamma(shape.expand_as(rate).contiguous(), generator=self.g) / rate
 
     def _hyper(self, theta: torch.Tensor, mu_old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, lambda) per field (G,) or (G, k) from ``theta`` (F,) or (F, k), libFM's order and
-        hyperpriors (gamma0 = 1, mu0 = 0, alpha0 = beta0 = 1): lambda ~ Gamma(1 + (m + 1) / 2,
+        """(mu, lambda) per field (G,) or (G, k) from ``theta`` (F,) or (F, k), libFM's order, under
+        Gamma(1, 1) and N(0, 1 / lambda) hyperpriors: lambda ~ Gamma(1 + (m + 1) / 2,
         1 + (sum (t - mu)^2 + mu^2) / 2) at the current mu, then mu ~ N(sum t / (m + 1), 1 / ((m + 1) lambda))."""
         m = self.group_size.view(-1, *([1] * (theta.dim() - 1)))
         sq = torch.zeros_like(mu_old).index_add_(0, self.group_of, (theta - mu_old[self.group_of]).pow(2))

@@ -443,17 +443,19 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
             raise
         if rank == 0:
             log(f"no Gibbs sampling: {e}")
-        return cfg, model
+        return dataclasses.replace(cfg, mcmc_sweeps=0), model
     if rank == 0:
         log(f"sampling an FM of k = {cfg.mcmc_dim} (libFM's MCMC): {cfg.mcmc_sweeps} sweeps, {len(sampler.classes)} "
             f"colour classes, {cfg.mcmc_samples} samples kept as one FM of k = {cfg.mcmc_dim * cfg.mcmc_samples}")
     sampled, records = gibbs.sample(sampler, sweeps=cfg.mcmc_sweeps, samples=cfg.mcmc_samples, validation=val_rows,
                                     clip=clip, log=log if rank == 0 else None, log_every=cfg.log_every)
-    trained = {k: t.double() for k, t in model.state_dict().items()}
+    trained = {k: t.detach().double().cpu() for k, t in model.state_dict().items()}
     sgd = (trained["linear.bias"][0], trained["linear.weight.weight"][:, 0], trained["embedding.embedding.weight"])
+    chunks = [Batch(*(t[i:i + 8192] for t in (val_rows.ids, val_rows.vals, val_rows.mask, val_rows.label)))
+              for i in range(0, len(val_rows), 8192)]
     with torch.no_grad():
-        p_sgd = model(*val_rows.to(device).inputs).double().cpu()
-    p_mc = gibbs.fm_predict(*sampled, *val_rows.inputs)
+        p_sgd = torch.cat([model(*c.to(device).inputs).double().cpu() for c in chunks] or [torch.zeros(0).double()])
+    p_mc = torch.cat([gibbs.fm_predict(*sampled, *c.inputs) for c in chunks] or [torch.zeros(0).double()])
     shares = torch.linspace(0, 1, 9, dtype=torch.float64)
     pred = shares[:, None] * p_sgd + (1 - shares[:, None]) * p_mc  # (9, N)
     if clip is not None:
@@ -480,8 +482,7 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
         log(f"sampled FM: validation RMSE {records[-1]['val_rmse']:.4f} (the SGD FM {sgd_rmse:.4f}); "
             + (f"the blend ({u:g} SGD) {val_m['rmse']:.4f}, kept as the model (k = {blended_cfg.model_config.embedding_dim})"
                if improved else "the SGD FM kept (no blend is better on validation)") + f"; {time.time() - start:.1f}s")
-        if improved:
-            artifacts.write_sampled(out, blended_cfg, meta, blended, run, global_batch)
+        artifacts.write_sampled(out, blended_cfg, meta, blended if improved else None, run, global_batch)
     return (blended_cfg, blended) if improved else (cfg, model)
 
 

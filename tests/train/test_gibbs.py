@@ -113,7 +113,6 @@ def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_p
         assert last[d]["phase"] == "mcmc" and last[d]["sweeps"] == 30
     # the same chain: the sums are added across ranks in another order, nothing else differs
     assert last[two]["val_rmse_mcmc"] == pytest.approx(last[one]["val_rmse_mcmc"], rel=1e-5)
-    assert last[two]["sgd_share"] == last[one]["sgd_share"]
     # the planted data's pairs are what the FM needs: the blend wins, and the model directory holds it
     assert last[two]["sgd_share"] < 1 and last[two]["val_rmse"] < last[two]["val_rmse_sgd"]
     model = TrainedModel.load(two)
