@@ -1,0 +1,125 @@
+"""Issue 24, fifteenth step: the FM and the AFM at the defaults with the Gibbs-sampled FM after SGD, on the
+six data sets of docs/results/defaults.json, against that file's runs (the SGD FM alone) and libFM.
+
+The model directories are the product's, trained as a user would (``horovodrun -np 2 ... python -m
+afm_dist.train --data WORK/data/SET --model fm --output MODELS/SET_fm``, then ``--model afm --init-from
+MODELS/SET_fm --output MODELS/SET_afm``); each is scored here on validation and test with its own
+model class, clipped to the target range as the scoring job does, and recorded in
+``docs/results/sampled.json``; the SGD FM of each run is scored from its ``sgd.safetensors``.
+``--report`` draws ``docs/results/sampled.png`` from the record.
+
+    .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p fl1 fl2 fr1 fr2 ml1 ml2
+    .venv/bin/python experiments/sampled_defaults.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from afm_dist.batch import read_split  # noqa: E402
+from afm_dist.dataset import load_metadata  # noqa: E402
+from afm_dist.io import write_text_atomic  # noqa: E402
+from afm_dist.model_dir import METRICS, SGD_WEIGHTS, TrainedModel  # noqa: E402
+from afm_dist.models import build_model  # noqa: E402
+
+RECORD = REPO / "docs" / "results" / "sampled.json"
+BEFORE = REPO / "docs" / "results" / "defaults.json"
+
+
+def rmse(model: torch.nn.Module, data: Path) -> dict[str, float]:
+    """Validation and test RMSE of ``model`` on the data set ``data``, clipped to its target range."""
+    lo, hi = load_metadata(data).target_range()
+    out = {}
+    for split in ("validation", "test"):
+        b = read_split(data / split)
+        with torch.no_grad():
+            p = torch.cat([model.eval()(*(t[i:i + 8192] for t in b.inputs)) for i in range(0, len(b), 8192)])
+        out[split] = round(float((p.clamp(lo, hi) - b.label).pow(2).mean().sqrt()), 5)
+    return out
+
+
+def collect(data_root: Path, models: Path, sets: list[str]) -> dict:
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    for s in sets:
+        data = data_root / s
+        for kind in ("fm", "afm"):
+            d = models / f"{s}_{kind}"
+            if not (d / "_AFM_COMPLETE").exists():
+                continue
+            trained = TrainedModel.load(d)
+            history = [json.loads(line) for line in (d / METRICS).read_text().splitlines()]
+            r = {"k": trained.config.embedding_dim, **rmse(trained.build(), data), "best_epoch": trained.best["epoch"],
+                 "epochs": sum(1 for h in history if h["epoch"] > 0 and h.get("phase") != "mcmc"),
+                 "minutes": round(sum(h["seconds"] for h in history) / 60, 1)}
+            sampled = [h for h in history if h.get("phase") == "mcmc"]
+            if sampled:
+                h = sampled[-1]
+                r |= {"sgd_share": h["sgd_share"], "val_sgd": round(h["val_rmse_sgd"], 5),
+                      "val_samples": round(h["val_rmse_mcmc"], 5), "sampling_minutes": round(h["seconds"] / 60, 1)}
+                if (d / SGD_WEIGHTS).exists():
+                    meta = load_metadata(data)
+                    config = dataclasses.replace(trained.config, embedding_dim=trained.config.embedding_dim - h["mcmc_dim"] * h["samples"])
+                    sgd = build_model("fm", meta.num_features, meta.num_slots, config, meta.slot_groups())
+                    sgd.load_state_dict(load_file(str(d / SGD_WEIGHTS)))
+                    r["sgd"] = rmse(sgd, data)
+            record.setdefault(s, {})[kind] = r
+            print(s, kind, json.dumps(r))
+    write_text_atomic(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def plot(record: dict, path: Path) -> None:
+    """Test RMSE relative to the SGD FM's (defaults.json, the ninth step's defaults): the FM and the AFM
+    now, the AFM before, libFM's MCMC; below 1 is better."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from afm_dist.plots import save_figure
+
+    before = json.loads(BEFORE.read_text())
+    sets = [s for s in ("fl1", "fl2", "fr1", "fr2", "ml1", "ml2") if "fm" in record.get(s, {})]
+    base = {s: before[s]["fm"]["test_rmse"] for s in sets}
+    series = {"FM now (SGD + samples)": lambda s: record[s]["fm"]["test"],
+              "AFM before": lambda s: before[s]["afm"]["test_rmse"],
+              "AFM now": lambda s: record[s].get("afm", {}).get("test", np.nan),
+              "libFM MCMC": lambda s: before[s]["libfm"]["mcmc"]["test_rmse"]}
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    x = np.arange(len(sets))
+    for i, (name, get) in enumerate(series.items()):
+        ax.bar(x + (i - 1.5) * 0.2, [get(s) / base[s] for s in sets], width=0.2, label=name)
+    ax.axhline(1.0, color="black", linewidth=1, label="SGD FM (before)")
+    ax.set_xticks(x, labels=sets)
+    ax.set_ylim(0.85, 1.1)
+    ax.set_ylabel("test RMSE / the SGD FM's")
+    ax.set_title("Defaults with the Gibbs-sampled FM after SGD (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sets", nargs="*")
+    p.add_argument("--data", type=Path, help="the data sets' directory (bash experiments/quality_data.sh makes them)")
+    p.add_argument("--models", type=Path, help="the model directories SET_fm and SET_afm")
+    p.add_argument("--report", action="store_true")
+    a = p.parse_args()
+    record = collect(a.data, a.models, a.sets) if a.sets else json.loads(RECORD.read_text())
+    if a.report or a.sets:
+        plot(record, RECORD.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
