@@ -100,6 +100,19 @@ def report(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """Test RMSE of AFM, libFM SGD and libFM MCMC relative to our FM's, per data set (below 1: better)."""
+    sets = [s for s in SETS if "fm" in results.get(s, {})]
+    series = {"AFM": lambda r: r.get("afm", {}).get("test_rmse"),
+              "libFM SGD": lambda r: r.get("libfm", {}).get("sgd", {}).get("test_rmse"),
+              "libFM MCMC": lambda r: r.get("libfm", {}).get("mcmc", {}).get("test_rmse")}
+    relative_bars(sets, {name: [(get(results[s]) or float("nan")) / results[s]["fm"]["test_rmse"] for s in sets]
+                         for name, get in series.items()},
+                  baseline="our FM", title="At the defaults: AFM and libFM against our FM (lower is better)",
+                  ylabel="test RMSE / our FM's", path=path)
+
+
+def relative_bars(sets: list[str], series: dict[str, list[float]], *, baseline: str, title: str, ylabel: str,
+                  path: Path) -> None:
+    """Grouped bars, one group a data set and one bar a series (values relative to ``baseline``, a line at 1)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,22 +120,18 @@ def plot(results: dict, path: Path) -> None:
 
     from afm_dist.plots import save_figure
 
-    sets = [s for s in SETS if "fm" in results.get(s, {})]
-    series = {"AFM": lambda r: r.get("afm", {}).get("test_rmse"),
-              "libFM SGD": lambda r: r.get("libfm", {}).get("sgd", {}).get("test_rmse"),
-              "libFM MCMC": lambda r: r.get("libfm", {}).get("mcmc", {}).get("test_rmse")}
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(8 + len(series) - 3, 4), dpi=120)
     x = np.arange(len(sets))
-    for i, (name, get) in enumerate(series.items()):
-        values = [(get(results[s]) or np.nan) / results[s]["fm"]["test_rmse"] for s in sets]
-        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=name)
-    ax.axhline(1.0, color="black", linewidth=1, label="our FM")
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width=width, label=name)
+    ax.axhline(1.0, color="black", linewidth=1, label=baseline)
     ax.set_xticks(x, labels=sets)
     ax.set_ylim(0.85, 1.1)
-    ax.set_ylabel("test RMSE / our FM's")
-    ax.set_title("At the defaults: AFM and libFM against our FM (lower is better)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(series) < 4 else 7, ncol=1 if len(series) < 4 else 2)
     fig.tight_layout()
     save_figure(fig, path)
 

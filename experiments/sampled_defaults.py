@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 from afm_dist.batch import read_split  # noqa: E402
 from afm_dist.dataset import load_metadata  # noqa: E402
 from afm_dist.io import write_text_atomic  # noqa: E402
@@ -77,35 +77,19 @@ def collect(data_root: Path, models: Path, sets: list[str]) -> dict:
 
 
 def plot(record: dict, path: Path) -> None:
-    """Test RMSE relative to the SGD FM's (defaults.json, the ninth step's defaults): the FM and the AFM
+    """Test RMSE relative to the SGD FM's (defaults.json, the defaults before): the FM and the AFM
     now, the AFM before, libFM's MCMC; below 1 is better."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from afm_dist.plots import save_figure
+    from defaults import relative_bars
 
     before = json.loads(BEFORE.read_text())
     sets = [s for s in ("fl1", "fl2", "fr1", "fr2", "ml1", "ml2") if "fm" in record.get(s, {})]
-    base = {s: before[s]["fm"]["test_rmse"] for s in sets}
     series = {"FM now (SGD + samples)": lambda s: record[s]["fm"]["test"],
               "AFM before": lambda s: before[s]["afm"]["test_rmse"],
-              "AFM now": lambda s: record[s].get("afm", {}).get("test", np.nan),
+              "AFM now": lambda s: record[s].get("afm", {}).get("test", float("nan")),
               "libFM MCMC": lambda s: before[s]["libfm"]["mcmc"]["test_rmse"]}
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
-    x = np.arange(len(sets))
-    for i, (name, get) in enumerate(series.items()):
-        ax.bar(x + (i - 1.5) * 0.2, [get(s) / base[s] for s in sets], width=0.2, label=name)
-    ax.axhline(1.0, color="black", linewidth=1, label="SGD FM (before)")
-    ax.set_xticks(x, labels=sets)
-    ax.set_ylim(0.85, 1.1)
-    ax.set_ylabel("test RMSE / the SGD FM's")
-    ax.set_title("Defaults with the Gibbs-sampled FM after SGD (lower is better)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, path)
+    relative_bars(sets, {name: [get(s) / before[s]["fm"]["test_rmse"] for s in sets] for name, get in series.items()},
+                  baseline="SGD FM (before)", title="Defaults with the Gibbs-sampled FM after SGD (lower is better)",
+                  ylabel="test RMSE / the SGD FM's", path=path)
 
 
 def main() -> int:
