@@ -31,14 +31,7 @@ import torch
 
 from afm_dist.batch import read_split
 from afm_dist.dataset import FieldLayout, load_metadata
-
-
-def fm_predict(w0: torch.Tensor, w: torch.Tensor, v: torch.Tensor, ids, vals, mask) -> torch.Tensor:
-    """(B,) float64 FM predictions (eq. 1 of the FM paper) of parameters w0 (), w (F,), v (F, k) for
-    rows ids, vals, mask (B, M), unclipped."""
-    x = torch.where(mask, vals, torch.zeros_like(vals)).double()
-    e = v[ids] * x.unsqueeze(-1)
-    return w0 + (w[ids] * x).sum(1) + 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1)
+from afm_dist.training.gibbs import fm_predict  # the product's sampler predicts as this one
 
 
 def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: list[FieldLayout]) -> list[tuple[torch.Tensor, list[int]]]:
