@@ -85,7 +85,7 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                         "the weight validation chooses, and the blend is the model where it is better on "
                         "validation (an FM of --embedding-dim + --mcmc-dim x --mcmc-samples; an AFM --init-from "
                         "it takes that size). 0: off. Default: 300 for --model fm with --loss squared, in a static "
-                        "run, on data without pooled fields (history bags); 0 otherwise")
+                        "run; 0 otherwise")
     p.add_argument("--mcmc-dim", type=int, default=TrainConfig.mcmc_dim, metavar="K",
                    help="factors of the sampled FM (default %(default)s)")
     p.add_argument("--mcmc-samples", type=int, default=TrainConfig.mcmc_samples, metavar="S",

@@ -153,13 +153,12 @@ class TrainConfig:
             raise ValueError(f"--init-from (a trained FM) initialises --model {', '.join(INIT_FROM_FM)}, "
                              f"not {self.model}")
 
-    def sampling_sweeps(self, pooled_fields: bool, elastic: bool) -> int:
+    def sampling_sweeps(self, elastic: bool) -> int:
         """The Gibbs sweeps this run makes after SGD: ``mcmc_sweeps`` where given, else MCMC_SWEEPS for an
-        FM under the squared loss, in a static run (the chain cannot lose a rank), on a data set
-        without pooled fields (the sampler draws an FM of every pair of slots), and 0 otherwise."""
+        FM under the squared loss in a static run (the chain cannot lose a rank), and 0 otherwise."""
         if self.mcmc_sweeps is not None:
             return self.mcmc_sweeps
-        if self.model == "fm" and self.loss == "squared" and not pooled_fields and not elastic:
+        if self.model == "fm" and self.loss == "squared" and not elastic:
             return MCMC_SWEEPS
         return 0
 

@@ -3,13 +3,17 @@
 training split in memory and every sum over rows is added across ranks, so all ranks draw the same
 chain.
 
-Every parameter theta is drawn from its Gaussian conditional given all others: the FM is linear in
-each (y_hat = g + theta h), so sigma^2 = 1 / (alpha sum h^2 + lambda) and mean = sigma^2 (alpha sum
-h (e + theta h) + mu lambda), sums over the training rows; the residuals e and the sums q_f = sum_i
-v_if x_i are updated after each draw. The features of a *colour class* never share a row (a one-hot
-field is one class; a multi-valued field's features are coloured greedily by co-occurrence across
-all ranks), so a class's features are drawn together, one allreduce for the class, and the chain is
-still exact Gibbs. Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
+The FM is linear in each feature's parameters (w_i, v_i) jointly, since its pairs are with *other*
+inputs of the pair layer (y_hat = g + z . theta, z = (x_i, x_i (q - x_i v_i))), so their conditional
+given all others is one Gaussian of k + 1 dimensions: precision alpha sum z z^T + diag(lambda), mean
+precision^-1 (alpha sum z (e + z . theta) + lambda mu), sums over the training rows; it is drawn
+whole, as BPMF draws a user's vector (Salakhutdinov and Mnih 2008), where libFM draws one coordinate
+at a time. The features of a *colour class* never share a row (a one-hot field is one class; a
+multi-valued field's features are coloured greedily by co-occurrence across all ranks), so a class's
+features are drawn together, one allreduce for the class a sweep, and the chain is still exact
+Gibbs; the residuals e and the sums q = sum_i v_i x_i are updated after each class. A pooled field
+(a history bag) is one input of the pair layer, as in the product's FM: there z = (x_i, x_i (q -
+the bag's vector)). Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
 field and factor dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda) (libFM's constants amount
 to Gamma(1/2, 1/2) priors: the same draws up to half a count, which matters only for the smallest
 groups); w0 under a flat prior; a feature without a training row is a draw from its field's prior.
@@ -55,12 +59,27 @@ def local_gather(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
+def group_index(groups: Sequence[int] | None, num_slots: int) -> torch.Tensor | None:
+    """(M,) the pair layer's input of each slot, from the inputs' widths (``DatasetMetadata.slot_groups``);
+    None when every slot is its own input (no pooled field)."""
+    if groups is None or all(g == 1 for g in groups):
+        return None
+    if sum(groups) != num_slots:
+        raise ValueError(f"slot groups {tuple(groups)} do not cover the {num_slots} slots")
+    return torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(list(groups)))
+
+
 def fm_predict(w0: torch.Tensor, w: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+               mask: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
     """(B,) float64 FM predictions (Rendle's eq. 1, pairs by his lemma 3.1) of parameters w0 (),
-    w (F,), v (F, k) for rows ``ids``, ``vals``, ``mask`` (B, M); unclipped."""
+    w (F,), v (F, k) for rows ``ids``, ``vals``, ``mask`` (B, M); unclipped. ``groups``: the pair
+    layer's input widths (``DatasetMetadata.slot_groups``): a pooled field's slots are summed into one
+    vector first, so the pairs are those of the product's FM (none inside a pooled field)."""
     x = torch.where(mask, vals, torch.zeros_like(vals)).double()
     e = v[ids] * x.unsqueeze(-1)
+    index = group_index(groups, ids.shape[1])
+    if index is not None:
+        e = torch.zeros(e.shape[0], int(index.max()) + 1, e.shape[2], dtype=e.dtype).index_add_(1, index, e)
     return w0 + (w[ids] * x).sum(1) + 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1)
 
 
@@ -145,32 +164,43 @@ class GibbsFM:
             allgather; ``local_reduce`` / ``local_gather`` for one process).
         init_std: the standard deviation of the initial v (libFM's -init_stdev 0.1).
 
+    A pooled field's slots (``FieldLayout.pooled``: a history bag) are one input of the pair layer,
+    as in the product's FM: no pair inside the field, so its feature's h is x_i times the sum of
+    the *other* inputs' vectors, and the FM is still linear in each parameter.
+
     Raises:
         SamplerNotApplicable: a row holds a feature twice (``colour_classes``).
     """
 
     def __init__(self, train: Batch, fields: Sequence[FieldLayout], num_features: int, k: int, seed: int, *,
                  reduce: Reduce = local_reduce, gather: Gather = local_gather, init_std: float = 0.1) -> None:
+        # a pooled field's slots are summed into one input of the pair layer (the product's FM)
+        self.pooled = [(fi, f.slot, f.width) for fi, f in enumerate(fields) if f.pooled]
+        self.slot_groups = tuple(w for f in fields for w in ([f.width] if f.pooled else [1] * f.width))
         self.g = torch.Generator().manual_seed(seed)
         self.reduce = reduce
         self.ids = train.ids
         self.x = torch.where(train.mask, train.vals, torch.zeros_like(train.vals)).double()
         self.y = train.label.double()
-        self.n_features, self.k = num_features, k
         self.classes = []
+        self.n_features, self.k = num_features, k
+        self.group_of = torch.zeros(num_features, dtype=torch.long)
+        for fi, f in enumerate(fields):
+            self.group_of[f.offset:f.offset + f.size] = fi
+        pooled_at = {fi: i for i, (fi, _, _) in enumerate(self.pooled)}
         for slot, members in colour_classes(train.ids, train.mask, fields, reduce=reduce, gather=gather):
             rows = torch.nonzero(slot >= 0).squeeze(1)
             fid = train.ids[rows, slot[rows]]
             position = torch.full((num_features,), -1, dtype=torch.long)
             position[members] = torch.arange(len(members))
-            self.classes.append((members, rows, position[fid], self.x[rows, slot[rows]]))
+            # the class's pooled field (its index in self.pooled), or -1: every member is of one field
+            bag = pooled_at.get(int(self.group_of[members[0]]), -1) if len(members) else -1
+            self.classes.append((members, rows, position[fid], self.x[rows, slot[rows]], bag))
         self.n = float(reduce(torch.tensor([float(self.y.numel())], dtype=torch.float64), "gibbs-rows")[0])
-        self.group_of = torch.zeros(num_features, dtype=torch.long)
-        for fi, f in enumerate(fields):
-            self.group_of[f.offset:f.offset + f.size] = fi
         self.group_size = torch.bincount(self.group_of, minlength=len(fields)).double()
         self.w0 = torch.tensor(float(reduce(self.y.sum().reshape(1), "gibbs-label-sum")[0]) / max(self.n, 1.0),
                                dtype=torch.float64)
+        self._upper = torch.triu_indices(k + 1, k + 1)
         self.w = torch.zeros(num_features, dtype=torch.float64)
         self.v = torch.randn(num_features, k, generator=self.g, dtype=torch.float64) * init_std
         self.alpha = 1.0
@@ -195,26 +225,54 @@ class GibbsFM:
         mu = self._normal(total / (m + 1), 1.0 / ((m + 1) * lam))
         return mu, lam
 
-    def _draw(self, members: torch.Tensor, pos: torch.Tensor, h: torch.Tensor, e: torch.Tensor, theta: torch.Tensor,
-              mu: torch.Tensor, lam: torch.Tensor, name: str) -> torch.Tensor:
-        """The class's new values (len(members),) from its rows' h and residuals; one allreduce."""
-        c = len(members)
-        ab = torch.zeros(2, c, dtype=torch.float64)
-        ab[0].index_add_(0, pos, h * h)
-        ab[1].index_add_(0, pos, h * e)
-        ab = self.reduce(ab, name)
-        a, b = ab[0], ab[1] + ab[0] * theta
-        var = 1.0 / (self.alpha * a + lam)
-        return self._normal(var * (self.alpha * b + mu * lam), var)
+    def _draw_block(self, members: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, e: torch.Tensor,
+                    theta: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, name: str,
+                    outer: torch.Tensor | None = None) -> torch.Tensor:
+        """The class's new (w_i, v_i) (c, k + 1) from its rows' z = dy/d(w_i, v_i) (N_c, k + 1) and
+        residuals e (N_c,), under the priors mu, lam (c, k + 1): one allreduce of the Gram matrices'
+        upper triangles and the right-hand sides, then a Cholesky factor per feature. ``outer``: the
+        rows' upper triangles of z z^T (N_c, (k + 1) (k + 2) / 2) where the caller has them."""
+        c, d = theta.shape
+        upper = self._upper
+        t = upper.shape[1]  # d (d + 1) / 2
+        per_row = torch.empty(z.shape[0], t + d, dtype=torch.float64)
+        if outer is None:
+            torch.mul(z[:, upper[0]], z[:, upper[1]], out=per_row[:, :t])  # the upper triangle of z z^T
+        else:
+            per_row[:, :t] = outer
+        target = e + (z * theta[pos]).sum(1)  # the residual with the feature's own part put back
+        torch.mul(z, target.unsqueeze(1), out=per_row[:, t:])
+        sums = torch.zeros(c, t + d, dtype=torch.float64).index_add_(0, pos, per_row)
+        sums = self.reduce(sums, name)
+        gram = torch.zeros(c, d, d, dtype=torch.float64)
+        gram[:, upper[0], upper[1]] = sums[:, :t]
+        gram = gram + gram.transpose(1, 2) - torch.diag_embed(gram.diagonal(dim1=1, dim2=2))
+        precision = self.alpha * gram + torch.diag_embed(lam)
+        chol = torch.linalg.cholesky(precision)  # precision = L L^T
+        rhs = self.alpha * sums[:, t:] + mu * lam
+        mean = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+        noise = torch.randn(c, d, 1, generator=self.g, dtype=torch.float64)
+        # L^T x = noise: x ~ N(0, precision^-1)
+        return mean + torch.linalg.solve_triangular(chol.transpose(1, 2), noise, upper=True).squeeze(2)
 
     def sweep(self) -> float:
-        """Draw every parameter once; returns the training RMSE of the sample before this sweep."""
+        """Draw every parameter once; returns the training RMSE of the sample before this sweep.
+
+        The FM is linear in a feature's (w_i, v_i) jointly (its pairs are with *other* inputs), so the
+        conditional of that vector is one Gaussian of k + 1 dimensions, drawn whole (as BPMF draws a
+        user's vector: Salakhutdinov and Mnih 2008) for all features of a colour class at once: one
+        allreduce a class a sweep, where libFM's coordinate-wise draws need k + 1."""
         ids, x, y = self.ids, self.x, self.y
         # exact residuals and sums each sweep (no drift from the incremental updates)
         vx = self.v[ids] * x.unsqueeze(-1)
-        q = vx.sum(1).T.contiguous()  # (k, N): one factor dimension a contiguous row
-        vt = self.v.T.contiguous()  # (k, F)
-        e = y - (self.w0 + (self.w[ids] * x).sum(1) + 0.5 * (q.pow(2).sum(0) - vx.pow(2).sum((1, 2))))
+        q = vx.sum(1)  # (N, k)
+        # each pooled field's vector (N, k) and the squares of the pair layer's inputs
+        bags = [vx[:, s0:s0 + width].sum(1) for _, s0, width in self.pooled]
+        slot_sq = x.pow(2) * self.v.pow(2).sum(1)[ids]  # (N, M): |v_i x_i|^2
+        own = slot_sq.sum(1)
+        for (_, s0, width), b in zip(self.pooled, bags):
+            own += b.pow(2).sum(1) - slot_sq[:, s0:s0 + width].sum(1)
+        e = y - (self.w0 + (self.w[ids] * x).sum(1) + 0.5 * (q.pow(2).sum(1) - own))
         sse = float(self.reduce(e.pow(2).sum().reshape(1), "gibbs-sse")[0])
         self.alpha = float(self._gamma(torch.tensor(1 + self.n / 2, dtype=torch.float64),
                                        torch.tensor(1 + 0.5 * sse, dtype=torch.float64)))
@@ -226,24 +284,35 @@ class GibbsFM:
                            torch.tensor(1.0 / (self.alpha * self.n), dtype=torch.float64))
         e -= new - self.w0
         self.w0 = new
-        for ci, (members, rows, pos, xr) in enumerate(self.classes):
+        others = upper = None  # while a pooled field's classes are drawn: q less its bag, and the outer products
+        for ci, (members, rows, pos, xr, bag) in enumerate(self.classes):
             g = self.group_of[members]
-            new = self._draw(members, pos, xr, e[rows], self.w[members], self.mu_w[g], self.lam_w[g], f"gibbs-w-{ci}")
-            delta = new - self.w[members]
-            self.w[members] = new
-            e[rows] -= delta[pos] * xr
-        for f in range(self.k):
-            vf, qf = vt[f], q[f]
-            for ci, (members, rows, pos, xr) in enumerate(self.classes):
-                g = self.group_of[members]
-                old = vf[members]
-                h = xr * (qf[rows] - old[pos] * xr)
-                new = self._draw(members, pos, h, e[rows], old, self.mu_v[g, f], self.lam_v[g, f], f"gibbs-v-{ci}")
+            old = torch.cat([self.w[members].unsqueeze(1), self.v[members]], 1)  # (c, k + 1)
+            mu = torch.cat([self.mu_w[g].unsqueeze(1), self.mu_v[g]], 1)
+            lam = torch.cat([self.lam_w[g].unsqueeze(1), self.lam_v[g]], 1)
+            x1 = xr.unsqueeze(1)
+            if bag < 0:
+                # dy/dw_i = x_i, dy/dv_i = x_i (q - v_i x_i): the pairs with every other slot
+                z = torch.cat([x1, x1 * (q[rows] - old[pos, 1:] * x1)], 1)
+                new = self._draw_block(members, pos, z, e[rows], old, mu, lam, f"gibbs-{ci}")
                 d = (new - old)[pos]
-                vf[members] = new
-                e[rows] -= d * h
-                qf[rows] += d * xr
-        self.v = vt.T.contiguous()
+                q[rows] += d[:, 1:] * x1
+            else:
+                # a bag's features pair with the other inputs only: z = x_i (1, q - bag), the same for
+                # every feature of the bag in a row, and unchanged while the field's classes are drawn
+                if others is None:
+                    others = torch.cat([torch.ones(len(q), 1, dtype=torch.float64), q - bags[bag]], 1)
+                    upper = others[:, self._upper[0]] * others[:, self._upper[1]]  # (N, (k + 1) (k + 2) / 2)
+                z = x1 * others[rows]
+                new = self._draw_block(members, pos, z, e[rows], old, mu, lam, f"gibbs-{ci}",
+                                       outer=upper[rows] * x1.pow(2))
+                d = (new - old)[pos]
+                bags[bag][rows] += d[:, 1:] * x1
+                if ci + 1 == len(self.classes) or self.classes[ci + 1][4] != bag:  # the field's last class
+                    q = others[:, 1:] + bags[bag]
+                    others = upper = None
+            self.w[members], self.v[members] = new[:, 0], new[:, 1:]
+            e[rows] -= (z * d).sum(1)
         return math.sqrt(sse / max(self.n, 1.0))
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,7 +355,7 @@ def sample(model: GibbsFM, *, sweeps: int, samples: int, validation: Batch | Non
             kept.append(model.state())
             record = {"sweep": it, "train_rmse": train_rmse}
             if validation is not None:
-                val_sum += fm_predict(*kept[-1], *validation.inputs)
+                val_sum += fm_predict(*kept[-1], *validation.inputs, model.slot_groups)
                 pred = val_sum / len(kept)
                 if clip is not None:
                     pred = pred.clamp(*clip)

@@ -146,10 +146,6 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
     if cfg.mcmc_sweeps:  # given: refused where it cannot work (by default it is off there)
-        pooled = [f.name for f in meta.fields if f.pooled]
-        if pooled:
-            raise ValueError(f"--mcmc-sweeps: the sampler draws an FM of every pair of slots; field(s) "
-                             f"{', '.join(pooled)} are pooled (history bags, pool: true): train with --mcmc-sweeps 0")
         if elastic or elastic_launch():
             raise ValueError("--mcmc-sweeps: the sampler holds each rank's shard in memory and its chain cannot "
                              "lose a rank; run it without --min-np/--max-np (a static horovodrun), or --mcmc-sweeps 0")
@@ -384,7 +380,7 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
                 log(f"early stop: validation RMSE has not improved for {cfg.patience} epochs")
             break
     run = state.run
-    sweeps = cfg.sampling_sweeps(any(f.pooled for f in meta.fields), bool(state.commit_every))
+    sweeps = cfg.sampling_sweeps(bool(state.commit_every))
     if sweeps:
         cfg, model = sample_and_blend(model, dataclasses.replace(cfg, mcmc_sweeps=sweeps), meta, run, out,
                                       global_batch, device, given=cfg.mcmc_sweeps is not None)
@@ -455,7 +451,7 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
               for i in range(0, len(val_rows), 8192)]
     with torch.no_grad():
         p_sgd = torch.cat([model(*c.to(device).inputs).double().cpu() for c in chunks] or [torch.zeros(0).double()])
-    p_mc = torch.cat([gibbs.fm_predict(*sampled, *c.inputs) for c in chunks] or [torch.zeros(0).double()])
+    p_mc = torch.cat([gibbs.fm_predict(*sampled, *c.inputs, meta.slot_groups()) for c in chunks] or [torch.zeros(0).double()])
     shares = torch.linspace(0, 1, 9, dtype=torch.float64)
     pred = shares[:, None] * p_sgd + (1 - shares[:, None]) * p_mc  # (9, N)
     if clip is not None:

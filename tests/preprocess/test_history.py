@@ -497,10 +497,25 @@ def test_bag_columns_are_format_2_and_a_split_without_them_is_refused(explicit, 
     assert not (tmp_path / "scores").exists()
 
 
-def test_sampling_refuses_pooled_history_fields_before_horovod(explicit, tmp_path):
-    from afm_dist.training.loop import check_run
+def test_the_sampled_fm_of_pooled_history_fields_scores_as_recorded(explicit, tmp_path):
+    """Gibbs sampling on a data set with three pooled bags (no pair inside a bag): on by default,
+    and the model it ends with scores the validation rows as its record says, so the sampler's
+    pairs are the product FM's."""
+    from afm_dist.batch import read_split
 
-    cfg = TrainConfig(data=str(explicit["out"]), model="fm", output=str(tmp_path / "m"), mcmc_sweeps=50)
-    with pytest.raises(ValueError, match="history, sample, recent are pooled"):
-        check_run(cfg, workers=1)
-    check_run(TrainConfig(data=str(explicit["out"]), model="fm", output=str(tmp_path / "m")), workers=1)
+    out = tmp_path / "fm"
+    proc = run_horovod(["-m", "afm_dist.train", "--data", str(explicit["out"]), "--model", "fm", "--output", str(out),
+                        "--epochs", "2", "--batch-size", "4", "--embedding-dim", "4", "--log-every", "1000",
+                        "--mcmc-dim", "2", "--mcmc-samples", "4"], np=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["phase"] == "mcmc" and last["sweeps"] == 300 and math.isfinite(last["val_rmse_mcmc"])
+    model = TrainedModel.load(out)
+    assert model.config.embedding_dim == (4 + 2 * 4 if last["sgd_share"] < 1 else 4)
+    fm = model.build().eval()
+    b = read_split(explicit["out"] / "validation")
+    lo, hi = model.dataset.target_range()
+    with torch.no_grad():
+        rmse = float((fm(*b.inputs).clamp(lo, hi) - b.label).pow(2).mean().sqrt())
+    assert rmse == pytest.approx(model.best["val_rmse"], rel=1e-4)
+    assert model.best["val_rmse"] == pytest.approx(min(last["val_rmse"], last["val_rmse_sgd"]), rel=1e-9)

@@ -74,15 +74,15 @@ def test_incompatible_options_refused_before_any_work(tmp_path, capsys):
     assert parse_args(base + ["--model", "fm", "--sparse-embeddings", "true"]).model_config.sparse_embeddings
     assert not parse_args(base + ["--model", "afm"]).model_config.attention_stop_gradient
     assert parse_args(base + ["--model", "afm", "--attention-stop-gradient", "true"]).model_config.attention_stop_gradient
-    # Gibbs sampling after SGD: by default for an FM under the squared loss, in a static run, on data
-    # without pooled fields; off otherwise; a given number of sweeps is that number.
+    # Gibbs sampling after SGD: by default for an FM under the squared loss in a static run (pooled
+    # history fields included); off otherwise; a given number of sweeps is that number.
     fm = parse_args(base + ["--model", "fm"])
-    assert (fm.mcmc_sweeps, fm.sampling_sweeps(False, False)) == (None, 300)
-    assert fm.sampling_sweeps(True, False) == 0 and fm.sampling_sweeps(False, True) == 0
-    assert parse_args(base + ["--model", "afm"]).sampling_sweeps(False, False) == 0
-    assert parse_args(base + ["--model", "fm", "--loss", "logistic"]).sampling_sweeps(False, False) == 0
-    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "0"]).sampling_sweeps(False, False) == 0
-    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "40"]).sampling_sweeps(False, False) == 40
+    assert (fm.mcmc_sweeps, fm.sampling_sweeps(False)) == (None, 300)
+    assert fm.sampling_sweeps(True) == 0
+    assert parse_args(base + ["--model", "afm"]).sampling_sweeps(False) == 0
+    assert parse_args(base + ["--model", "fm", "--loss", "logistic"]).sampling_sweeps(False) == 0
+    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "0"]).sampling_sweeps(False) == 0
+    assert parse_args(base + ["--model", "fm", "--mcmc-sweeps", "40"]).sampling_sweeps(False) == 40
     # The default L2 follows the schedule; a fixed strength for either table turns it off.
     assert parse_args(base + ["--model", "fm"]).l2_at(1) == (0.03, 0.03)
     assert parse_args(base + ["--model", "fm", "--embedding-l2", "0.02"]).l2_at(3) == (0.02, 0.0)

@@ -3,6 +3,7 @@ a chain that learns, in one process; then the trainer's sampling phase with horo
 chain is the same on one rank and on two."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -93,6 +94,57 @@ def test_the_chain_learns_a_planted_fm():
     assert float((fm_predict(*stacked, *validation.inputs) - validation.label).pow(2).mean().sqrt()) == \
         pytest.approx(records[-1]["val_rmse"], rel=1e-6)
     assert 20 < model.alpha < 500  # the noise precision, 1 / 0.1^2 = 100
+
+
+def pooled_planted(n: int, seed: int) -> tuple[Batch, list[FieldLayout]]:
+    """Ratings of 30 users x 40 items with a pooled bag of 3 of 20 tags (x = 1/sqrt(3)), from a known
+    FM of k = 2 whose pairs are those of the product's FM with the bag pooled (no tag x tag pair),
+    noise 0.1."""
+    g = torch.Generator().manual_seed(5)
+    w, v = torch.randn(90, generator=g) * 0.5, torch.randn(90, 2, generator=g)
+    g.manual_seed(seed)
+    tags = 70 + torch.rand(n, 20, generator=g).argsort(1)[:, :3]  # 3 distinct tags a row
+    ids = torch.cat([torch.randint(0, 30, (n, 1), generator=g), 30 + torch.randint(0, 40, (n, 1), generator=g), tags], 1)
+    vals = torch.cat([torch.ones(n, 2), torch.full((n, 3), 3 ** -0.5)], 1)
+    bag = (v[tags] * vals[:, 2:, None]).sum(1)
+    pairs = (v[ids[:, 0]] * v[ids[:, 1]]).sum(1) + ((v[ids[:, 0]] + v[ids[:, 1]]) * bag).sum(1)
+    y = 3.0 + (w[ids] * vals).sum(1) + pairs + 0.1 * torch.randn(n, generator=g)
+    fields = [field("user", "categorical", 0, 30, 0, 1), field("item", "categorical", 30, 40, 1, 1),
+              FieldLayout(name="tags", kind="history", offset=70, size=20, slot=2, width=3, pooled=True)]
+    return Batch(ids=ids, vals=vals, mask=torch.ones(n, 5, dtype=torch.bool), label=y), fields
+
+
+def test_a_pooled_field_has_no_pair_inside_it_and_the_chain_learns_it():
+    train, fields = pooled_planted(1500, 1)
+    validation, _ = pooled_planted(300, 2)
+    groups = (1, 1, 3)
+    # fm_predict of a pooled field: the product's FM with the same slot groups, and no tag x tag pair
+    torch.manual_seed(0)
+    params = (torch.randn((), dtype=torch.float64), torch.randn(90, dtype=torch.float64),
+              torch.randn(90, 4, dtype=torch.float64))
+    fm = build_model("fm", 90, 5, ModelConfig(embedding_dim=4), groups).eval()
+    fm.load_state_dict({"linear.bias": params[0].reshape(1).float(), "linear.weight.weight": params[1][:, None].float(),
+                        "embedding.embedding.weight": params[2].float()})
+    with torch.no_grad():
+        assert torch.allclose(fm(*validation.inputs).double(), fm_predict(*params, *validation.inputs, groups), atol=1e-4)
+    e = params[2][validation.ids] * validation.vals.double().unsqueeze(-1)
+    tag_pairs = 0.5 * (e[:, 2:].sum(1).pow(2) - e[:, 2:].pow(2).sum(1)).sum(1)
+    assert torch.allclose(fm_predict(*params, *validation.inputs) - fm_predict(*params, *validation.inputs, groups),
+                          tag_pairs, atol=1e-10)
+    assert float(tag_pairs.abs().mean()) > 0.1
+    # the chain draws the pooled FM: it predicts held-out rows to about the noise (0.1)
+    model = GibbsFM(train, fields, 90, 4, seed=3)
+    assert model.slot_groups == groups
+    stacked, records = sample(model, sweeps=80, samples=10, validation=validation)
+    assert float(validation.label.std()) > 1.0
+    assert records[-1]["val_rmse"] < 0.25
+    assert 20 < model.alpha < 500
+    assert float((fm_predict(*stacked, *validation.inputs, groups) - validation.label).pow(2).mean().sqrt()) == \
+        pytest.approx(records[-1]["val_rmse"], rel=1e-6)
+    # drawn as if every pair of slots were a pair, the chain would be another model: the pooled one fits better
+    flat = [dataclasses.replace(f, pooled=False) for f in fields]
+    _, other = sample(GibbsFM(train, flat, 90, 4, seed=3), sweeps=80, samples=10, validation=validation)
+    assert other[-1]["val_rmse"] > records[-1]["val_rmse"]
 
 
 def train_fm(data: Path, out: Path, np: int, *extra: str) -> None:
