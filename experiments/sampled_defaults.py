@@ -6,10 +6,16 @@ afm_dist.train --data WORK/data/SET --model fm --output MODELS/SET_fm``, then ``
 MODELS/SET_fm --output MODELS/SET_afm``); each is scored here on validation and test with its own
 model class, clipped to the target range as the scoring job does, and recorded in
 ``docs/results/sampled.json``; the SGD FM of each run is scored from its ``sgd.safetensors``.
-``--report`` draws ``docs/results/sampled.png`` from the record.
+``--report`` draws the record's figure (``sampled.png``) from it.
 
     .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p fl1 fl2 fr1 fr2 ml1 ml2
     .venv/bin/python experiments/sampled_defaults.py --report
+
+Issue 26, sixth step (the sampler drawing each feature's vector whole, and the history sets, whose
+libFM baseline is libFM on the same rows without the history field):
+
+    .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p18 \
+        --record docs/results/sampled_history.json fl1 fl2 fr1 fr2 ml1 ml2 mh1 mh2 fh1 fh2
 """
 from __future__ import annotations
 
@@ -46,8 +52,8 @@ def rmse(model: torch.nn.Module, data: Path) -> dict[str, float]:
     return out
 
 
-def collect(data_root: Path, models: Path, sets: list[str]) -> dict:
-    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+def collect(data_root: Path, models: Path, sets: list[str], path: Path = RECORD) -> dict:
+    record = json.loads(path.read_text()) if path.exists() else {}
     for s in sets:
         data = data_root / s
         for kind in ("fm", "afm"):
@@ -72,7 +78,7 @@ def collect(data_root: Path, models: Path, sets: list[str]) -> dict:
                     r["sgd"] = rmse(sgd, data)
             record.setdefault(s, {})[kind] = r
             print(s, kind, json.dumps(r))
-    write_text_atomic(RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
 
@@ -82,11 +88,12 @@ def plot(record: dict, path: Path) -> None:
     from defaults import relative_bars
 
     before = json.loads(BEFORE.read_text())
-    sets = [s for s in ("fl1", "fl2", "fr1", "fr2", "ml1", "ml2") if "fm" in record.get(s, {})]
+    sets = [s for s in ("fl1", "fl2", "fr1", "fr2", "ml1", "ml2", "mh1", "mh2", "fh1", "fh2") if "fm" in record.get(s, {})]
+    plain = {"mh1": "ml1", "mh2": "ml2", "fh1": "fr1", "fh2": "fr2"}  # libFM on the same rows, without the history
     series = {"FM now (SGD + samples)": lambda s: record[s]["fm"]["test"],
               "AFM before": lambda s: before[s]["afm"]["test_rmse"],
               "AFM now": lambda s: record[s].get("afm", {}).get("test", float("nan")),
-              "libFM MCMC": lambda s: before[s]["libfm"]["mcmc"]["test_rmse"]}
+              "libFM MCMC": lambda s: before[plain.get(s, s)]["libfm"]["mcmc"]["test_rmse"]}
     relative_bars(sets, {name: [get(s) / before[s]["fm"]["test_rmse"] for s in sets] for name, get in series.items()},
                   baseline="SGD FM (before)", title="Defaults with the Gibbs-sampled FM after SGD (lower is better)",
                   ylabel="test RMSE / the SGD FM's", path=path)
@@ -97,11 +104,12 @@ def main() -> int:
     p.add_argument("sets", nargs="*")
     p.add_argument("--data", type=Path, help="the data sets' directory (bash experiments/quality_data.sh makes them)")
     p.add_argument("--models", type=Path, help="the model directories SET_fm and SET_afm")
+    p.add_argument("--record", type=Path, default=RECORD, help="the record written (default %(default)s)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
-    record = collect(a.data, a.models, a.sets) if a.sets else json.loads(RECORD.read_text())
+    record = collect(a.data, a.models, a.sets, a.record) if a.sets else json.loads(a.record.read_text())
     if a.report or a.sets:
-        plot(record, RECORD.with_suffix(".png"))
+        plot(record, a.record.with_suffix(".png"))
     return 0
 
 

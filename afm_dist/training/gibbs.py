@@ -41,6 +41,7 @@ import torch
 from afm_dist.batch import Batch
 from afm_dist.dataset import FieldLayout
 
+BLOCK = 9  # the most parameters of a feature drawn as one Gaussian: w_i and 8 factor dimensions
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]  # the sum of a tensor over ranks (same shape), by name
 Gather = Callable[[torch.Tensor, str], torch.Tensor]  # every rank's 1-d tensor, concatenated in rank order
 
@@ -200,7 +201,9 @@ class GibbsFM:
         self.group_size = torch.bincount(self.group_of, minlength=len(fields)).double()
         self.w0 = torch.tensor(float(reduce(self.y.sum().reshape(1), "gibbs-label-sum")[0]) / max(self.n, 1.0),
                                dtype=torch.float64)
-        self._upper = torch.triu_indices(k + 1, k + 1)
+        # (w_i, v_i) drawn in blocks of at most BLOCK parameters: one Gaussian and one allreduce each
+        self.blocks = [(b, min(b + BLOCK, k + 1)) for b in range(0, k + 1, BLOCK)]
+        self._upper = {d: torch.triu_indices(d, d) for d in {hi - lo for lo, hi in self.blocks}}
         self.w = torch.zeros(num_features, dtype=torch.float64)
         self.v = torch.randn(num_features, k, generator=self.g, dtype=torch.float64) * init_std
         self.alpha = 1.0
@@ -231,9 +234,10 @@ class GibbsFM:
         """The class's new (w_i, v_i) (c, k + 1) from its rows' z = dy/d(w_i, v_i) (N_c, k + 1) and
         residuals e (N_c,), under the priors mu, lam (c, k + 1): one allreduce of the Gram matrices'
         upper triangles and the right-hand sides, then a Cholesky factor per feature. ``outer``: the
-        rows' upper triangles of z z^T (N_c, (k + 1) (k + 2) / 2) where the caller has them."""
+        rows' upper triangles of z z^T (N_c, (k + 1) (k + 2) / 2) where the caller has them. Here k + 1
+        stands for the block's size d <= BLOCK: z, theta, mu and lam are the block's columns."""
         c, d = theta.shape
-        upper = self._upper
+        upper = self._upper[d]
         t = upper.shape[1]  # d (d + 1) / 2
         per_row = torch.empty(z.shape[0], t + d, dtype=torch.float64)
         if outer is None:
@@ -285,34 +289,45 @@ class GibbsFM:
         e -= new - self.w0
         self.w0 = new
         others = upper = None  # while a pooled field's classes are drawn: q less its bag, and the outer products
+        whole = len(self.blocks) == 1
         for ci, (members, rows, pos, xr, bag) in enumerate(self.classes):
             g = self.group_of[members]
-            old = torch.cat([self.w[members].unsqueeze(1), self.v[members]], 1)  # (c, k + 1)
+            theta = torch.cat([self.w[members].unsqueeze(1), self.v[members]], 1)  # (c, k + 1)
             mu = torch.cat([self.mu_w[g].unsqueeze(1), self.mu_v[g]], 1)
             lam = torch.cat([self.lam_w[g].unsqueeze(1), self.lam_v[g]], 1)
             x1 = xr.unsqueeze(1)
+            outer = None
             if bag < 0:
                 # dy/dw_i = x_i, dy/dv_i = x_i (q - v_i x_i): the pairs with every other slot
-                z = torch.cat([x1, x1 * (q[rows] - old[pos, 1:] * x1)], 1)
-                new = self._draw_block(members, pos, z, e[rows], old, mu, lam, f"gibbs-{ci}")
-                d = (new - old)[pos]
-                q[rows] += d[:, 1:] * x1
+                z = torch.cat([x1, x1 * (q[rows] - theta[pos, 1:] * x1)], 1)
             else:
                 # a bag's features pair with the other inputs only: z = x_i (1, q - bag), the same for
                 # every feature of the bag in a row, and unchanged while the field's classes are drawn
                 if others is None:
                     others = torch.cat([torch.ones(len(q), 1, dtype=torch.float64), q - bags[bag]], 1)
-                    upper = others[:, self._upper[0]] * others[:, self._upper[1]]  # (N, (k + 1) (k + 2) / 2)
+                    if whole:
+                        upper = others[:, self._upper[self.k + 1][0]] * others[:, self._upper[self.k + 1][1]]
                 z = x1 * others[rows]
-                new = self._draw_block(members, pos, z, e[rows], old, mu, lam, f"gibbs-{ci}",
-                                       outer=upper[rows] * x1.pow(2))
+                outer = upper[rows] * x1.pow(2) if whole else None
+            # a block's z does not change when another block is drawn (its dimensions of q and v_i do not)
+            for lo, hi in self.blocks:
+                old = theta[:, lo:hi]
+                new = self._draw_block(members, pos, z[:, lo:hi], e[rows], old, mu[:, lo:hi], lam[:, lo:hi],
+                                       f"gibbs-{ci}-{lo}", outer=outer)
                 d = (new - old)[pos]
-                bags[bag][rows] += d[:, 1:] * x1
-                if ci + 1 == len(self.classes) or self.classes[ci + 1][4] != bag:  # the field's last class
-                    q = others[:, 1:] + bags[bag]
-                    others = upper = None
-            self.w[members], self.v[members] = new[:, 0], new[:, 1:]
-            e[rows] -= (z * d).sum(1)
+                theta[:, lo:hi] = new
+                e[rows] -= (z[:, lo:hi] * d).sum(1)
+                v_lo, v_hi = max(lo, 1), hi  # the block's factor dimensions, lo - 1 .. hi - 2 of v
+                if v_hi > v_lo:
+                    step = d[:, v_lo - lo:] * x1
+                    if bag < 0:
+                        q[rows, v_lo - 1:v_hi - 1] += step
+                    else:
+                        bags[bag][rows, v_lo - 1:v_hi - 1] += step
+            self.w[members], self.v[members] = theta[:, 0], theta[:, 1:]
+            if bag >= 0 and (ci + 1 == len(self.classes) or self.classes[ci + 1][4] != bag):  # the field's last class
+                q = others[:, 1:] + bags[bag]
+                others = upper = None
         return math.sqrt(sse / max(self.n, 1.0))
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

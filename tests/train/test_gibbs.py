@@ -141,6 +141,11 @@ def test_a_pooled_field_has_no_pair_inside_it_and_the_chain_learns_it():
     assert 20 < model.alpha < 500
     assert float((fm_predict(*stacked, *validation.inputs, groups) - validation.label).pow(2).mean().sqrt()) == \
         pytest.approx(records[-1]["val_rmse"], rel=1e-6)
+    # k = 12: w_i and v_i in two blocks (9 + 4 parameters, two draws and allreduces a class), learns as well
+    wide = GibbsFM(train, fields, 90, 12, seed=3)
+    assert wide.blocks == [(0, 9), (9, 13)]
+    _, records12 = sample(wide, sweeps=80, samples=10, validation=validation)
+    assert records12[-1]["val_rmse"] < 0.25 and 20 < wide.alpha < 500
     # drawn as if every pair of slots were a pair, the chain would be another model: the pooled one fits better
     flat = [dataclasses.replace(f, pooled=False) for f in fields]
     _, other = sample(GibbsFM(train, flat, 90, 4, seed=3), sweeps=80, samples=10, validation=validation)
