@@ -7,11 +7,11 @@ The FM is linear in each feature's parameters (w_i, v_i) jointly, since its pair
 inputs of the pair layer (y_hat = g + z . theta, z = (x_i, x_i (q - x_i v_i))), so their conditional
 given all others is one Gaussian of k + 1 dimensions: precision alpha sum z z^T + diag(lambda), mean
 precision^-1 (alpha sum z (e + z . theta) + lambda mu), sums over the training rows; it is drawn
-whole, as BPMF draws a user's vector (Salakhutdinov and Mnih 2008), where libFM draws one coordinate
-at a time. The features of a *colour class* never share a row (a one-hot field is one class; a
-multi-valued field's features are coloured greedily by co-occurrence across all ranks), so a class's
-features are drawn together, one allreduce for the class a sweep, and the chain is still exact
-Gibbs; the residuals e and the sums q = sum_i v_i x_i are updated after each class. A pooled field
+in blocks of at most BLOCK = 9 parameters (whole at k <= 8), as BPMF draws a user's vector
+(Salakhutdinov and Mnih 2008), where libFM draws one coordinate at a time. The features of a *colour
+class* never share a row (a one-hot field is one class; a multi-valued field's features are coloured
+greedily by co-occurrence across all ranks), so a class's features are drawn together, one allreduce
+for the class and block a sweep, and the chain is still exact Gibbs; the residuals e and the sums q = sum_i v_i x_i are updated after each class. A pooled field
 (a history bag) is one input of the pair layer, as in the product's FM: there z = (x_i, x_i (q -
 the bag's vector)). Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
 field and factor dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda) (libFM's constants amount
@@ -47,7 +47,7 @@ Gather = Callable[[torch.Tensor, str], torch.Tensor]  # every rank's 1-d tensor,
 
 
 class SamplerNotApplicable(ValueError):
-    """The FM is not linear in each parameter on these rows (a feature twice in a row): no Gibbs sampler."""
+    """A feature twice in a row: the sampler needs each feature at most once a row."""
 
 
 def local_reduce(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -107,14 +107,15 @@ def colour_classes(ids: torch.Tensor, mask: torch.Tensor, fields: Sequence[Field
             continue
         present = mask[:, s0:s0 + width]
         block = torch.where(present, ids[:, s0:s0 + width] - f.offset, torch.zeros_like(ids[:, s0:s0 + width]))  # field-local ids
-        # a feature twice in a row (two out-of-vocabulary values) puts v_i . v_i in the FM: not linear in v_i
+        # a feature twice in a row (two out-of-vocabulary values) puts v_i . v_i in the FM, or (in a pooled
+        # field) two slots of one feature in one class: refused either way
         apart = torch.where(present, block, -1 - torch.arange(width)).sort(1).values
         twice = reduce(torch.tensor([float((apart[:, 1:] == apart[:, :-1]).any(1).sum())], dtype=torch.float64),
                        f"gibbs-twice-{f.name}")
         if twice[0] > 0:
             raise SamplerNotApplicable(f"field {f.name}: {int(twice[0])} training rows hold one of its features twice "
-                                       "(two values mapped to one id, e.g. out-of-vocabulary): Gibbs sampling needs "
-                                       "each feature at most once a row; train with --mcmc-sweeps 0 (--resume "
+                                       "(two values mapped to one id, e.g. out-of-vocabulary): the Gibbs sampler "
+                                       "needs each feature at most once a row; train with --mcmc-sweeps 0 (--resume "
                                        "--mcmc-sweeps 0 keeps the SGD epochs)")
         counts = reduce(torch.bincount(block[present], minlength=f.size).double(), f"gibbs-count-{f.name}")
         # the pairs of field-local ids sharing a row (a < b), as codes a * size + b, of every rank
@@ -166,8 +167,8 @@ class GibbsFM:
         init_std: the standard deviation of the initial v (libFM's -init_stdev 0.1).
 
     A pooled field's slots (``FieldLayout.pooled``: a history bag) are one input of the pair layer,
-    as in the product's FM: no pair inside the field, so its feature's h is x_i times the sum of
-    the *other* inputs' vectors, and the FM is still linear in each parameter.
+    as in the product's FM: no pair inside the field, so its feature's dy/dv_i is x_i times the sum
+    of the *other* inputs' vectors, and the FM is still linear in (w_i, v_i) jointly.
 
     Raises:
         SamplerNotApplicable: a row holds a feature twice (``colour_classes``).
@@ -263,9 +264,10 @@ class GibbsFM:
         """Draw every parameter once; returns the training RMSE of the sample before this sweep.
 
         The FM is linear in a feature's (w_i, v_i) jointly (its pairs are with *other* inputs), so the
-        conditional of that vector is one Gaussian of k + 1 dimensions, drawn whole (as BPMF draws a
-        user's vector: Salakhutdinov and Mnih 2008) for all features of a colour class at once: one
-        allreduce a class a sweep, where libFM's coordinate-wise draws need k + 1."""
+        conditional of that vector is one Gaussian of k + 1 dimensions, drawn in blocks of at most
+        BLOCK parameters (as BPMF draws a user's vector: Salakhutdinov and Mnih 2008) for all features
+        of a colour class at once: one allreduce a class and block a sweep (one block at k <= 8), where
+        libFM's coordinate-wise draws need k + 1."""
         ids, x, y = self.ids, self.x, self.y
         # exact residuals and sums each sweep (no drift from the incremental updates)
         vx = self.v[ids] * x.unsqueeze(-1)

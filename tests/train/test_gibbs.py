@@ -152,6 +152,77 @@ def test_a_pooled_field_has_no_pair_inside_it_and_the_chain_learns_it():
     assert other[-1]["val_rmse"] > records[-1]["val_rmse"]
 
 
+def test_every_draw_sees_the_exact_residuals_and_derivatives():
+    """Each class's draw gets the residuals y - y_hat of the current parameters and z = dy/d(w_i, v_i)
+    (autograd of fm_predict), whatever the layout: a multi-valued field, two pooled fields side by
+    side, a one-hot field after them, padded slots, and k = 3 (one block) or 12 (two)."""
+    def lay(name, off, size, slot, width, kind="categorical", pooled=False):
+        return FieldLayout(name=name, kind=kind, offset=off, size=size, slot=slot, width=width, pooled=pooled)
+
+    fields = [lay("user", 0, 4, 0, 1), lay("tags", 4, 5, 1, 2, "multi_categorical"),
+              lay("bag_a", 9, 6, 3, 3, "history", True), lay("bag_b", 15, 5, 6, 2, "history", True),
+              lay("item", 20, 4, 8, 1)]
+    groups = (1, 1, 1, 3, 2, 1)
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    ids = torch.cat([torch.randint(0, 4, (n, 1), generator=g), 4 + torch.rand(n, 5, generator=g).argsort(1)[:, :2],
+                     9 + torch.rand(n, 6, generator=g).argsort(1)[:, :3], 15 + torch.rand(n, 5, generator=g).argsort(1)[:, :2],
+                     20 + torch.randint(0, 4, (n, 1), generator=g)], 1)
+    mask = torch.ones(n, 9, dtype=torch.bool)
+    mask[:5, 4:6] = False
+    mask[5:9, 7] = False
+    vals, y = torch.rand(n, 9, generator=g) + 0.5, torch.randn(n, generator=g)
+    for k in (3, 12):
+        model = GibbsFM(Batch(ids=ids, vals=vals, mask=mask, label=y), fields, 24, k, seed=1)
+        assert model.slot_groups == groups and len(model.blocks) == (1 if k == 3 else 2)
+        draw, seen, full = model._draw_block, [], {}
+
+        def checked(members, pos, z, e, theta, mu, lam, name, outer=None):
+            ci, lo = (int(t) for t in name.split("-")[1:])
+            rows = model.classes[ci][1]
+            if lo == 0:  # the class's first block: the parameters are the sweep's so far
+                w, v = model.w.clone().requires_grad_(), model.v.clone().requires_grad_()
+                pred = fm_predict(model.w0, w, v, ids, vals, mask, groups)
+                assert torch.allclose(e, (y.double() - pred.detach())[rows], atol=1e-10), (k, ci)
+                full[ci] = torch.stack([torch.cat([gw[f].reshape(1), gv[f]]) for r, f in zip(rows.tolist(), members[pos].tolist())
+                                        for gw, gv in [torch.autograd.grad(pred[r], (w, v), retain_graph=True)]]) \
+                    if len(rows) else torch.zeros(0, k + 1, dtype=torch.float64)
+            # a later block's z is the class start's: the other blocks move other dimensions of q and v_i
+            assert torch.allclose(z, full[ci][:, lo:lo + z.shape[1]], atol=1e-10), (k, ci, lo)
+            if outer is not None:
+                upper = torch.triu_indices(z.shape[1], z.shape[1])
+                assert torch.allclose(outer, z[:, upper[0]] * z[:, upper[1]], atol=1e-10)
+            seen.append((ci, lo))
+            return draw(members, pos, z, e, theta, mu, lam, name, outer=outer)
+
+        model._draw_block = checked
+        for _ in range(2):
+            model.sweep()
+        assert len(seen) == 2 * len(model.classes) * len(model.blocks)
+        assert [c[4] for c in model.classes].count(0) >= 3 and 1 in [c[4] for c in model.classes]
+
+
+def test_a_block_draw_has_the_conditional_mean_and_covariance():
+    """20,000 features with the same rows: their draws' mean and covariance are precision^-1 r and
+    precision^-1, precision = alpha sum z z^T + diag(lambda), r = alpha sum z (e + z theta) + lambda mu."""
+    model = GibbsFM(rows([[0]], [[True]], [1.0]), [field("f", "categorical", 0, 1, 0, 1)], 1, 2, seed=7)
+    model.alpha = 2.0
+    c, per = 20000, 4
+    g = torch.Generator().manual_seed(1)
+    z0, e0 = torch.randn(per, 3, generator=g, dtype=torch.float64), torch.randn(per, generator=g, dtype=torch.float64)
+    theta0 = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    mu0, lam0 = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64), torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    pos = torch.arange(c).repeat_interleave(per)
+    drawn = model._draw_block(torch.arange(c), pos, z0.repeat(c, 1), e0.repeat(c), theta0.repeat(c, 1),
+                              mu0.repeat(c, 1), lam0.repeat(c, 1), "moments")
+    precision = 2.0 * z0.T @ z0 + torch.diag(lam0)
+    cov = torch.linalg.inv(precision)
+    mean = cov @ (2.0 * z0.T @ (e0 + z0 @ theta0) + lam0 * mu0)
+    spread = cov.diagonal().sqrt()
+    assert ((drawn.mean(0) - mean).abs() < 4 * spread / c ** 0.5).all()
+    assert torch.allclose(torch.cov(drawn.T), cov, atol=0.05 * float(spread.max()) ** 2)
+
+
 def train_fm(data: Path, out: Path, np: int, *extra: str) -> None:
     proc = run_horovod(["-m", "afm_dist.train", "--data", str(data), "--model", "fm", "--output", str(out),
                         "--epochs", "3", "--batch-size", "128", "--embedding-dim", "8", "--log-every", "1000",
