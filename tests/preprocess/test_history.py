@@ -498,9 +498,11 @@ def test_bag_columns_are_format_2_and_a_split_without_them_is_refused(explicit, 
 
 
 def test_the_sampled_fm_of_pooled_history_fields_scores_as_recorded(explicit, tmp_path):
-    """Gibbs sampling on a data set with three pooled bags (no pair inside a bag): on by default,
-    and the model it ends with scores the validation rows as its record says, so the sampler's
-    pairs are the product FM's."""
+    """Gibbs sampling on a data set with three pooled bags (no pair inside a bag) runs by default
+    under horovodrun (it was refused before), and the run ends with the better of the SGD FM and the
+    blend on validation, whose model directory scores the validation rows as recorded. These 8 rows
+    are too few for the samples to win (validation keeps the SGD FM); the sampler's pairs are checked
+    against the product's FM, draw by draw, in tests/train/test_gibbs.py."""
     from afm_dist.batch import read_split
 
     out = tmp_path / "fm"
