@@ -40,7 +40,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from afm_dist.io import strip_file_scheme, write_text_atomic
 
@@ -86,6 +86,15 @@ class FieldLayout:
     pooled: bool = False
 
 
+def slot_groups(fields: Sequence[FieldLayout]) -> tuple[int, ...]:
+    """Widths of the pair layer's inputs, in slot order: a pooled field's width (its slots summed
+    into one vector), 1 for every other slot. Sums to the slots; all ones when no field is pooled."""
+    out: list[int] = []
+    for f in fields:
+        out += [f.width] if f.pooled else [1] * f.width
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class BagColumn:
     """A split column that holds a history field's bags apart from ids, vals and mask."""
@@ -128,12 +137,8 @@ class DatasetMetadata:
         return float(self.target["min"]), float(self.target["max"])
 
     def slot_groups(self) -> tuple[int, ...]:
-        """Widths of the pair layer's inputs, in slot order: a pooled field's width (its slots summed
-        into one vector), 1 for every other slot. Sums to ``num_slots``; all ones when no field is pooled."""
-        out: list[int] = []
-        for f in self.fields:
-            out += [f.width] if f.pooled else [1] * f.width
-        return tuple(out)
+        """Widths of the pair layer's inputs, in slot order (``slot_groups`` of the fields)."""
+        return slot_groups(self.fields)
 
     @property
     def bag_columns(self) -> tuple[BagColumn, ...]:

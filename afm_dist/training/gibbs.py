@@ -11,9 +11,9 @@ in blocks of at most BLOCK = 9 parameters (whole at k <= 8), as BPMF draws a use
 (Salakhutdinov and Mnih 2008), where libFM draws one coordinate at a time. The features of a *colour
 class* never share a row (a one-hot field is one class; a multi-valued field's features are coloured
 greedily by co-occurrence across all ranks), so a class's features are drawn together, one allreduce
-for the class and block a sweep, and the chain is still exact Gibbs; the residuals e and the sums q = sum_i v_i x_i are updated after each class. A pooled field
-(a history bag) is one input of the pair layer, as in the product's FM: there z = (x_i, x_i (q -
-the bag's vector)). Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
+for the class and block a sweep, and the chain is still exact Gibbs; the residuals e and the sums
+q = sum_i v_i x_i are updated after each class. A pooled field (a history bag) is one input of the
+pair layer, as in the product's FM: there z = (x_i, x_i (q - the bag's vector)). Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
 field and factor dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda) (libFM's constants amount
 to Gamma(1/2, 1/2) priors: the same draws up to half a count, which matters only for the smallest
 groups); w0 under a flat prior; a feature without a training row is a draw from its field's prior.
@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import torch
 
 from afm_dist.batch import Batch
-from afm_dist.dataset import FieldLayout
+from afm_dist.dataset import FieldLayout, slot_groups
 
 BLOCK = 9  # the most parameters of a feature drawn as one Gaussian: w_i and 8 factor dimensions
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]  # the sum of a tensor over ranks (same shape), by name
@@ -178,7 +178,7 @@ class GibbsFM:
                  reduce: Reduce = local_reduce, gather: Gather = local_gather, init_std: float = 0.1) -> None:
         # a pooled field's slots are summed into one input of the pair layer (the product's FM)
         self.pooled = [(fi, f.slot, f.width) for fi, f in enumerate(fields) if f.pooled]
-        self.slot_groups = tuple(w for f in fields for w in ([f.width] if f.pooled else [1] * f.width))
+        self.slot_groups = slot_groups(fields)
         self.g = torch.Generator().manual_seed(seed)
         self.reduce = reduce
         self.ids = train.ids
