@@ -43,7 +43,8 @@ def main() -> None:
     a = ap.parse_args()
     lo, hi = load_metadata(a.data).target_range()
     val, test = read_split(f"{a.data}/validation"), read_split(f"{a.data}/test")
-    g = torch.Generator().manual_seed(a.seed)
+    torch.manual_seed(a.seed)  # the dropout masks
+    g = torch.Generator().manual_seed(a.seed)  # the halves and the epochs' order
     perm = torch.randperm(len(val), generator=g)
     half = len(val) // 2
     for lr in a.lr:
