@@ -19,17 +19,16 @@ import torch
 from afm_dist.batch import Batch, read_split
 from afm_dist.dataset import load_metadata
 from afm_dist.model_dir import TrainedModel
+from sampled_defaults import clipped_rmse  # experiments/sampled_defaults.py
 
 ATTENTION = ("attention.weight", "attention.bias", "attention.h")
 
 
 def rmse(model: torch.nn.Module, batch: Batch, rows: torch.Tensor | None, lo: float, hi: float) -> float:
     """RMSE of ``model`` on ``batch`` (its ``rows`` only, when given), clipped to [lo, hi]."""
-    inputs = batch.inputs if rows is None else tuple(t[rows] for t in batch.inputs)
-    label = batch.label if rows is None else batch.label[rows]
-    with torch.no_grad():
-        p = torch.cat([model.eval()(*(t[i:i + 8192] for t in inputs)) for i in range(0, len(label), 8192)])
-    return float((p.clamp(lo, hi) - label).pow(2).mean().sqrt())
+    if rows is None:
+        return clipped_rmse(model, batch.inputs, batch.label, lo, hi)
+    return clipped_rmse(model, tuple(t[rows] for t in batch.inputs), batch.label[rows], lo, hi)
 
 
 def main() -> None:

@@ -40,15 +40,21 @@ RECORD = REPO / "docs" / "results" / "sampled.json"
 BEFORE = REPO / "docs" / "results" / "defaults.json"
 
 
+def clipped_rmse(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], label: torch.Tensor, lo: float,
+                 hi: float) -> float:
+    """RMSE of ``model`` on the rows ``inputs`` (a Batch's inputs), predictions clipped to [lo, hi]."""
+    with torch.no_grad():
+        p = torch.cat([model.eval()(*(t[i:i + 8192] for t in inputs)) for i in range(0, len(label), 8192)])
+    return float((p.clamp(lo, hi) - label).pow(2).mean().sqrt())
+
+
 def rmse(model: torch.nn.Module, data: Path) -> dict[str, float]:
     """Validation and test RMSE of ``model`` on the data set ``data``, clipped to its target range."""
     lo, hi = load_metadata(data).target_range()
     out = {}
     for split in ("validation", "test"):
         b = read_split(data / split)
-        with torch.no_grad():
-            p = torch.cat([model.eval()(*(t[i:i + 8192] for t in b.inputs)) for i in range(0, len(b), 8192)])
-        out[split] = round(float((p.clamp(lo, hi) - b.label).pow(2).mean().sqrt()), 5)
+        out[split] = round(clipped_rmse(model, b.inputs, b.label, lo, hi), 5)
     return out
 
 

@@ -13,7 +13,8 @@ class* never share a row (a one-hot field is one class; a multi-valued field's f
 greedily by co-occurrence across all ranks), so a class's features are drawn together, one allreduce
 for the class and block a sweep, and the chain is still exact Gibbs; the residuals e and the sums
 q = sum_i v_i x_i are updated after each class. A pooled field (a history bag) is one input of the
-pair layer, as in the product's FM: there z = (x_i, x_i (q - the bag's vector)). Hyperpriors with libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
+pair layer, as in the product's FM: there z = (x_i, x_i (q - the bag's vector)). Hyperpriors with
+libFM's structure (fm_learn_mcmc.h): alpha ~ Gamma(1, 1); per
 field and factor dimension lambda ~ Gamma(1, 1) and mu ~ N(0, 1 / lambda) (libFM's constants amount
 to Gamma(1/2, 1/2) priors: the same draws up to half a count, which matters only for the smallest
 groups); w0 under a flat prior; a feature without a training row is a draw from its field's prior.
