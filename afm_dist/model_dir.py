@@ -5,8 +5,9 @@ The directory holds::
     model.safetensors  the best epoch's weights, or with tail averaging the mean of the weights of
                        the tail's epochs up to it, or an FM's blend with its Gibbs samples
                        (safetensors: loading runs no code)
-    sgd.safetensors    an FM whose blend is the model: the SGD FM's best weights (what --resume
-                       goes on from)
+    sgd.safetensors    where the model is not the run's trained weights (an FM's Gibbs blend, or
+                       the --init-from FM an AFM did not beat): the best epoch's weights (what
+                       --resume goes on from, and an FM's what --init-from starts from)
     model.json         TrainedModel.to_json(): model name and ModelConfig, feature layout, the data
                        set's metadata, training configuration and best validation metrics
     vocabulary/        the training data set's vocabulary, for encoding raw logs at scoring time
@@ -146,6 +147,34 @@ class TrainedModel:
                                "vocabulary must be retrained")
 
     @property
+    def sgd_embedding_dim(self) -> int | None:
+        """The embedding size of ``sgd.safetensors`` (an FM whose model is its Gibbs blend: the SGD
+        FM's best weights), read from the file's header; None without the file.
+
+        Raises:
+            DatasetError: the file is cut short or not a safetensors file (``check_weights``).
+        """
+        if self.path is None or not (self.path / SGD_WEIGHTS).exists():
+            return None
+        check_weights(self.path, COPY_ADVICE, SGD_WEIGHTS)
+        with safe_open(str(self.path / SGD_WEIGHTS), framework="pt") as f:
+            return int(f.get_slice("embedding.embedding.weight").get_shape()[1])
+
+    def build_sgd(self) -> ScoringModel:
+        """The FM of ``sgd.safetensors`` (its embedding size ``sgd_embedding_dim``) in eval mode.
+
+        Raises:
+            DatasetError: the directory has no ``sgd.safetensors``, or it is cut short.
+        """
+        dim = self.sgd_embedding_dim
+        if dim is None:
+            raise DatasetError(f"{self.path}: no {SGD_WEIGHTS} (the model is its own trained weights)")
+        model = build_model(self.name, self.num_features, self.num_slots,
+                            dataclasses.replace(self.config, embedding_dim=dim), self.dataset.slot_groups())
+        model.load_state_dict(load_file(str(self.path / SGD_WEIGHTS)), assign=True)
+        return model.eval()
+
+    @property
     def weights_path(self) -> Path:
         if self.path is None:
             raise DatasetError(f"the {self.name} model was not loaded from a directory: no {MODEL_WEIGHTS}")
@@ -232,16 +261,16 @@ class TrainedModel:
         return model.eval()
 
 
-def check_weights(directory: Path, advice: str) -> None:
-    """Refuse a model directory whose ``model.safetensors`` is missing, or cut short or not a
-    safetensors file (its header read and checked against the file's size; no tensor is read).
+def check_weights(directory: Path, advice: str, name: str = MODEL_WEIGHTS) -> None:
+    """Refuse a model directory whose ``name`` (``model.safetensors``) is missing, or cut short or
+    not a safetensors file (its header read and checked against the file's size; no tensor is read).
 
     Raises:
         DatasetError: naming the file and ``advice`` (what to do).
     """
-    path = directory / MODEL_WEIGHTS
+    path = directory / name
     if not path.is_file():
-        raise DatasetError(f"{directory}: {MODEL_WEIGHTS} is missing; {advice}")
+        raise DatasetError(f"{directory}: {name} is missing; {advice}")
     try:
         with safe_open(str(path), framework="pt"):
             pass

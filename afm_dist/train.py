@@ -24,13 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from afm_dist.dataset import DatasetError
-from afm_dist.io import UnsupportedSchemeError, local_path
+from afm_dist.io import OutputPathError, UnsupportedSchemeError, local_path
 from afm_dist.model_dir import TrainedModel
 from afm_dist.models import MODEL_NAMES, ModelConfig
 from afm_dist.models.afm import ATTENTION_SCALES
 from afm_dist.training import TrainConfig
+from afm_dist.training.checkpoint import CHECKPOINT, checkpoint_embedding_dim, open_checkpoint
 from afm_dist.training.config import AFM_FINE_TUNE_LR, LR
 from afm_dist.training.launch import run
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
@@ -43,7 +45,10 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
     p.add_argument("--data", required=True, help="output directory of jobs/preprocess.py")
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     p.add_argument("--output", required=True, help="model directory to write")
-    p.add_argument("--init-from", help="a trained FM model directory whose embeddings and linear part initialise this model")
+    p.add_argument("--init-from", help="a trained FM model directory whose embeddings and linear part initialise this "
+                                       "model: its SGD weights where its model is their Gibbs blend (see --mcmc-sweeps); "
+                                       "an FM or AFM ends no worse than the directory's model on validation (where its "
+                                       "best epoch is not below, the directory's model is written as it)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the schema's, else 128)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
@@ -84,7 +89,7 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
                         "factors; --mcmc-samples of its samples, kept as one FM, are blended with the SGD FM at "
                         "the weight validation chooses, and the blend is the model where it is better on "
                         "validation (an FM of --embedding-dim + --mcmc-dim x --mcmc-samples; an AFM --init-from "
-                        "it takes that size). 0: off. Default: 300 for --model fm with --loss squared, in a static "
+                        "it starts from the SGD FM, and is the blend where it does not beat it). 0: off. Default: 300 for --model fm with --loss squared, in a static "
                         "run; 0 otherwise")
     p.add_argument("--mcmc-dim", type=int, default=TrainConfig.mcmc_dim, metavar="K",
                    help="factors of the sampled FM (default %(default)s)")
@@ -111,7 +116,8 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
             continue
         if f.name == "embedding_dim":  # None: the --init-from FM's, else the default
             p.add_argument("--embedding-dim", type=int, default=None,
-                           help=f"k (default: the --init-from FM's, else {value})")
+                           help=f"k (default: with --resume the run's; the --init-from FM's, of its SGD weights where "
+                                f"its model is their blend (the blend's size starts from the blend); else {value})")
             continue
         if isinstance(value, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool, default=value, metavar="BOOL")
@@ -162,7 +168,8 @@ def config_from(ns: dict, p: argparse.ArgumentParser) -> TrainConfig:
     if ns["sparse_embeddings"] is None:
         ns["sparse_embeddings"] = ns["optimizer"] in SPARSE_OPTIMIZERS
     if ns["embedding_dim"] is None:
-        ns["embedding_dim"] = _init_from_dim(ns["init_from"]) or ModelConfig.embedding_dim
+        ns["embedding_dim"] = ((_resume_dim(ns["output"]) if ns["resume"] else _init_from_dim(ns["init_from"]))
+                               or ModelConfig.embedding_dim)
     model_config = ModelConfig(**{f.name: ns.pop(f.name) for f in dataclasses.fields(ModelConfig) if f.name in ns})
     cfg = TrainConfig(**ns, model_config=model_config)
     try:
@@ -173,13 +180,24 @@ def config_from(ns: dict, p: argparse.ArgumentParser) -> TrainConfig:
 
 
 def _init_from_dim(fm_dir: str | None) -> int | None:
-    """The embedding size of the FM in ``fm_dir``; None without one, or where it does not load
+    """The embedding size of the FM in ``fm_dir`` (of its SGD weights, where its model is their
+    Gibbs blend: the run starts from them); None without one, or where it does not load
     (``check_run`` says why)."""
     if not fm_dir:
         return None
     try:
-        return TrainedModel.load(fm_dir).config.embedding_dim
+        fm = TrainedModel.load(fm_dir)
+        return fm.sgd_embedding_dim or fm.config.embedding_dim
     except (DatasetError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _resume_dim(output: str) -> int | None:
+    """The embedding size of the run in ``output`` to resume (its checkpoint's, memory-mapped);
+    None where there is none (``check_run`` says why)."""
+    try:
+        return checkpoint_embedding_dim(open_checkpoint(Path(output) / CHECKPOINT))
+    except OutputPathError:
         return None
 
 

@@ -98,16 +98,18 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
         "bad_epochs": state.bad_epochs, "l2_step": state.l2_step, "average": tail.state_dict(),
+        "init_from": cfg.init_from,
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
 
-def write_sampled(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module | None,
-                  state: RunState, global_batch: int) -> None:
-    """After Gibbs sampling (``loop.sample_and_blend``): metrics.jsonl with its record, and the curves;
-    with ``model`` (the blend, when it is the best), its weights and model.json (``cfg``: its
-    embedding size), the SGD FM's best weights moved to sgd.safetensors first (``restore_sgd`` puts
-    them back). The checkpoint stays the last epoch's: a resumed run samples again."""
+def write_replacement(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch.nn.Module | None,
+                      state: RunState, global_batch: int) -> None:
+    """After the epochs, a model other than the best epoch's weights scored (``loop.sample_and_blend``'s
+    Gibbs blend, ``loop.keep_init_floor``'s --init-from FM): metrics.jsonl with its record, and the
+    curves; with ``model`` (where it is the best), its weights and model.json (``cfg``: its embedding
+    size), the best epoch's weights moved to sgd.safetensors first (``restore_sgd`` puts them back).
+    The checkpoint stays the last epoch's: a resumed run scores it again."""
     write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
     if model is not None:
         (out / MODEL_WEIGHTS).replace(out / SGD_WEIGHTS)
@@ -117,8 +119,9 @@ def write_sampled(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: tor
 
 
 def restore_sgd(out: Path) -> None:
-    """A resumed run of an FM whose blend was the model goes on from the SGD FM's best weights:
-    sgd.safetensors back to model.safetensors (``write_sampled``), the directory first unmarked
+    """A resumed run whose model was not its own weights (an FM's blend, an AFM's --init-from FM) goes
+    on from its best epoch's weights: sgd.safetensors back to model.safetensors (``write_replacement``),
+    the directory first unmarked
     complete (its model.json still describes the blend until the run ends)."""
     if (out / SGD_WEIGHTS).exists():
         (out / COMPLETE_MARKER).unlink(missing_ok=True)

@@ -74,8 +74,14 @@ def open_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def checkpoint_embedding_dim(state: dict[str, Any]) -> int | None:
+    """k of the checkpoint's feature embeddings (None for a model without that table)."""
+    table = state["model_state"].get("embedding.embedding.weight")
+    return None if table is None else int(table.shape[1])
+
+
 def check_resume_compatible(state: dict[str, Any], model: str, data: str, meta: DatasetMetadata,
-                            where: str) -> None:
+                            where: str, embedding_dim: int | None = None) -> None:
     """Refuse to resume a run with another model or data set than it was trained with.
 
     Raises:
@@ -89,6 +95,9 @@ def check_resume_compatible(state: dict[str, Any], model: str, data: str, meta: 
     if state["num_features"] != meta.num_features or state["num_slots"] != meta.num_slots:
         problems.append(f"feature layout differs ({state['num_features']} features / {state['num_slots']} slots "
                         f"in the checkpoint, {meta.num_features} / {meta.num_slots} in {data})")
+    saved_dim = checkpoint_embedding_dim(state)
+    if embedding_dim is not None and saved_dim is not None and saved_dim != embedding_dim:
+        problems.append(f"--embedding-dim {saved_dim} in the checkpoint, {embedding_dim} asked for")
     if problems:
         raise DatasetError(f"{where}: cannot resume: " + "; ".join(problems)
-                           + ". Resume with the same --data and --model, or start a new --output.")
+                           + ". Resume with the same --data, --model and --embedding-dim, or start a new --output.")

@@ -35,7 +35,7 @@ from afm_dist.training import artifacts, gibbs
 from afm_dist.training.artifacts import RunState
 from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
-from afm_dist.training.config import TrainConfig
+from afm_dist.training.config import FLOOR_MODELS, TrainConfig
 from afm_dist.training.elastic import TrainingState, broadcast_optimizer_tensors, elastic_launch, local_batch_size
 from afm_dist.training.exchange import GradientExchange, wait
 from afm_dist.training.optimizers import build_optimizer
@@ -140,8 +140,10 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
         fm = TrainedModel.load(cfg.init_from)
         if fm.name != "fm":
             raise DatasetError(f"{cfg.init_from}: --init-from needs an FM model directory, it holds {fm.name!r}")
-        if (fm.config.embedding_dim, fm.num_features) != (cfg.model_config.embedding_dim, meta.num_features):
-            raise ValueError(f"--init-from {cfg.init_from}: the FM has --embedding-dim {fm.config.embedding_dim} and "
+        sizes = sorted({fm.config.embedding_dim, fm.sgd_embedding_dim or fm.config.embedding_dim})
+        if cfg.model_config.embedding_dim not in sizes or fm.num_features != meta.num_features:
+            raise ValueError(f"--init-from {cfg.init_from}: the FM has --embedding-dim "
+                             f"{' (its SGD weights) or '.join(map(str, sizes))} and "
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
@@ -151,7 +153,8 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                              "lose a rank; run it without --min-np/--max-np (a static horovodrun), or --mcmc-sweeps 0")
     if cfg.resume:  # every rank, before Horovod starts: the checkpoint opens, and is of this run
         saved = open_checkpoint(Path(cfg.output) / CHECKPOINT)
-        check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}")
+        check_resume_compatible(saved, cfg.model, cfg.data, meta, where=f"{cfg.output}/{CHECKPOINT}",
+                                embedding_dim=cfg.model_config.embedding_dim)
         if saved["history"]:  # an epoch ran, so its best weights were written: the L2 path and the end read them
             check_weights(Path(cfg.output), "restore it, or train again without --resume")
     check_loss(cfg.loss, meta)
@@ -235,7 +238,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank (rank 0's are broadcast anyway)
     model = build_model(cfg.model, meta.num_features, meta.num_slots, cfg.model_config, meta.slot_groups())
     if cfg.init_from:
-        init_from(model, cfg.init_from)
+        init_from(model, cfg.init_from, cfg.model_config.embedding_dim)
     elif cfg.w0_init == "mean" and not cfg.resume:  # a resumed run loads its checkpoint's w0 below
         centre_bias(model, cfg, meta)
     model.to(device)
@@ -299,9 +302,10 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     binary = M.is_binary(meta.target, cfg.loss)
     tail = state.tail
     if cfg.init_from and not state.run.history:
-        # Epoch 0: the model as initialised from the FM, before any step. An AFM starts as its FM
-        # (attention_scale "pairs"), so keeping the best epoch from here on means that its
-        # validation RMSE never ends above the FM's.
+        # Epoch 0: the model as initialised from the FM, before any step. An AFM starts as the FM
+        # whose weights it took (attention_scale "pairs"), so keeping the best epoch from here on
+        # means that its validation RMSE never ends above that FM's; where those were the SGD
+        # weights of the directory's Gibbs blend, keep_init_floor scores the blend at the end.
         epoch_start = time.time()
         train_m = evaluate(model, split_path(cfg.data, TRAIN), device=device, clip=None, binary=False)
         val_m = evaluate(model, split_path(cfg.data, VALIDATION), device=device, clip=clip, binary=binary)
@@ -384,6 +388,8 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     if sweeps:
         cfg, model = sample_and_blend(model, dataclasses.replace(cfg, mcmc_sweeps=sweeps), meta, run, out,
                                       global_batch, device, given=cfg.mcmc_sweeps is not None)
+    if cfg.init_from and cfg.model in FLOOR_MODELS:
+        cfg, model = keep_init_floor(model, cfg, meta, run, out, global_batch, device)
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, run, global_batch)
         kept = run.best.get("metrics", {})
@@ -478,8 +484,47 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
         log(f"sampled FM: validation RMSE {records[-1]['val_rmse']:.4f} (the SGD FM {sgd_rmse:.4f}); "
             + (f"the blend ({u:g} SGD) {val_m['rmse']:.4f}, kept as the model (k = {blended_cfg.model_config.embedding_dim})"
                if improved else "the SGD FM kept (no blend is better on validation)") + f"; {time.time() - start:.1f}s")
-        artifacts.write_sampled(out, blended_cfg, meta, blended if improved else None, run, global_batch)
+        artifacts.write_replacement(out, blended_cfg, meta, blended if improved else None, run, global_batch)
     return (blended_cfg, blended) if improved else (cfg, model)
+
+
+def keep_init_floor(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata, run: RunState, out: Path,
+                    global_batch: int, device: torch.device) -> tuple[TrainConfig, ScoringModel]:
+    """After the epochs of a run started from an --init-from FM's SGD weights (the directory's model
+    being their Gibbs blend, of another embedding size): the directory's model as this model (an AFM
+    whose attention sums to |R_x| with h = 0 is its FM exactly, ``init_from_fm``), scored on
+    validation in one more record of the run's history (phase "init"); where it beats the best
+    epoch, rank 0 writes it as the model. So the run never ends above the FM it started from on
+    validation. A run started from the directory's model has that floor as its epoch 0 already.
+    Returns the settings and model the run ends with.
+
+    Raises:
+        DatasetError: the --init-from directory is no longer a finished FM model directory.
+    """
+    fm = TrainedModel.load(cfg.init_from)
+    if cfg.model_config.embedding_dim == fm.config.embedding_dim:
+        return cfg, model
+    rank, start = hvd.rank(), time.time()
+    floor_cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(
+        cfg.model_config, embedding_dim=fm.config.embedding_dim))
+    floor = init_from_fm(build_model(cfg.model, meta.num_features, meta.num_slots, floor_cfg.model_config,
+                                     meta.slot_groups()), fm.build()).to(device)
+    clip = meta.target_range() if cfg.clip_predictions else None
+    train_m = evaluate(floor, split_path(cfg.data, TRAIN), device=device, clip=None, binary=False)
+    val_m = evaluate(floor, split_path(cfg.data, VALIDATION), device=device, clip=clip,
+                     binary=M.is_binary(meta.target, cfg.loss))
+    trained = run.best["val_rmse"]
+    improved = run.record({
+        "epoch": run.epoch + 1, "phase": "init", "train_rmse": train_m["rmse"], "val_rmse": val_m["rmse"],
+        **{f"val_{k}": v for k, v in val_m.items() if k not in ("rmse", "rows")}, "val_rmse_trained": trained,
+        "seconds": time.time() - start, "examples_per_s": 0.0, "train_seconds": 0.0, "exchange_wait_s": 0.0,
+        "exchange_values": 0.0})
+    if rank == 0:
+        log(f"the --init-from FM as the {cfg.model} (k = {fm.config.embedding_dim}): validation RMSE "
+            f"{val_m['rmse']:.4f}, the best epoch {trained:.4f}: "
+            + ("the FM kept as the model" if improved else "the best epoch kept"))
+        artifacts.write_replacement(out, floor_cfg, meta, floor if improved else None, run, global_batch)
+    return (floor_cfg, floor) if improved else (cfg, model)
 
 
 def rollback_to_best(model: ScoringModel, out: Path) -> None:
@@ -515,8 +560,10 @@ def centre_bias(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata) ->
     return mean
 
 
-def init_from(model: ScoringModel, fm_dir: str) -> None:
-    """Copy a trained FM's embeddings and linear part into ``model`` (the paper's pre-training).
+def init_from(model: ScoringModel, fm_dir: str, embedding_dim: int) -> None:
+    """Copy a trained FM's embeddings and linear part into ``model`` (the paper's pre-training):
+    the SGD FM's weights (``sgd.safetensors``) where the directory's model is its Gibbs blend and
+    ``embedding_dim`` is theirs, else the directory's model.
 
     Raises:
         DatasetError: ``fm_dir`` is not a finished FM model directory.
@@ -524,7 +571,8 @@ def init_from(model: ScoringModel, fm_dir: str) -> None:
     fm = TrainedModel.load(fm_dir)
     if fm.name != "fm":
         raise DatasetError(f"{fm_dir}: --init-from needs an FM model directory, it holds {fm.name!r}")
-    init_from_fm(model, fm.build())
+    sgd = embedding_dim != fm.config.embedding_dim and fm.sgd_embedding_dim == embedding_dim
+    init_from_fm(model, fm.build_sgd() if sgd else fm.build())
 
 
 def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringModel,
@@ -542,6 +590,8 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     # torch restores the learning rate with the state: the run goes on at the rate it started with
     # (an AFM fine-tuned from --init-from at AFM_FINE_TUNE_LR), and model.json says so.
     cfg.lr = optimizer.param_groups[0]["lr"]
+    # a run started from an FM ends no worse than it (keep_init_floor), resumed or not
+    cfg.init_from = cfg.init_from or saved.get("init_from")
     if tail is not None and cfg.average_tail:  # resumed with --average-tail false: nothing averaged from here
         tail.load_state_dict(saved.get("average"), device=next(model.parameters()).device)
     return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],

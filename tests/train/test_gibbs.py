@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from afm_dist.batch import Batch
 from afm_dist.dataset import FieldLayout
 from afm_dist.model_dir import TrainedModel
 from afm_dist.models import ModelConfig, build_model
+from afm_dist.train import main
 from afm_dist.training.gibbs import GibbsFM, SamplerNotApplicable, blend, colour_classes, fm_predict, sample, stack
 from tests.conftest import run_horovod
 
@@ -230,9 +233,7 @@ def train_fm(data: Path, out: Path, np: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
-def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_path):
-    from afm_dist.batch import read_split
-
+def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_path, capsys):
     one, two = tmp_path / "fm1", tmp_path / "fm2"
     train_fm(planted_data, one, 1)
     train_fm(planted_data, two, 2)
@@ -246,12 +247,7 @@ def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_p
     model = TrainedModel.load(two)
     assert model.config.embedding_dim == 8 + 4 * 6
     assert model.best["val_rmse"] == pytest.approx(last[two]["val_rmse"])
-    fm = model.build().eval()
-    b = read_split(planted_data / "validation")
-    lo, hi = model.dataset.target_range()
-    with torch.no_grad():
-        rmse = float((fm(*b.inputs).clamp(lo, hi) - b.label).pow(2).mean().sqrt())
-    assert rmse == pytest.approx(last[two]["val_rmse"], rel=1e-4)
+    assert validation_rmse(two, planted_data) == pytest.approx(last[two]["val_rmse"], rel=1e-4)
     # the SGD FM's best weights are kept apart: --resume goes on from them, and samples the same chain again
     assert (two / "sgd.safetensors").exists()
     before = (two / "metrics.jsonl").read_text().splitlines()
@@ -261,12 +257,66 @@ def test_sampling_after_sgd_is_one_chain_on_one_rank_and_two(planted_data, tmp_p
     again = json.loads(after[-1])
     assert (again["val_rmse"], again["sgd_share"]) == (pytest.approx(last[two]["val_rmse"], rel=1e-6), last[two]["sgd_share"])
     assert TrainedModel.load(two).config.embedding_dim == 32
-    # an AFM --init-from it takes its size and starts as it
-    afm = tmp_path / "afm"
-    proc = run_horovod(["-m", "afm_dist.train", "--data", str(planted_data), "--model", "afm", "--init-from", str(two),
-                        "--output", str(afm), "--epochs", "1", "--batch-size", "128", "--attention-factor", "8",
-                        "--log-every", "1000"], np=2)
+    check_afm_from_blend(planted_data, two, last[two], tmp_path, capsys)
+
+
+def validation_rmse(model_dir: Path, data: Path) -> float:
+    """The clipped validation RMSE of the model in ``model_dir``, scored here from its files."""
+    from afm_dist.batch import read_split
+
+    model = TrainedModel.load(model_dir)
+    b = read_split(data / "validation")
+    lo, hi = model.dataset.target_range()
+    with torch.no_grad():
+        return float((model.build()(*b.inputs).clamp(lo, hi) - b.label).pow(2).mean().sqrt())
+
+
+def train_afm(data: Path, out: Path, *extra: str) -> list[dict]:
+    proc = run_horovod(["-m", "afm_dist.train", "--data", str(data), "--model", "afm", "--output", str(out), "--epochs", "1", "--batch-size", "128", "--attention-factor", "8",
+                        "--log-every", "1000", *extra], np=2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_afm_from_blend(data: Path, fm: Path, sampled: dict, tmp_path: Path, capsys) -> None:
+    """An AFM --init-from an FM whose model is its blend starts from the SGD FM (its size, its
+    validation RMSE) and ends no worse than the blend on validation."""
+    from safetensors import safe_open
+
+    # at a rate too small to move it, the AFM stays the SGD FM, and the blend is kept as the AFM
+    afm = tmp_path / "afm"
+    records = train_afm(data, afm, "--init-from", str(fm), "--lr", "1e-9")
+    assert records[0]["epoch"] == 0 and records[0]["val_rmse"] == pytest.approx(sampled["val_rmse_sgd"], rel=1e-5)
+    end = records[-1]
+    assert end["phase"] == "init" and end["val_rmse"] == pytest.approx(sampled["val_rmse"], rel=1e-5)
+    assert end["val_rmse_trained"] == pytest.approx(sampled["val_rmse_sgd"], rel=1e-4)
+    assert end["val_rmse_trained"] > end["val_rmse"]
+    model = TrainedModel.load(afm)
+    assert (model.name, model.config.embedding_dim, model.best["epoch"]) == ("afm", 32, end["epoch"])
+    assert validation_rmse(afm, data) == pytest.approx(sampled["val_rmse"], rel=1e-4)
+    with safe_open(str(afm / "sgd.safetensors"), framework="pt") as f:  # the AFM's own best epoch, k = 8
+        assert f.get_slice("embedding.embedding.weight").get_shape()[1] == 8
+    # --resume goes on from the AFM's own weights, and keeps the blend again
+    again = train_afm(data, afm, "--lr", "1e-9", "--resume")
+    assert again[:-1] == records[:-1] and again[-1]["val_rmse"] == pytest.approx(end["val_rmse"], rel=1e-6)
     assert TrainedModel.load(afm).config.embedding_dim == 32
-    first = json.loads((afm / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["epoch"] == 0 and first["val_rmse"] == pytest.approx(last[two]["val_rmse"], rel=1e-5)
+    # another size than the checkpoint's is refused in one line, before Horovod starts
+    assert main(["--data", str(data), "--model", "afm", "--output", str(afm), "--resume", "--embedding-dim", "16"]) == 2
+    assert "cannot resume: --embedding-dim 8 in the checkpoint, 16 asked for" in capsys.readouterr().err
+    # where the directory's model is worse than the trained AFM, the AFM is kept
+    worse = tmp_path / "fm_worse"
+    shutil.copytree(fm, worse)
+    weights = load_file(str(worse / "model.safetensors"))
+    weights["embedding.embedding.weight"].zero_()
+    save_file(weights, str(worse / "model.safetensors"))
+    kept = tmp_path / "afm_kept"
+    end = train_afm(data, kept, "--init-from", str(worse))[-1]
+    assert end["phase"] == "init" and end["val_rmse"] > end["val_rmse_trained"]
+    model = TrainedModel.load(kept)
+    assert model.config.embedding_dim == 8 and model.best["val_rmse"] == pytest.approx(end["val_rmse_trained"])
+    assert not (kept / "sgd.safetensors").exists()
+    # with the blend's size, the AFM starts from the blend, as it is
+    whole = tmp_path / "afm_whole"
+    first = train_afm(data, whole, "--init-from", str(fm), "--embedding-dim", "32")[0]
+    assert first["epoch"] == 0 and first["val_rmse"] == pytest.approx(sampled["val_rmse"], rel=1e-5)
+    assert TrainedModel.load(whole).config.embedding_dim == 32
