@@ -69,7 +69,7 @@ def collect(data_root: Path, models: Path, sets: list[str], path: Path = RECORD)
             trained = TrainedModel.load(d)
             history = [json.loads(line) for line in (d / METRICS).read_text().splitlines()]
             r = {"k": trained.config.embedding_dim, **rmse(trained.build(), data), "best_epoch": trained.best["epoch"],
-                 "epochs": sum(1 for h in history if h["epoch"] > 0 and h.get("phase") != "mcmc"),
+                 "epochs": sum(1 for h in history if h["epoch"] > 0 and h.get("phase") not in ("mcmc", "init")),
                  "minutes": round(sum(h["seconds"] for h in history) / 60, 1)}
             sampled = [h for h in history if h.get("phase") == "mcmc"]
             if sampled:
@@ -82,6 +82,13 @@ def collect(data_root: Path, models: Path, sets: list[str], path: Path = RECORD)
                     sgd = build_model("fm", meta.num_features, meta.num_slots, config, meta.slot_groups())
                     sgd.load_state_dict(load_file(str(d / SGD_WEIGHTS)))
                     r["sgd"] = rmse(sgd, data)
+            floor = [h for h in history if h.get("phase") == "init"]
+            if floor:  # an AFM from the SGD FM, with the FM directory's blend as its floor
+                h = floor[-1]
+                r |= {"val_trained": round(h["val_rmse_trained"], 5), "val_blend": round(h["val_rmse"], 5),
+                      "kept": "blend" if trained.best["epoch"] == h["epoch"] else "trained"}
+                if (d / SGD_WEIGHTS).exists():  # the blend kept: the AFM's own best epoch, scored too
+                    r["trained"] = {"k": trained.sgd_embedding_dim, **rmse(trained.build_sgd(), data)}
             record.setdefault(s, {})[kind] = r
             print(s, kind, json.dumps(r))
     write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -98,7 +98,7 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
         "bad_epochs": state.bad_epochs, "l2_step": state.l2_step, "average": tail.state_dict(),
-        "init_from": cfg.init_from,
+        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 

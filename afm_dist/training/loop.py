@@ -124,9 +124,10 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
         DatasetError: ``--loss logistic`` on a target that is not two classes (``check_loss``).
         OutputPathError: ``--output`` is, holds or lies inside ``--data`` or ``--init-from``; or, with
             ``--resume``, its ``checkpoint.pt`` is missing, cut short, empty or not a checkpoint.
-        DatasetError: with ``--resume``, the checkpoint is of another model or data set, or the
-            best epoch's ``model.safetensors`` that it goes back to is missing or cut short; an
-            ``--init-from`` directory without its weights (``TrainedModel.load``).
+        DatasetError: with ``--resume``, the checkpoint is of another model, data set or embedding
+            size, the best epoch's ``model.safetensors`` that it goes back to is missing or cut
+            short, or the FM the run started from no longer loads; an ``--init-from`` directory
+            without its weights (``TrainedModel.load``).
         ValueError: the model cannot work on the data set's layout (e.g. AFM with one slot), the
             ``--init-from`` FM does not fit it (another embedding size or feature count), or the
             global batch is not divisible by the workers (``check_batch``).
@@ -157,6 +158,13 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                                 embedding_dim=cfg.model_config.embedding_dim)
         if saved["history"]:  # an epoch ran, so its best weights were written: the L2 path and the end read them
             check_weights(Path(cfg.output), "restore it, or train again without --resume")
+        if saved.get("init_from"):  # its end scores the FM it started from (keep_init_floor)
+            try:
+                TrainedModel.load(saved["init_from"])
+            except DatasetError as e:
+                raise DatasetError(f"{cfg.output}/{CHECKPOINT}: the run started from the FM in {saved['init_from']}, "
+                                   f"which its end compares with, and that no longer loads ({e}); restore it, or "
+                                   "train again without --resume") from e
     check_loss(cfg.loss, meta)
     for split, why in ((TRAIN, "nothing to train on"),
                        (VALIDATION, "training needs it to keep the best epoch and stop early")):

@@ -320,3 +320,9 @@ def check_afm_from_blend(data: Path, fm: Path, sampled: dict, tmp_path: Path, ca
     first = train_afm(data, whole, "--init-from", str(fm), "--embedding-dim", "32")[0]
     assert first["epoch"] == 0 and first["val_rmse"] == pytest.approx(sampled["val_rmse"], rel=1e-5)
     assert TrainedModel.load(whole).config.embedding_dim == 32
+    # a run whose FM is gone cannot end as it would have: --resume is refused in one line
+    fm.rename(fm.with_name("fm_moved"))
+    capsys.readouterr()
+    assert main(["--data", str(data), "--model", "afm", "--output", str(afm), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run started from the FM in {fm}" in err and "Traceback" not in err
