@@ -16,6 +16,14 @@ libFM baseline is libFM on the same rows without the history field):
 
     .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p18 \
         --record docs/results/sampled_history.json fl1 fl2 fr1 fr2 ml1 ml2 mh1 mh2 fh1 fh2
+
+The AFM started from the SGD FM with the sampled FM as its floor (an AFM's ``"phase": "init"``
+record: ``kept``, and the AFM's own best epoch scored from its ``sgd.safetensors`` where the blend
+was kept), drawn against the AFMs from the blend:
+
+    .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p20rec \
+        --record docs/results/afm_start.json --compare docs/results/sampled_history.json \
+        docs/results/sampled.json fl1 fl2 fr1 fr2 ml1 ml2 mh1 mh2 fh1 fh2
 """
 from __future__ import annotations
 
@@ -95,16 +103,25 @@ def collect(data_root: Path, models: Path, sets: list[str], path: Path = RECORD)
     return record
 
 
-def plot(record: dict, path: Path) -> None:
+def plot(record: dict, path: Path, compare: list[Path] = ()) -> None:
     """Test RMSE relative to the SGD FM's (defaults.json, the defaults before): the FM and the AFM
-    now, the AFM before, libFM's MCMC; below 1 is better."""
+    now, the AFM before (defaults.json's, or with ``compare`` the first of those records that has
+    the set's AFM), libFM's MCMC; below 1 is better."""
     from defaults import relative_bars
 
     before = json.loads(BEFORE.read_text())
+    earlier = [json.loads(c.read_text()) for c in compare]
+
+    def afm_before(s: str) -> float:
+        for r in earlier:
+            if "afm" in r.get(s, {}):
+                return r[s]["afm"]["test"]
+        return float("nan") if earlier else before[s]["afm"]["test_rmse"]
+
     sets = [s for s in ("fl1", "fl2", "fr1", "fr2", "ml1", "ml2", "mh1", "mh2", "fh1", "fh2") if "fm" in record.get(s, {})]
     plain = {"mh1": "ml1", "mh2": "ml2", "fh1": "fr1", "fh2": "fr2"}  # libFM on the same rows, without the history
     series = {"FM now (SGD + samples)": lambda s: record[s]["fm"]["test"],
-              "AFM before": lambda s: before[s]["afm"]["test_rmse"],
+              ("AFM before (" + ", ".join(c.name for c in compare) + ")" if compare else "AFM before"): afm_before,
               "AFM now": lambda s: record[s].get("afm", {}).get("test", float("nan")),
               "libFM MCMC": lambda s: before[plain.get(s, s)]["libfm"]["mcmc"]["test_rmse"]}
     relative_bars(sets, {name: [get(s) / before[s]["fm"]["test_rmse"] for s in sets] for name, get in series.items()},
@@ -119,10 +136,12 @@ def main() -> int:
     p.add_argument("--models", type=Path, help="the model directories SET_fm and SET_afm")
     p.add_argument("--record", type=Path, default=RECORD, help="the record written (default %(default)s)")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--compare", type=Path, nargs="*", default=[],
+                   help="earlier records whose AFMs the figure draws as 'AFM before' (the first that has the set's)")
     a = p.parse_args()
     record = collect(a.data, a.models, a.sets, a.record) if a.sets else json.loads(a.record.read_text())
     if a.report or a.sets:
-        plot(record, a.record.with_suffix(".png"))
+        plot(record, a.record.with_suffix(".png"), a.compare)
     return 0
 
 
