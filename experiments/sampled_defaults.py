@@ -23,7 +23,7 @@ was kept), drawn against the AFMs from the blend:
 
     .venv/bin/python experiments/sampled_defaults.py --data /tmp/q/d --models /tmp/p20rec \
         --record docs/results/afm_start.json --compare docs/results/sampled_history.json \
-        docs/results/sampled.json fl1 fl2 fr1 fr2 ml1 ml2 mh1 mh2 fh1 fh2
+        --compare docs/results/sampled.json fl1 fl2 fr1 fr2 ml1 ml2 mh1 mh2 fh1 fh2
 """
 from __future__ import annotations
 
@@ -136,8 +136,9 @@ def main() -> int:
     p.add_argument("--models", type=Path, help="the model directories SET_fm and SET_afm")
     p.add_argument("--record", type=Path, default=RECORD, help="the record written (default %(default)s)")
     p.add_argument("--report", action="store_true")
-    p.add_argument("--compare", type=Path, nargs="*", default=[],
-                   help="earlier records whose AFMs the figure draws as 'AFM before' (the first that has the set's)")
+    p.add_argument("--compare", type=Path, action="append", default=[],
+                   help="an earlier record whose AFMs the figure draws as 'AFM before' (repeated: the first that "
+                        "has the set's)")
     a = p.parse_args()
     record = collect(a.data, a.models, a.sets, a.record) if a.sets else json.loads(a.record.read_text())
     if a.report or a.sets:
