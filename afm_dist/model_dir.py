@@ -148,8 +148,9 @@ class TrainedModel:
 
     @property
     def sgd_embedding_dim(self) -> int | None:
-        """The embedding size of ``sgd.safetensors`` (an FM whose model is its Gibbs blend: the SGD
-        FM's best weights), read from the file's header; None without the file.
+        """The embedding size of ``sgd.safetensors`` (the best epoch's weights, where the model is
+        not them: an FM's Gibbs blend, an AFM's --init-from FM), read from the file's header; None
+        without the file.
 
         Raises:
             DatasetError: the file is cut short or not a safetensors file (``check_weights``).
@@ -161,7 +162,8 @@ class TrainedModel:
             return int(f.get_slice("embedding.embedding.weight").get_shape()[1])
 
     def build_sgd(self) -> ScoringModel:
-        """The FM of ``sgd.safetensors`` (its embedding size ``sgd_embedding_dim``) in eval mode.
+        """The model of ``sgd.safetensors`` (this directory's model name, at the embedding size
+        ``sgd_embedding_dim``: an FM's SGD FM, an AFM's own best epoch) in eval mode.
 
         Raises:
             DatasetError: the directory has no ``sgd.safetensors``, or it is cut short.

@@ -167,7 +167,8 @@ def write_report(out: Path, trials: list[Trial], np_: int) -> Trial | None:
     from afm_dist.plots import plot_trials
 
     names = list(trials[0].flags)
-    done = sorted((t for t in trials if t.best), key=lambda t: t.best[METRIC])
+    # an AFM that kept its --init-from FM as its floor ties with every other such trial: its own best epoch decides
+    done = sorted((t for t in trials if t.best), key=lambda t: (t.best[METRIC], t.best.get("val_rmse_trained", 0.0)))
     metric_names = sorted({k for t in done for k in t.best if k not in ("epoch", METRIC)})
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -47,8 +47,8 @@ def build_parser(prog: str = "python -m afm_dist.train", description: str | None
     p.add_argument("--output", required=True, help="model directory to write")
     p.add_argument("--init-from", help="a trained FM model directory whose embeddings and linear part initialise this "
                                        "model: its SGD weights where its model is their Gibbs blend (see --mcmc-sweeps); "
-                                       "an FM or AFM ends no worse than the directory's model on validation (where its "
-                                       "best epoch is not below, the directory's model is written as it)")
+                                       "an AFM from those ends no worse than the blend on validation (where the blend "
+                                       "is lower than its best epoch, the blend is written as the AFM)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the schema's, else 128)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,

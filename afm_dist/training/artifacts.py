@@ -29,6 +29,8 @@ class RunState:
     best: dict[str, Any] = field(default_factory=lambda: {"val_rmse": float("inf"), "epoch": 0})
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     l2_step: int = 0  # where the run is in TrainConfig.l2_schedule
+    # the --init-from FM (resolved) whose model the run's end scores as its floor (loop.keep_init_floor), or None
+    floor_from: str | None = None
 
     def record(self, record: dict[str, Any]) -> bool:
         """Add an epoch's record; True when it is the best so far."""
@@ -98,7 +100,7 @@ def write_epoch(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: torch
         "num_slots": meta.num_slots, "epoch": state.epoch, "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict(), "history": state.history, "best": state.best,
         "bad_epochs": state.bad_epochs, "l2_step": state.l2_step, "average": tail.state_dict(),
-        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+        "floor_from": state.floor_from,
     }, out / CHECKPOINT)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")
 
@@ -112,7 +114,8 @@ def write_replacement(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model:
     The checkpoint stays the last epoch's: a resumed run scores it again."""
     write_text_atomic(out / METRICS, "".join(json.dumps(h) + "\n" for h in state.history))
     if model is not None:
-        (out / MODEL_WEIGHTS).replace(out / SGD_WEIGHTS)
+        if not (out / SGD_WEIGHTS).exists():  # once: an elastic run that restarts after it keeps the best epoch's
+            (out / MODEL_WEIGHTS).replace(out / SGD_WEIGHTS)
         save_weights(model, out)
         describe(cfg, meta, model, state, global_batch).save(out)
     plot_training_curves(state.history, out / CURVES, title=f"{cfg.model.upper()} on {Path(cfg.data).name}")

@@ -8,7 +8,6 @@ from afm_dist.models import ModelConfig
 from afm_dist.training.optimizers import OPTIMIZERS, SPARSE_OPTIMIZERS
 
 INIT_FROM_FM = ("fm", "afm", "wide_deep", "deep_cross")  # the models init_from_fm accepts
-FLOOR_MODELS = ("fm", "afm")  # those that can be their --init-from FM exactly (loop.keep_init_floor)
 # Adagrad's learning rate (the paper's optimizer; the rate measured on Frappe in issue 15).
 LR = 0.05
 # The rate of an AFM fine-tuned from a trained FM (--init-from). At 0.05 the tables' first steps

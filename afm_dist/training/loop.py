@@ -35,7 +35,7 @@ from afm_dist.training import artifacts, gibbs
 from afm_dist.training.artifacts import RunState
 from afm_dist.training.averaging import TailAverage
 from afm_dist.training.checkpoint import CHECKPOINT, check_resume_compatible, load_checkpoint, open_checkpoint
-from afm_dist.training.config import FLOOR_MODELS, TrainConfig
+from afm_dist.training.config import TrainConfig
 from afm_dist.training.elastic import TrainingState, broadcast_optimizer_tensors, elastic_launch, local_batch_size
 from afm_dist.training.exchange import GradientExchange, wait
 from afm_dist.training.optimizers import build_optimizer
@@ -141,10 +141,11 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
         fm = TrainedModel.load(cfg.init_from)
         if fm.name != "fm":
             raise DatasetError(f"{cfg.init_from}: --init-from needs an FM model directory, it holds {fm.name!r}")
-        sizes = sorted({fm.config.embedding_dim, fm.sgd_embedding_dim or fm.config.embedding_dim})
+        sizes = {fm.config.embedding_dim, fm.sgd_embedding_dim or fm.config.embedding_dim}
         if cfg.model_config.embedding_dim not in sizes or fm.num_features != meta.num_features:
+            sgd = f" ({fm.sgd_embedding_dim}: its SGD weights)" if len(sizes) > 1 else ""
             raise ValueError(f"--init-from {cfg.init_from}: the FM has --embedding-dim "
-                             f"{' (its SGD weights) or '.join(map(str, sizes))} and "
+                             f"{fm.config.embedding_dim}{sgd} and "
                              f"{fm.num_features} features; this run has --embedding-dim "
                              f"{cfg.model_config.embedding_dim} and {meta.num_features} features: train an FM of "
                              "this size on this data set first")
@@ -158,11 +159,11 @@ def check_run(cfg: TrainConfig, workers: int | None = None, *, elastic: bool = F
                                 embedding_dim=cfg.model_config.embedding_dim)
         if saved["history"]:  # an epoch ran, so its best weights were written: the L2 path and the end read them
             check_weights(Path(cfg.output), "restore it, or train again without --resume")
-        if saved.get("init_from"):  # its end scores the FM it started from (keep_init_floor)
+        if saved.get("floor_from"):  # its end scores the FM it started from (keep_init_floor)
             try:
-                TrainedModel.load(saved["init_from"])
+                TrainedModel.load(saved["floor_from"])
             except DatasetError as e:
-                raise DatasetError(f"{cfg.output}/{CHECKPOINT}: the run started from the FM in {saved['init_from']}, "
+                raise DatasetError(f"{cfg.output}/{CHECKPOINT}: the run started from the FM in {saved['floor_from']}, "
                                    f"which its end compares with, and that no longer loads ({e}); restore it, or "
                                    "train again without --resume") from e
     check_loss(cfg.loss, meta)
@@ -255,7 +256,7 @@ def train(cfg: TrainConfig, meta: DatasetMetadata | None = None) -> dict[str, An
     # step), so averaging needs no collective.
     tail = TailAverage()
     out = Path(cfg.output).resolve()
-    run = resume(out, cfg, meta, model, optimizer, tail) if cfg.resume else RunState()
+    run = resume(out, cfg, meta, model, optimizer, tail) if cfg.resume else RunState(floor_from=floor_source(cfg))
     state = TrainingState(model, optimizer, tail, run, commit_every=cfg.commit_every if elastic else 0)
     if elastic:
         # Horovod: no collective before this; each (re)start syncs rank 0's state, then runs.
@@ -396,7 +397,7 @@ def _run(state: TrainingState, cfg: TrainConfig, meta: DatasetMetadata, device: 
     if sweeps:
         cfg, model = sample_and_blend(model, dataclasses.replace(cfg, mcmc_sweeps=sweeps), meta, run, out,
                                       global_batch, device, given=cfg.mcmc_sweeps is not None)
-    if cfg.init_from and cfg.model in FLOOR_MODELS:
+    if run.floor_from:
         cfg, model = keep_init_floor(model, cfg, meta, run, out, global_batch, device)
     if rank == 0:
         artifacts.write_final(out, cfg, meta, model, run, global_batch)
@@ -496,22 +497,32 @@ def sample_and_blend(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadat
     return (blended_cfg, blended) if improved else (cfg, model)
 
 
+def floor_source(cfg: TrainConfig) -> str | None:
+    """The --init-from directory (resolved) whose model the run's end scores as its floor
+    (``keep_init_floor``): an AFM with attention summing to |R_x| (``attention_scale`` "pairs": it can
+    be that FM exactly) started from the SGD weights of the directory's Gibbs blend. None otherwise:
+    a run started from the directory's model has it as its epoch 0 already."""
+    if not cfg.init_from or cfg.model != "afm" or cfg.model_config.attention_scale != "pairs":
+        return None
+    fm = TrainedModel.load(cfg.init_from)
+    k = cfg.model_config.embedding_dim
+    started_from_sgd = k != fm.config.embedding_dim and fm.sgd_embedding_dim == k
+    return str(Path(cfg.init_from).resolve()) if started_from_sgd else None
+
+
 def keep_init_floor(model: ScoringModel, cfg: TrainConfig, meta: DatasetMetadata, run: RunState, out: Path,
                     global_batch: int, device: torch.device) -> tuple[TrainConfig, ScoringModel]:
-    """After the epochs of a run started from an --init-from FM's SGD weights (the directory's model
-    being their Gibbs blend, of another embedding size): the directory's model as this model (an AFM
-    whose attention sums to |R_x| with h = 0 is its FM exactly, ``init_from_fm``), scored on
-    validation in one more record of the run's history (phase "init"); where it beats the best
-    epoch, rank 0 writes it as the model. So the run never ends above the FM it started from on
-    validation. A run started from the directory's model has that floor as its epoch 0 already.
+    """After the epochs of an AFM started from an --init-from FM's SGD weights (``run.floor_from``,
+    whose model is their Gibbs blend, of another embedding size): the directory's model as this AFM
+    (attention summing to |R_x| with h = 0: that FM exactly, ``init_from_fm``), scored on validation
+    in one more record of the run's history (phase "init"); where it is lower than the best epoch,
+    rank 0 writes it as the model. So the AFM never ends above the directory's model on validation.
     Returns the settings and model the run ends with.
 
     Raises:
-        DatasetError: the --init-from directory is no longer a finished FM model directory.
+        DatasetError: the directory is no longer a finished FM model directory.
     """
-    fm = TrainedModel.load(cfg.init_from)
-    if cfg.model_config.embedding_dim == fm.config.embedding_dim:
-        return cfg, model
+    fm = TrainedModel.load(run.floor_from)
     rank, start = hvd.rank(), time.time()
     floor_cfg = dataclasses.replace(cfg, model_config=dataclasses.replace(
         cfg.model_config, embedding_dim=fm.config.embedding_dim))
@@ -598,12 +609,10 @@ def resume(out: Path, cfg: TrainConfig, meta: DatasetMetadata, model: ScoringMod
     # torch restores the learning rate with the state: the run goes on at the rate it started with
     # (an AFM fine-tuned from --init-from at AFM_FINE_TUNE_LR), and model.json says so.
     cfg.lr = optimizer.param_groups[0]["lr"]
-    # a run started from an FM ends no worse than it (keep_init_floor), resumed or not
-    cfg.init_from = cfg.init_from or saved.get("init_from")
     if tail is not None and cfg.average_tail:  # resumed with --average-tail false: nothing averaged from here
         tail.load_state_dict(saved.get("average"), device=next(model.parameters()).device)
     return RunState(epoch=saved["epoch"], history=saved["history"], best=saved["best"], bad_epochs=saved["bad_epochs"],
-                    l2_step=int(saved.get("l2_step", 0)))
+                    l2_step=int(saved.get("l2_step", 0)), floor_from=saved.get("floor_from"))
 
 
 def train_epoch(model: ScoringModel, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, *, steps: int,

@@ -296,10 +296,14 @@ def check_afm_from_blend(data: Path, fm: Path, sampled: dict, tmp_path: Path, ca
     assert validation_rmse(afm, data) == pytest.approx(sampled["val_rmse"], rel=1e-4)
     with safe_open(str(afm / "sgd.safetensors"), framework="pt") as f:  # the AFM's own best epoch, k = 8
         assert f.get_slice("embedding.embedding.weight").get_shape()[1] == 8
-    # --resume goes on from the AFM's own weights, and keeps the blend again
-    again = train_afm(data, afm, "--lr", "1e-9", "--resume")
-    assert again[:-1] == records[:-1] and again[-1]["val_rmse"] == pytest.approx(end["val_rmse"], rel=1e-6)
+    # --resume goes on from the AFM's own weights (k = 8) for one more epoch, and keeps the blend again
+    again = train_afm(data, afm, "--lr", "1e-9", "--resume", "--epochs", "2")
+    assert again[:2] == records[:2] and again[2]["epoch"] == 2 and "phase" not in again[2]
+    assert again[2]["val_rmse"] == pytest.approx(records[1]["val_rmse"], rel=1e-4)
+    assert again[-1]["phase"] == "init" and again[-1]["val_rmse"] == pytest.approx(end["val_rmse"], rel=1e-6)
     assert TrainedModel.load(afm).config.embedding_dim == 32
+    with safe_open(str(afm / "sgd.safetensors"), framework="pt") as f:
+        assert f.get_slice("embedding.embedding.weight").get_shape()[1] == 8
     # another size than the checkpoint's is refused in one line, before Horovod starts
     assert main(["--data", str(data), "--model", "afm", "--output", str(afm), "--resume", "--embedding-dim", "16"]) == 2
     assert "cannot resume: --embedding-dim 8 in the checkpoint, 16 asked for" in capsys.readouterr().err

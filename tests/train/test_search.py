@@ -98,3 +98,17 @@ def test_every_grid_point_is_checked_before_the_first_trial(spark, tmp_path, cap
     best = TrainedModel.load(out / "trials" / "001").best["metrics"]
     assert float(row["seconds"]) == best["seconds"]  # the best epoch's, as in metrics.jsonl
     assert float(row["trial_seconds"]) >= best["seconds"]  # the whole trial's wall time
+
+
+def test_trials_that_kept_their_fm_as_the_floor_are_ranked_by_their_own_best_epoch(tmp_path):
+    """Two AFMs whose --init-from blend was lower than their own best epoch both end at the blend's
+    validation RMSE; the one whose own best epoch was lower is the best trial."""
+    from afm_dist.search import Trial, write_report
+
+    floor = {"epoch": 12, "val_rmse": 0.8206, "phase": "init"}
+    trials = [Trial(1, {"lr": "0.1"}, [], tmp_path / "t1", "done", {**floor, "val_rmse_trained": 0.8441}),
+              Trial(2, {"lr": "0.02"}, [], tmp_path / "t2", "done", {**floor, "val_rmse_trained": 0.8381}),
+              Trial(3, {"lr": "0.5"}, [], tmp_path / "t3", "done", {"epoch": 3, "val_rmse": 0.8300})]
+    assert write_report(tmp_path, trials, 1).number == 2
+    assert json.loads((tmp_path / "best.json").read_text())["flags"] == {"lr": "0.02"}
+    assert [line.split("|")[1].strip() for line in (tmp_path / "trials.md").read_text().splitlines()[2:]] == ["2", "1", "3"]
